@@ -1,0 +1,1 @@
+"""Slurm array job templates rendered by `batchseg submit`."""

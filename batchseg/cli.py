@@ -1,0 +1,521 @@
+"""The `batchseg` command: parse, call the library, print. No logic of its own."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .config import CONFIG_NAME, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
+from .errors import StudyError
+
+
+class Context:
+    """What every command needs: the project folder and an optional database URL override."""
+
+    def __init__(self, project: str | None, db: str | None) -> None:
+        self.project_option = project
+        self.db_option = db
+
+    def config(self) -> Config:
+        folder = Path(self.project_option).resolve() if self.project_option else find_project()
+        config = load_config(folder)
+        if self.db_option:
+            config.db = self.db_option
+        return config
+
+    def ledger(self, config: Config) -> Any:
+        from .ledger import Ledger
+
+        return Ledger.for_config(config)
+
+
+def project_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--project and --db, on every command."""
+
+    @click.option("--db", "db", metavar="URL", default=None,
+                  help="SQLAlchemy database URL of the ledger (default: the project's, else <project>/ledger.sqlite).")
+    @click.option("--project", "project", metavar="DIR", default=None, envvar=PROJECT_ENV,
+                  help=f"Project folder (default: the nearest folder upwards holding {CONFIG_NAME}; "
+                       f"also ${PROJECT_ENV}).")
+    @functools.wraps(command)
+    def wrapper(*args: Any, project: str | None, db: str | None, **kwargs: Any) -> Any:
+        return command(Context(project, db), *args, **kwargs)
+
+    return wrapper
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"batchseg: {message}", err=True)
+    sys.exit(code)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="batchseg")
+def cli() -> None:
+    """Run one segmentation model over thousands of spine MRI studies, tracked in a ledger.
+
+    Start with `batchseg demo DIR`, or `batchseg init --dataset RSNA_DIR` then `batchseg run`
+    (this machine) or `batchseg submit --array` (Slurm).
+    """
+
+
+# -- project set-up -----------------------------------------------------------------------------
+
+@cli.command()
+@project_options
+@click.option("--dataset", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="RSNA 2024 layout: <split>_series_descriptions.csv and <split>_images/.")
+@click.option("--studies", "studies_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Study list: .npy (int array, like valid_id.npy), .csv (study_id column) or .txt.")
+@click.option("--limit", type=click.IntRange(min=1), help="Take only the first N studies of the list.")
+@click.option("--out", default=None, help="Output folder (default: <project>/results).")
+@click.option("--segmenter", type=click.Choice(["spineps", "reference", "noop"]), default=None,
+              help="spineps (the real model), reference (synthetic phantoms only) or noop (plumbing check).")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Which half of the dataset.")
+@click.option("--models", "models_dir", default=None, help="SPINEPS weights folder (SPINEPS_SEGMENTOR_MODELS).")
+def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | None, out: str | None,
+         segmenter: str | None, split: str | None, models_dir: str | None) -> None:
+    """Fill the ledger from the dataset (one row per study) and write batchseg.toml.
+
+    Running it again adds new studies and keeps every existing state and history.
+    """
+    from .dataset import DatasetError, build_inventory, load_study_list
+    from .ledger import Ledger
+
+    folder = Path(ctx.project_option or os.getcwd()).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        config = load_config(folder) if (folder / CONFIG_NAME).exists() else Config(project_dir=folder)
+    except ConfigError as exc:
+        fail(str(exc))
+    config.dataset = str(dataset.resolve())
+    for key, value in (("studies_file", str(studies_file.resolve()) if studies_file else None), ("out", out),
+                       ("segmenter", segmenter), ("split", split), ("models_dir", models_dir), ("db", ctx.db_option)):
+        if value is not None:
+            setattr(config, key, value)
+    try:
+        study_list = load_study_list(config.path(config.studies_file)) if config.studies_file else None
+        inventory = build_inventory(dataset, split=config.split, study_list=study_list, limit=limit)
+    except DatasetError as exc:
+        fail(f"{exc.error_class}: {exc.message}")
+    write_config(config)
+    (config.logs_dir).mkdir(exist_ok=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ledger = Ledger.for_config(config)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    added = ledger.add_studies(inventory.rows)
+    for warning in inventory.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    pending, skipped = inventory.pending, inventory.skipped
+    click.echo(f"project {config.project_dir}")
+    click.echo(f"dataset {dataset.resolve()} ({inventory.csv_path.name}): {len(inventory.rows)} studies listed, "
+               f"{len(pending)} with a Sagittal T2/STIR series, {len(skipped)} skipped")
+    for row in skipped:
+        click.echo(f"  skipped {row.study_id}: {row.skip_class}: {row.skip_message}")
+    several = [r for r in pending if r.selection_reason and not r.selection_reason.startswith("the only")]
+    for row in several:
+        click.echo(f"  study {row.study_id}: {row.selection_reason}")
+    click.echo(f"ledger {config.db_url}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
+    click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
+    ledger.close()
+
+
+# -- running ------------------------------------------------------------------------------------
+
+def _check_models_or_stop(config: Config) -> None:
+    """With the SPINEPS segmenter, stop before any claim when its weights cannot be found."""
+    if config.segmenter != "spineps":
+        return
+    from .models import check_models
+
+    options = config.segmenter_options
+    check = check_models(config.models_path, semantic=options.get("semantic", "t2w"),
+                         instance=options.get("instance", "instance"),
+                         labeling=options.get("labeling", "t2w_labeling"))
+    if not check.ok:
+        fail(check.message)
+
+
+@cli.command()
+@project_options
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: config).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Process at most N studies in this run.")
+def run(ctx: Context, workers: int | None, limit: int | None) -> None:
+    """Process pending studies with N local worker processes (no Slurm needed).
+
+    Exit status 0 when every study this run handled ended done, 1 when any failed.
+    """
+    from .executors.local import run_local
+    from .report import progress_line
+
+    config = ctx.config()
+    _check_models_or_stop(config)
+    ledger = ctx.ledger(config)
+    workers = workers or config.workers
+    tty = sys.stdout.isatty()
+    last_print = [0.0]
+
+    def tick() -> None:
+        line = progress_line(ledger.summary())
+        if tty:
+            click.echo("\r\033[K" + line, nl=False)
+        elif time.time() - last_print[0] >= 10:
+            click.echo(line)
+            last_print[0] = time.time()
+
+    click.echo(f"running {workers} worker(s) on {config.project_dir} (segmenter {config.segmenter}); "
+               f"logs in {config.logs_dir}")
+    result = run_local(config, workers=workers, limit=limit, on_tick=tick)
+    if tty:
+        click.echo()
+    handled = {e["study_id"] for e in ledger.history() if e["event"] == "claimed" and e["at"] >= result.started_at}
+    failed = [sid for sid in sorted(handled) if (ledger.study(sid) or {}).get("state") == "failed"]
+    summary = ledger.summary()
+    click.echo(progress_line(summary))
+    click.echo(f"outputs in {config.out_dir}")
+    bad_workers = [code for code in result.returncodes if code != 0]
+    if failed:
+        click.echo(f"{len(failed)} of {len(handled)} studies failed: see `batchseg status --failed`", err=True)
+    if bad_workers:
+        click.echo(f"{len(bad_workers)} worker(s) exited with an error; see {config.logs_dir}", err=True)
+    sys.exit(1 if failed or bad_workers else 0)
+
+
+@cli.command()
+@project_options
+@click.option("--max-studies", type=click.IntRange(min=1), default=None, help="Stop after N studies.")
+def work(ctx: Context, max_studies: int | None) -> None:
+    """The worker loop (what `run` and each Slurm array task start): claim until nothing is left."""
+    from .worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    config = ctx.config()
+    deadline_source = None
+    if os.environ.get("SLURM_JOB_ID"):
+        from .executors.slurm import allocation_deadline
+
+        deadline_source = allocation_deadline
+    stats = run_worker(config, max_studies=max_studies, deadline_source=deadline_source)
+    logging.getLogger("batchseg.worker").info(
+        "worker stops: %s; %d done, %d failed attempts, %d released", stats.stop_reason or "finished",
+        len(stats.done), len(stats.failed), len(stats.released))
+
+
+# -- looking at it ------------------------------------------------------------------------------
+
+@cli.command()
+@project_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
+@click.option("--failed", "show_failed", is_flag=True, help="List every failed and skipped study.")
+@click.option("--study", "study_id", default=None, help="One study: its row and full history.")
+@click.option("--csv", "as_csv", is_flag=True, help="One line per study, as CSV.")
+def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None, as_csv: bool) -> None:
+    """Completeness, failures grouped by error class, throughput and ETA."""
+    from .report import format_status, format_study, studies_csv
+
+    config = ctx.config()
+    ledger = ctx.ledger(config)
+    if study_id:
+        study = ledger.study(study_id)
+        if study is None:
+            fail(f"no study {study_id!r} in the ledger")
+        events = ledger.history(study_id)
+        echo_json({"study": study, "history": events}) if as_json else click.echo(format_study(study, events))
+        return
+    if as_csv:
+        click.echo(studies_csv(ledger.studies()), nl=False)
+        return
+    jobs = _slurm_jobs(config, ledger)
+    summary = ledger.summary()
+    if jobs:
+        summary["slurm_jobs"] = jobs
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(format_status(summary, show_failed=show_failed, jobs=jobs))
+
+
+def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
+    """Reconcile with Slurm (once per array job) when this project has submitted any."""
+    if not ledger.submissions():
+        return []
+    from .executors.slurm import SlurmError, sync
+
+    try:
+        result = sync(config, ledger)
+    except (SlurmError, OSError) as exc:
+        click.echo(f"warning: could not ask Slurm: {exc}", err=True)
+        return []
+    for study in result.marked_lost:
+        click.echo(f"study {study}: its Slurm task is gone; marked lost", err=True)
+    return result.jobs
+
+
+@cli.command("retry-failed")
+@project_options
+@click.option("--error-class", default=None, help="Only failures of this class.")
+@click.option("--study", "study_ids", multiple=True, help="Only this study (repeatable).")
+@click.option("--submit", is_flag=True, help="Then submit a Slurm array sized to the retried work.")
+def retry_failed(ctx: Context, error_class: str | None, study_ids: tuple[str, ...], submit: bool) -> None:
+    """Move failed studies back to pending (history kept) and print what was reset."""
+    config = ctx.config()
+    ledger = ctx.ledger(config)
+    ids = ledger.retry_failed(error_class=error_class, study_ids=study_ids or None)
+    for sid in ids:
+        click.echo(f"reset {sid}")
+    click.echo(f"{len(ids)} studies back to pending")
+    if submit and ids:
+        _submit(config, ledger, tasks=None, max_parallel=None, dry_run=False, sbatch_args=(), overrides={})
+
+
+# -- Slurm --------------------------------------------------------------------------------------
+
+def _submit(config: Config, ledger: Any, **kwargs: Any) -> None:
+    from .executors.slurm import SlurmError, submit_array
+
+    _check_models_or_stop(config)
+    try:
+        result = submit_array(config, ledger, **kwargs)
+    except SlurmError as exc:
+        fail(str(exc))
+    if result.dry_run:
+        click.echo(result.script, nl=False)
+        return
+    for job_id, spec in zip(result.job_ids, result.array_specs):
+        click.echo(f"submitted array job {job_id} --array={spec}")
+    click.echo(f"{result.tasks} task(s); logs in {config.logs_dir}; follow with `batchseg status`")
+
+
+@cli.command()
+@project_options
+@click.option("--array", "array", is_flag=True, required=True, help="Submit a Slurm job array (required).")
+@click.option("--tasks", type=click.IntRange(min=1), default=None, help="Array tasks (default: from pending work).")
+@click.option("--max-parallel", type=click.IntRange(min=1), default=None, help="At most M tasks at once (%M).")
+@click.option("--dry-run", is_flag=True, help="Print the job script and submit nothing.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra sbatch argument (repeatable).")
+@click.option("--partition", default=None)
+@click.option("--account", default=None)
+@click.option("--qos", default=None)
+@click.option("--time", "time_limit", default=None, help="Per-task time limit, e.g. 04:00:00.")
+@click.option("--mem", default=None)
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None)
+@click.option("--gres", default=None, help="Generic resources, e.g. gpu:1 ('' for none).")
+@click.option("--constraint", default=None)
+def submit(ctx: Context, array: bool, tasks: int | None, max_parallel: int | None, dry_run: bool,
+           sbatch_args: tuple[str, ...], partition: str | None, account: str | None, qos: str | None,
+           time_limit: str | None, mem: str | None, cpus_per_task: int | None, gres: str | None,
+           constraint: str | None) -> None:
+    """Submit a Slurm job array whose tasks claim studies until none is left."""
+    overrides = {k: v for k, v in (("partition", partition), ("account", account), ("qos", qos),
+                                   ("time", time_limit), ("mem", mem), ("cpus_per_task", cpus_per_task),
+                                   ("gres", gres), ("constraint", constraint)) if v is not None}
+    config = ctx.config()
+    _submit(config, ctx.ledger(config), tasks=tasks, max_parallel=max_parallel, dry_run=dry_run,
+            sbatch_args=list(sbatch_args), overrides=overrides)
+
+
+@cli.command()
+@project_options
+@click.option("--json", "as_json", is_flag=True)
+def sync(ctx: Context, as_json: bool) -> None:
+    """Ask Slurm about the project's array jobs and mark studies of vanished tasks lost."""
+    from .executors.slurm import SlurmError
+    from .executors.slurm import sync as slurm_sync
+
+    config = ctx.config()
+    try:
+        result = slurm_sync(config, ctx.ledger(config))
+    except SlurmError as exc:
+        fail(str(exc))
+    if as_json:
+        echo_json({"jobs": result.jobs, "marked_lost": result.marked_lost})
+        return
+    for job in result.jobs:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(job.get("task_states", {}).items()))
+        click.echo(f"job {job['job_id']}: {states or 'unknown to Slurm'}")
+    for sid in result.marked_lost:
+        click.echo(f"study {sid}: marked lost")
+    click.echo(f"{len(result.marked_lost)} studies marked lost")
+
+
+@cli.command()
+@project_options
+def cancel(ctx: Context) -> None:
+    """Cancel the project's array jobs and release their studies."""
+    from .executors.slurm import SlurmError
+    from .executors.slurm import cancel as slurm_cancel
+
+    config = ctx.config()
+    try:
+        released = slurm_cancel(config, ctx.ledger(config))
+    except SlurmError as exc:
+        fail(str(exc))
+    click.echo(f"cancelled; {len(released)} studies released: {' '.join(released)}".rstrip(": "))
+
+
+# -- single-file tools --------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("seg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON here instead of printing it.")
+@click.option("--unlabelled", is_flag=True, help="Labels are only a top-to-bottom order (no labeling model).")
+def centroids(seg: Path, out: Path | None, unlabelled: bool) -> None:
+    """Centroids, volumes and names of every label in an instance mask (the pipeline's JSON)."""
+    from .measures import measure_file
+
+    try:
+        measurements = measure_file(seg, labels_anatomical=not unlabelled)
+    except StudyError as exc:
+        fail(str(exc))
+    text = json.dumps(measurements.centroids_json(), indent=2)
+    if out:
+        out.write_text(text + "\n")
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@click.argument("dicom_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print what was found: slices used and dropped, geometry.")
+@click.option("--plane", type=click.Choice(["sagittal", "coronal", "axial", "any"]), default="any",
+              help="Require this plane (default: any).")
+def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str) -> None:
+    """Convert one DICOM series to NIfTI, or refuse with a one-line reason."""
+    from .dicom import convert_series
+
+    try:
+        report = convert_series(dicom_dir, out, require_plane=None if plane == "any" else plane)
+    except StudyError as exc:
+        fail(str(exc), code=1)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(f"wrote {out}: {report.shape} voxels, spacing {tuple(round(s, 4) for s in report.spacing)} mm, "
+                   f"{report.orientation}, {len(report.slices_used)} slices used, "
+                   f"{len(report.slices_dropped)} dropped")
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--studies", "n_studies", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--matrix", type=click.IntRange(min=32), default=256, show_default=True,
+              help="In-plane size of the sagittal series.")
+@click.option("--no-broken", is_flag=True, help="Only good studies (by default the last three are broken).")
+def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool) -> None:
+    """Write a synthetic RSNA-layout dataset with phantom spines and their ground truth."""
+    manifest = _synth(directory, n_studies, seed, matrix, not no_broken)
+    click.echo(f"wrote {len(manifest.studies)} studies to {manifest.root}; study list {manifest.study_list}")
+
+
+def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool) -> Any:
+    from .synth import synth_dataset
+
+    with click.progressbar(length=n_studies, label="synthesizing studies") as bar:
+        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken, progress=bar.update)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--studies", "n_studies", type=click.IntRange(min=4), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--matrix", type=click.IntRange(min=32), default=256, show_default=True)
+@click.pass_context
+def demo(click_ctx: click.Context, directory: Path, n_studies: int, workers: int, matrix: int) -> None:
+    """Synthetic dataset in DIR/data, a project in DIR, init, run, status: the whole flow in one command."""
+    directory = directory.resolve()
+    manifest = _synth(directory / "data", n_studies, 0, matrix, True)
+    common = ["--project", str(directory)]
+    for args in (["init", "--dataset", str(manifest.root), "--studies", str(manifest.study_list),
+                  "--segmenter", "reference"],
+                 ["run", "--workers", str(workers)]):
+        click.echo(f"\n$ batchseg {' '.join(args[:1] + common + args[1:])}")
+        try:
+            cli.main(args=args[:1] + common + args[1:], standalone_mode=False)
+        except SystemExit as exc:
+            if args[0] == "init" and exc.code:
+                raise
+    click.echo(f"\n$ batchseg status --project {directory}")
+    cli.main(args=["status", *common], standalone_mode=False)
+    click.echo(f"\noutputs: {directory / 'results'}  (nifti/, segmentations/, centroids/, metadata/, qc/)")
+    click.echo(f"ground truth: {manifest.root / 'ground_truth'}")
+
+
+# -- SPINEPS weights ----------------------------------------------------------------------------
+
+@cli.group()
+def models() -> None:
+    """SPINEPS weights: download once where there is internet, check offline everywhere else."""
+
+
+@models.command("check")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
+              help="Weights folder (default: the project's models_dir, else $SPINEPS_SEGMENTOR_MODELS).")
+@click.option("--project", default=None, envvar=PROJECT_ENV, help="Project folder to read models_dir from.")
+def models_check(models_dir: Path | None, project: str | None) -> None:
+    """Resolve each SPINEPS model without touching the network."""
+    from .models import check_models
+
+    options: dict[str, Any] = {}
+    if models_dir is None:
+        try:
+            config = load_config(Path(project).resolve() if project else find_project())
+            models_dir, options = config.models_path, config.segmenter_options
+        except ConfigError:
+            env = os.environ.get("SPINEPS_SEGMENTOR_MODELS")
+            models_dir = Path(env) if env else None
+    check = check_models(models_dir, semantic=options.get("semantic", "t2w"),
+                         instance=options.get("instance", "instance"),
+                         labeling=options.get("labeling", "t2w_labeling"))
+    for name, folder in check.found.items():
+        click.echo(f"found {name}: {folder}")
+    if not check.ok:
+        fail(check.message, code=1)
+    click.echo(check.message)
+
+
+@models.command("download")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to put the three model folders in (then point models_dir at it).")
+def models_download(to: Path) -> None:
+    """Fetch SPINEPS's three release folders (needs internet; run it on a login node)."""
+    from .models import download_models
+
+    try:
+        folders = download_models(to)
+    except (RuntimeError, OSError) as exc:
+        fail(f"download failed: {exc}", code=1)
+    for folder in folders:
+        click.echo(f"downloaded {folder}")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="batchseg")
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The project file `batchseg.toml`: defaults, validation, one dataclass.
+
+A project is a folder holding `batchseg.toml`, the SQLite ledger (unless the
+config names another database URL), `logs/` and, by default, `results/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+CONFIG_NAME = "batchseg.toml"
+PROJECT_ENV = "BATCHSEG_PROJECT"
+
+
+class ConfigError(ValueError):
+    """The project file is missing or holds a value batchseg cannot use."""
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = "04:00:00"
+    mem: str = "32G"
+    cpus_per_task: int = 4
+    gres: str = "gpu:1"
+    constraint: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    max_parallel: int = 0          # 0: no %M throttle
+    signal_grace: int = 120        # seconds before the time limit that USR1 arrives
+
+
+@dataclass
+class ContainerConfig:
+    runtime: str = "none"          # none | apptainer | singularity
+    image: str = ""
+    binds: list[str] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)  # e.g. ["--nv"]; defaults to --nv for GPU runs
+
+
+@dataclass
+class Config:
+    project_dir: Path
+    dataset: str = ""
+    studies_file: str = ""
+    split: str = "train"
+    out: str = "results"
+    db: str = ""                   # SQLAlchemy URL; empty means <project>/ledger.sqlite
+    segmenter: str = "reference"
+    segmenter_options: dict[str, Any] = field(default_factory=dict)
+    models_dir: str = ""           # SPINEPS weights folder (SPINEPS_SEGMENTOR_MODELS)
+    max_attempts: int = 3
+    lease_seconds: int = 900
+    heartbeat_seconds: int = 30
+    workers: int = 1
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the project folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.project_dir / p
+
+    @property
+    def out_dir(self) -> Path:
+        return self.path(self.out)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.project_dir / "logs"
+
+    @property
+    def dataset_dir(self) -> Path | None:
+        return self.path(self.dataset) if self.dataset else None
+
+    @property
+    def models_path(self) -> Path | None:
+        return self.path(self.models_dir) if self.models_dir else None
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{(self.project_dir / 'ledger.sqlite').resolve()}"
+
+    def validate(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if self.heartbeat_seconds < 1 or self.lease_seconds < 3 * self.heartbeat_seconds:
+            raise ConfigError("lease_seconds must be at least three heartbeats long")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if self.split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', not {self.split!r}")
+        if self.container.runtime not in ("none", "apptainer", "singularity"):
+            raise ConfigError(f"container.runtime must be none, apptainer or singularity, not {self.container.runtime!r}")
+        if self.container.runtime != "none" and not self.container.image:
+            raise ConfigError("container.image is required when container.runtime is set")
+
+
+def _from_table(cls: type, table: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}")
+    return cls(**table)
+
+
+def load_config(project_dir: Path) -> Config:
+    project_dir = Path(project_dir).resolve()
+    path = project_dir / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no {CONFIG_NAME} in {project_dir}; run `batchseg init` first") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    raw = dict(raw)
+    slurm = _from_table(SlurmConfig, raw.pop("slurm", {}), "slurm")
+    container = _from_table(ContainerConfig, raw.pop("container", {}), "container")
+    raw.pop("project_dir", None)
+    try:
+        config = _from_table(Config, {"project_dir": project_dir, **raw}, "batchseg")
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    config.slurm, config.container = slurm, container
+    config.validate()
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are valid TOML basic-string escapes.
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def json_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def render_config(config: Config) -> str:
+    top = {k: v for k, v in asdict(config).items() if k not in ("project_dir", "slurm", "container")}
+    lines = ["# batchseg project file; paths are relative to this folder", ""]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    for name in ("slurm", "container"):
+        lines += ["", f"[{name}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(getattr(config, name)).items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(config: Config) -> Path:
+    config.validate()
+    path = config.project_dir / CONFIG_NAME
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(render_config(config))
+    os.replace(tmp, path)
+    return path
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The project folder: $BATCHSEG_PROJECT, else the nearest folder upwards holding batchseg.toml."""
+    env = os.environ.get(PROJECT_ENV)
+    if env:
+        return Path(env).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise ConfigError(f"no {CONFIG_NAME} in {here} or any folder above it; pass --project DIR or run `batchseg init`")

@@ -1,0 +1,58 @@
+"""Stable error classes for failed studies.
+
+Every failure a study can meet is raised as a `StudyError` carrying one of the
+classes below. The class, not the message, is what scripts group on and what
+decides whether the ledger gives the study another attempt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# class -> (retryable, what it means). A retryable class sends the study back to
+# pending until its attempts are used up; a permanent one fails it at once,
+# because running bad input again only burns GPU hours.
+ERROR_CLASSES: dict[str, tuple[bool, str]] = {
+    "input.no_series": (False, "the study has no usable Sagittal T2/STIR series"),
+    "input.missing": (False, "a file or folder the study needs does not exist"),
+    "input.bad_dicom": (False, "a DICOM file is truncated, unreadable or lacks pixel data"),
+    "input.geometry": (False, "the slices do not form one regular volume"),
+    "input.not_sagittal": (False, "the series is not in the sagittal plane the model expects"),
+    "input.bad_id": (False, "the study or series id is not a plain number"),
+    "segment.error": (True, "the segmenter raised an error"),
+    "segment.empty": (False, "the segmenter found no structures"),
+    "segment.oom": (True, "the segmenter ran out of GPU memory"),
+    "measure.error": (False, "the label map could not be measured"),
+    "output.io": (True, "an output could not be written"),
+    "worker.lost": (True, "the worker holding the study disappeared"),
+    "worker.timeout": (True, "the study ran past its time limit"),
+    "internal": (True, "an unexpected error inside batchseg"),
+    # Dataset-level problems stop `init` before any study is added.
+    "dataset.csv": (False, "a dataset CSV is missing or lacks a required column"),
+    "dataset.study_list": (False, "the study list cannot be read"),
+}
+
+
+def is_retryable(error_class: str) -> bool:
+    return ERROR_CLASSES.get(error_class, (True, ""))[0]
+
+
+@dataclass
+class StudyError(Exception):
+    """A failure of one study, with a stable class and a one-line message."""
+
+    error_class: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.error_class not in ERROR_CLASSES:
+            raise ValueError(f"unknown error class {self.error_class!r}")
+        # One line for people: scanners put newlines in tags, tracebacks have many.
+        self.message = " ".join(str(self.message).split())
+        super().__init__(self.error_class, self.message)
+
+    def __str__(self) -> str:
+        return f"{self.error_class}: {self.message}"
+
+    @property
+    def retryable(self) -> bool:
+        return is_retryable(self.error_class)

@@ -1,0 +1,199 @@
+"""One study end to end: convert, segment, measure, QC, metadata, publish.
+
+Everything is written into a staging folder under the output root and renamed
+into place at the end, one file at a time, metadata last: a file that exists is
+complete, and a study whose metadata exists has all its outputs. The pipeline
+never touches the ledger.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import __version__
+from .errors import StudyError
+from .segmenters import Segmenter
+
+STAGING = ".staging"
+
+
+@dataclass
+class StudyInput:
+    study_id: str
+    series_dir: Path
+    series_id: str | None = None
+    attempt: int = 1
+
+
+@dataclass
+class StudyOutcome:
+    outputs: dict[str, str]              # output name -> final path
+    timings: dict[str, float]            # seconds per stage
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
+    """Final location of every output of one study (DESIGN.md, the seed's names)."""
+    return {
+        "nifti": out_dir / "nifti" / f"{study}_T2w.nii.gz",
+        "vert_mask": out_dir / "segmentations" / f"{study}_seg-vert_msk.nii.gz",
+        "spine_mask": out_dir / "segmentations" / f"{study}_seg-spine_msk.nii.gz",
+        "ctd": out_dir / "segmentations" / f"{study}_ctd.json",
+        "centroids": out_dir / "centroids" / f"{study}_centroids.json",
+        "vertebra_labels": out_dir / "centroids" / f"{study}_vertebra_labels.json",
+        "qc": out_dir / "qc" / f"{study}_qc.png",
+        "metadata": out_dir / "metadata" / f"{study}_metadata.json",
+    }
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.current = "setup"
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.current = name
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 4)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stage_error(stage: str, study: str, exc: BaseException) -> StudyError:
+    if isinstance(exc, StudyError):
+        return exc
+    if stage == "segment":
+        return StudyError("segment.error", f"study {study}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, OSError):
+        return StudyError("output.io", f"study {study}: {stage}: {exc}")
+    return StudyError("internal", f"study {study}: {stage}: {type(exc).__name__}: {exc}")
+
+
+def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
+              still_mine: Callable[[], bool] = lambda: True) -> StudyOutcome:
+    """Run one study and publish its outputs; raises StudyError. `still_mine` is asked before publishing."""
+    from .dicom import convert_series
+    from .measures import measure_file
+    from .qc import write_qc_png
+
+    sid = study.study_id
+    out_dir = Path(out_dir)
+    staging = out_dir / STAGING / f"{sid}-{uuid.uuid4().hex[:8]}"
+    final = output_paths(out_dir, sid)
+    staged = {name: staging / path.relative_to(out_dir) for name, path in final.items()}
+    timer = Timer()
+    started = time.time()
+    try:
+        for folder in {p.parent for p in staged.values()}:
+            folder.mkdir(parents=True, exist_ok=True)
+        with timer.stage("convert"):
+            if not study.series_dir.is_dir():
+                raise StudyError("input.missing", f"study {sid}: series folder {study.series_dir} does not exist")
+            conversion = convert_series(study.series_dir, staged["nifti"], require_plane="sagittal", study=sid)
+
+        with timer.stage("segment"):
+            result = segmenter.segment(staged["nifti"], staging / "work", sid)
+        for name, produced in (("vert_mask", result.vert_mask), ("spine_mask", result.spine_mask),
+                               ("ctd", result.ctd_json)):
+            if produced is None:
+                staged.pop(name)
+                final.pop(name)
+            else:
+                os.replace(produced, staged[name])
+
+        with timer.stage("measure"):
+            measurements = measure_file(staged["vert_mask"], labels_anatomical=result.labels_anatomical)
+            _write_json(staged["centroids"], measurements.centroids_json())
+            _write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
+
+        with timer.stage("qc"):
+            import nibabel as nib
+
+            image = nib.load(staged["nifti"])
+            mask = nib.load(staged["vert_mask"])
+            write_qc_png(image.get_fdata(dtype="float32"), image.affine, mask.get_fdata(dtype="float32"),
+                         measurements, staged["qc"], title=f"study {sid}")
+
+        timer.current = "metadata"
+        shutil.rmtree(staging / "work", ignore_errors=True)
+        timings = {**timer.timings, **{f"segment.{k}": v for k, v in result.timings.items()}}
+        metadata = {
+            "study_id": sid,
+            "series_id": study.series_id,
+            "attempt": study.attempt,
+            "input": {"series_dir": str(study.series_dir), "conversion": conversion.to_dict()},
+            "segmenter": {**segmenter.describe(), **result.info, "labels_anatomical": result.labels_anatomical},
+            "lstv": measurements.lstv_json(),
+            "structures": len(measurements.structures),
+            "versions": _versions(),
+            "host": platform.node(),
+            "started_at": started,
+            "timings": timings,
+            "outputs": {name: path.name for name, path in final.items()},
+            "checksums": {name: sha256(staged[name]) for name in final if name != "metadata"},
+        }
+        _write_json(staged["metadata"], metadata)
+
+        with timer.stage("publish"):
+            if not still_mine():
+                raise StudyError("worker.lost", f"study {sid}: the claim was taken over before publishing")
+            # Metadata goes last: its presence says every other output is in place.
+            for name in sorted(final, key=lambda n: n == "metadata"):
+                final[name].parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged[name], final[name])
+        timings["publish"] = timer.timings["publish"]
+        timings["total"] = round(time.time() - started, 4)
+        return StudyOutcome(outputs={k: str(v) for k, v in final.items()}, timings=timings, metadata=metadata)
+    except Exception as exc:
+        raise _stage_error(timer.current, sid, exc) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    import nibabel
+    import numpy
+    import pydicom
+
+    return {"batchseg": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+            "nibabel": nibabel.__version__, "pydicom": pydicom.__version__}
+
+
+def clean_staging(out_dir: Path, older_than: float = 0.0) -> int:
+    """Remove staging folders left by killed workers; returns how many were removed."""
+    root = Path(out_dir) / STAGING
+    removed = 0
+    if not root.is_dir():
+        return 0
+    now = time.time()
+    for entry in root.iterdir():
+        try:
+            if now - entry.stat().st_mtime >= older_than:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -1,0 +1,1 @@
+"""The ledger schema as SQL, for people and for migrations."""
