@@ -106,6 +106,10 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
     staged = {name: staging / path.relative_to(out_dir) for name, path in final.items()}
     timer = Timer()
     started = time.time()
+    # This attempt holds the claim, so staging left by an earlier attempt of the same study
+    # belongs to a dead or superseded worker.
+    for stale in (out_dir / STAGING).glob(f"{sid}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         for folder in {p.parent for p in staged.values()}:
             folder.mkdir(parents=True, exist_ok=True)
@@ -181,19 +185,3 @@ def _versions() -> dict[str, str]:
     return {"batchseg": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
             "nibabel": nibabel.__version__, "pydicom": pydicom.__version__}
 
-
-def clean_staging(out_dir: Path, older_than: float = 0.0) -> int:
-    """Remove staging folders left by killed workers; returns how many were removed."""
-    root = Path(out_dir) / STAGING
-    removed = 0
-    if not root.is_dir():
-        return 0
-    now = time.time()
-    for entry in root.iterdir():
-        try:
-            if now - entry.stat().st_mtime >= older_than:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed

@@ -1,0 +1,48 @@
+"""Fixtures shared across the suite: small synthetic datasets and projects."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 studies (4 variants + 1 more + 3 broken) at a small matrix: the dataset of most tests."""
+    from batchseg.synth import synth_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    synth_dataset(root, 8, seed=1, matrix=96)
+    return root
+
+
+def batchseg(*args: str, check: bool = True, env: dict[str, str] | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a child process, as a user would."""
+    result = subprocess.run([sys.executable, "-m", "batchseg", *args], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"batchseg {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def status_json(project: Path) -> dict[str, Any]:
+    return json.loads(batchseg("status", "--project", str(project), "--json").stdout)
+
+
+def set_config(project: Path, **values: Any) -> None:
+    """Change top-level keys of a project's batchseg.toml through the config module."""
+    from batchseg.config import load_config, write_config
+
+    config = load_config(project)
+    for key, value in values.items():
+        setattr(config, key, value)
+    write_config(config)

@@ -1,0 +1,57 @@
+"""batchseg.toml: defaults, round trip, validation, finding the project."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchseg.config import Config, ConfigError, find_project, load_config, write_config
+
+
+def test_round_trip_keeps_every_value(tmp_path: Path) -> None:
+    config = Config(project_dir=tmp_path, dataset="/data/rsna", segmenter="spineps",
+                    segmenter_options={"labeling": "", "device": "cuda"}, max_attempts=5)
+    config.slurm.extra_args = ["--comment=it's \"quoted\" $(x)\\n"]
+    config.slurm.partition = "gpu"
+    config.container.binds = ["/data:/data"]
+    write_config(config)
+    again = load_config(tmp_path)
+    assert again == config
+
+
+def test_defaults_and_derived_paths(tmp_path: Path) -> None:
+    write_config(Config(project_dir=tmp_path))
+    config = load_config(tmp_path)
+    assert config.out_dir == tmp_path / "results"
+    assert config.db_url == f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    assert config.slurm.gres == "gpu:1" and config.max_attempts == 3
+
+
+@pytest.mark.parametrize("text,message", [
+    ("max_attempts = 0\n", "max_attempts"),
+    ("colour = 'red'\n", "unknown key"),
+    ("[slurm]\npartitions = 'gpu'\n", "unknown key"),
+    ("lease_seconds = 10\nheartbeat_seconds = 30\n", "three heartbeats"),
+    ("[container]\nruntime = 'docker'\n", "runtime"),
+    ("this is not toml", "batchseg.toml"),
+])
+def test_bad_values_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "batchseg.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path)
+
+
+def test_find_project_walks_up_and_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config(Config(project_dir=tmp_path))
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    monkeypatch.delenv("BATCHSEG_PROJECT", raising=False)
+    assert find_project(inner) == tmp_path
+    monkeypatch.setenv("BATCHSEG_PROJECT", str(inner))
+    assert find_project(tmp_path) == inner
+
+
+def test_no_project_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCHSEG_PROJECT", raising=False)
+    with pytest.raises(ConfigError, match="batchseg init"):
+        find_project(tmp_path)

@@ -1,0 +1,120 @@
+"""The study inventory: study lists, the RSNA CSV and the series rule."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchseg.dataset import DatasetError, build_inventory, is_valid_id, load_study_list
+
+SHARED_IDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "valid_id.npy"
+
+
+def write_dataset(root: Path, rows: list[tuple[str, str, str]], slices: dict[str, int] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["study_id,series_id,series_description"] + [",".join(r) for r in rows]
+    (root / "train_series_descriptions.csv").write_text("\n".join(lines) + "\n")
+    for study, series, _ in rows:
+        folder = root / "train_images" / study / series
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range((slices or {}).get(series, 2)):
+            (folder / f"{i + 1}.dcm").write_bytes(b"")
+    return root
+
+
+def test_study_lists_in_three_formats(tmp_path: Path) -> None:
+    ids = np.array([4003253, 4646740, 2**40], dtype=np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    (tmp_path / "ids.csv").write_text("study_id,note\n4003253,a\n4646740,b\n1099511627776,c\n")
+    (tmp_path / "ids.txt").write_text("# chosen by hand\n4003253\n\n4646740\n1099511627776\n")
+    expected = ["4003253", "4646740", "1099511627776"]
+    for name in ("ids.npy", "ids.csv", "ids.txt"):
+        assert load_study_list(tmp_path / name) == expected
+
+
+@pytest.mark.skipif(not SHARED_IDS.exists(), reason="shared data folder absent")
+def test_the_seed_valid_id_list() -> None:
+    ids = load_study_list(SHARED_IDS)
+    assert len(ids) == 283 and all(is_valid_id(i) for i in ids)
+
+
+@pytest.mark.parametrize("name,content", [
+    ("floats.npy", np.array([1.5, 2.5])),
+    ("matrix.npy", np.zeros((2, 2), dtype=np.int64)),
+    ("objects.npy", np.array(["a", None], dtype=object)),
+    ("garbage.npy", b"not numpy at all"),
+    ("nocolumn.csv", "id\n1\n"),
+    ("list.xlsx", "1\n"),
+])
+def test_malformed_study_lists_are_refused_with_their_class(tmp_path: Path, name: str, content: object) -> None:
+    path = tmp_path / name
+    if isinstance(content, np.ndarray):
+        np.save(path, content, allow_pickle=True)
+        path = path if path.exists() else path.with_suffix(".npy")
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(str(content))
+    with pytest.raises(DatasetError) as caught:
+        load_study_list(path)
+    assert caught.value.error_class == "dataset.study_list"
+    assert "\n" not in caught.value.message and name in caught.value.message
+
+
+def test_missing_csv_column_names_the_column(tmp_path: Path) -> None:
+    tmp_path.joinpath("train_series_descriptions.csv").write_text("study_id,series_id\n1,2\n")
+    with pytest.raises(DatasetError) as caught:
+        build_inventory(tmp_path)
+    assert caught.value.error_class == "dataset.csv"
+    assert "series_description" in caught.value.message
+
+
+def test_missing_csv_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="cannot open"):
+        build_inventory(tmp_path)
+
+
+def test_series_rule_never_takes_a_t1_and_explains_the_choice(tmp_path: Path) -> None:
+    rows = [
+        ("100", "3000000001", "Sagittal T1"), ("100", "3000000002", "Sagittal T2/STIR"), ("100", "3000000003", "Axial T2"),
+        ("200", "3000000011", "Sagittal T1"), ("200", "3000000012", "Axial T2"),
+        # two T2s: most slices wins, then the highest id
+        ("300", "3000000021", "Sagittal T2/STIR"), ("300", "3000000022", "Sagittal T2/STIR"),
+        ("400", "3000000031", "Sagittal T2/STIR"), ("400", "3000000032", "Sagittal T2/STIR"),
+    ]
+    dataset = write_dataset(tmp_path / "d", rows, slices={"3000000021": 17, "3000000022": 15})
+    inventory = build_inventory(dataset, study_list=["100", "200", "300", "400", "500", "../etc/passwd", "100"])
+    by_id = {r.study_id: r for r in inventory.rows}
+    assert by_id["100"].series_id == "3000000002" and not by_id["100"].skip_class
+    assert by_id["100"].input_path == str(dataset.resolve() / "train_images" / "100" / "3000000002")
+    assert by_id["200"].skip_class == "input.no_series" and "Sagittal T1" in by_id["200"].skip_message
+    assert by_id["300"].series_id == "3000000021" and "17 slices" in by_id["300"].selection_reason
+    assert by_id["400"].series_id == "3000000032" and "highest id" in by_id["400"].selection_reason
+    assert by_id["500"].skip_class == "input.no_series" and "not in train_series_descriptions.csv" in by_id["500"].skip_message
+    unsafe = [r for r in inventory.rows if r.skip_class == "input.bad_id"]
+    assert len(unsafe) == 1 and unsafe[0].input_path is None
+    assert len(inventory.rows) == 6, "a repeated id is listed once"
+
+
+def test_every_study_of_the_csv_when_no_list_and_limit(tmp_path: Path) -> None:
+    rows = [(str(s), str(2**32 + s), "Sagittal T2/STIR") for s in (30, 4, 200)]
+    inventory = build_inventory(write_dataset(tmp_path / "d", rows), limit=2)
+    assert [r.study_id for r in inventory.rows] == ["4", "30"]
+
+
+def test_csv_rows_with_bad_ids_are_warned_about_and_ignored(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d", [("100", "3000000002", "Sagittal T2/STIR")])
+    with (dataset / "train_series_descriptions.csv").open("a") as handle:
+        handle.write("1;rm -rf,2,Sagittal T2/STIR\n")
+    inventory = build_inventory(dataset)
+    assert [r.study_id for r in inventory.rows] == ["100"]
+    assert len(inventory.warnings) == 1 and "line 3" in inventory.warnings[0]
+
+
+def test_test_split_layout(tmp_path: Path) -> None:
+    dataset = tmp_path / "d"
+    dataset.mkdir()
+    (dataset / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n7,8,Sagittal T2/STIR\n")
+    inventory = build_inventory(dataset, split="test")
+    assert inventory.rows[0].input_path.endswith("test_images/7/8")

@@ -1,0 +1,116 @@
+"""The worker loop under signals and sudden death, with real processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+
+from batchseg.ledger import Ledger
+from batchseg.worker import has_time_for_another
+from tests.conftest import batchseg, set_config, status_json
+
+
+@pytest.fixture
+def slow_project(tmp_path: Path) -> Path:
+    """Three good studies, a no-op segmenter that takes a few seconds, short leases."""
+    from batchseg.synth import synth_dataset
+
+    data = tmp_path / "data"
+    synth_dataset(data, 3, seed=5, matrix=32, broken=False)
+    project = tmp_path / "p"
+    batchseg("init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop")
+    set_config(project, segmenter_options={"delay": 4.0}, lease_seconds=3, heartbeat_seconds=1)
+    return project
+
+
+def start_worker(project: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "batchseg", "work", "--project", str(project)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_running(project: Path, timeout: float = 30) -> str:
+    ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            running = ledger.running()
+            if running:
+                return running[0].study_id
+            time.sleep(0.1)
+        raise AssertionError("no study started running")
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_stop_signal_releases_the_study_without_charge(slow_project: Path, signum: int) -> None:
+    worker = start_worker(slow_project)
+    study = wait_for_running(slow_project)
+    time.sleep(0.5)  # inside the segmenter now
+    worker.send_signal(signum)
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, output
+    ledger = Ledger(f"sqlite:///{slow_project / 'ledger.sqlite'}")
+    row = ledger.study(study)
+    assert row["state"] == "pending" and row["attempts"] == 0
+    last = ledger.history(study)[-1]
+    assert last["event"] == "released" and signal.Signals(signum).name in last["message"]
+    ledger.close()
+    assert not list((slow_project / "results").rglob("*.nii.gz")), "nothing of the released study was published"
+
+
+def test_killed_worker_study_is_reclaimed_after_its_lease(slow_project: Path) -> None:
+    worker = start_worker(slow_project)
+    study = wait_for_running(slow_project)
+    time.sleep(1.5)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    time.sleep(3.5)  # let the lease run out
+    set_config(slow_project, segmenter_options={"delay": 0.0})
+    batchseg("run", "--project", str(slow_project), "--workers", "2")
+    status = status_json(slow_project)
+    assert status["states"]["done"] == 3
+    events = Ledger(f"sqlite:///{slow_project / 'ledger.sqlite'}").history(study)
+    assert [e["event"] for e in events] == ["added", "claimed", "lost", "claimed", "done"]
+    assert events[2]["error_class"] == "worker.lost"
+    results = slow_project / "results"
+    staging = results / ".staging"
+    assert not staging.exists() or not any(staging.iterdir()), "a killed worker's staging folder was left"
+    for path in results.rglob("*"):
+        if path.name.endswith(".nii.gz"):
+            nib.load(path).get_fdata()  # a complete file, or this raises
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+
+
+def test_run_exit_status_is_nonzero_when_a_study_fails(slow_project: Path) -> None:
+    ledger = Ledger(f"sqlite:///{slow_project / 'ledger.sqlite'}")
+    first = next(ledger.studies())["study_id"]
+    ledger.close()
+    set_config(slow_project, segmenter_options={"delay": 0.0, "fail_studies": [first]}, max_attempts=1)
+    result = batchseg("run", "--project", str(slow_project), check=False)
+    assert result.returncode == 1
+    status = status_json(slow_project)
+    assert status["states"]["done"] == 2 and status["failures"][0]["error_class"] == "segment.error"
+
+
+def test_run_limit_processes_at_most_n(slow_project: Path) -> None:
+    set_config(slow_project, segmenter_options={"delay": 0.0})
+    batchseg("run", "--project", str(slow_project), "--workers", "2", "--limit", "1")
+    assert status_json(slow_project)["states"]["done"] == 1
+
+
+def test_time_budget() -> None:
+    now = 1000.0
+    assert has_time_for_another(None, None, now)
+    assert has_time_for_another(now + 100, None, now)
+    assert not has_time_for_another(now - 1, None, now)
+    assert has_time_for_another(now + 200, 60.0, now)
+    assert not has_time_for_another(now + 100, 60.0, now), "60 s x 1.5 + 30 s slack does not fit in 100 s"
