@@ -60,7 +60,8 @@ def format_status(summary: dict[str, Any], *, show_failed: bool = False,
         out += ["", f"{title} by error class:"]
         limit = None if show_failed else 3
         rows = [[g["error_class"], str(g["count"]), " ".join(g["studies"][:limit])
-                 + (" ..." if limit and len(g["studies"]) > limit else ""), g["example"]] for g in groups]
+                 + (" ..." if limit and len(g["studies"]) > limit else ""), _shorten(g["example"], 90)]
+                for g in groups]
         out.append(table(rows, ["error class", "count", "studies", "example"]))
     jobs = list(jobs)
     if jobs:
@@ -84,6 +85,10 @@ def format_study(study: dict[str, Any], events: list[dict[str, Any]]) -> str:
              _who(e), e.get("error_class") or "", e.get("message") or ""] for e in events]
     out += ["", "history:", table(rows, ["when", "event", "transition", "worker", "error", "message"])]
     return "\n".join(out)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _who(event: dict[str, Any]) -> str:
