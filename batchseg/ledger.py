@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (
+    bindparam,
     Column,
     Float,
     Index,
@@ -123,6 +124,40 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+
+# The hot path's statements are built once: constructing SQLAlchemy statements per call cost
+# more than executing them (benchmarks/ledger.py). Parameters are p_* so they never shadow columns.
+_NEXT_PENDING = (
+    select(studies.c.study_id)
+    .where(studies.c.state == "pending")
+    .order_by(studies.c.seq)
+    .limit(1)
+    .with_for_update(skip_locked=True)   # PostgreSQL; SQLite holds the write lock already
+    .scalar_subquery()
+)
+CLAIM = (
+    update(studies)
+    .where(studies.c.study_id == _NEXT_PENDING, studies.c.state == "pending")
+    .values(
+        state="running", token=bindparam("p_token"), attempts=studies.c.attempts + 1,
+        claimed_at=bindparam("p_now"), heartbeat_at=bindparam("p_now"), lease_expires_at=bindparam("p_expires"),
+        worker_host=bindparam("p_host"), worker_pid=bindparam("p_pid"), slurm_job_id=bindparam("p_job"),
+        slurm_array_job_id=bindparam("p_array_job"), slurm_array_task_id=bindparam("p_array_task"),
+        error_class=None, error_message=None, log_path=None, updated_at=bindparam("p_now"),
+    )
+    .returning(studies.c.study_id, studies.c.attempts, studies.c.series_id, studies.c.input_path)
+)
+_HELD = (studies.c.study_id == bindparam("p_study"), studies.c.token == bindparam("p_token"),
+         studies.c.state == "running")
+HEARTBEAT = update(studies).where(*_HELD).values(heartbeat_at=bindparam("p_now"),
+                                                  lease_expires_at=bindparam("p_expires"))
+COMPLETE = update(studies).where(*_HELD).values(
+    state="done", token=None, lease_expires_at=None, finished_at=bindparam("p_now"), updated_at=bindparam("p_now"),
+    outputs=bindparam("p_outputs"), timings=bindparam("p_timings"))
+EXPIRED = select(studies.c.study_id, studies.c.token).where(
+    studies.c.state == "running", studies.c.lease_expires_at < bindparam("p_now"))
+ADD_HISTORY = insert(history)
 
 
 @dataclass
@@ -317,38 +352,19 @@ class Ledger:
         token = uuid.uuid4().hex
         with self.engine.begin() as conn:
             self._expire_leases(conn, now)
-            next_id = (
-                select(studies.c.study_id)
-                .where(studies.c.state == "pending")
-                .order_by(studies.c.seq)
-                .limit(1)
-                .with_for_update(skip_locked=True)   # PostgreSQL; SQLite holds the write lock already
-                .scalar_subquery()
-            )
-            row = conn.execute(
-                update(studies)
-                .where(studies.c.study_id == next_id, studies.c.state == "pending")
-                .values(
-                    state="running", token=token, attempts=studies.c.attempts + 1,
-                    claimed_at=now, heartbeat_at=now, lease_expires_at=now + lease_seconds,
-                    worker_host=worker.host, worker_pid=worker.pid, slurm_job_id=worker.slurm_job_id,
-                    slurm_array_job_id=worker.slurm_array_job_id, slurm_array_task_id=worker.slurm_array_task_id,
-                    error_class=None, error_message=None, log_path=None, updated_at=now,
-                )
-                .returning(studies.c.study_id, studies.c.attempts, studies.c.series_id, studies.c.input_path)
-            ).first()
+            row = conn.execute(CLAIM, {
+                "p_token": token, "p_now": now, "p_expires": now + lease_seconds, "p_host": worker.host,
+                "p_pid": worker.pid, "p_job": worker.slurm_job_id, "p_array_job": worker.slurm_array_job_id,
+                "p_array_task": worker.slurm_array_task_id}).first()
             if row is None:
                 return None
-            conn.execute(insert(history).values(
-                study_id=row.study_id, token=token, event="claimed", from_state="pending", to_state="running",
-                at=now, **worker.history_columns()))
+            conn.execute(ADD_HISTORY, {
+                "study_id": row.study_id, "token": token, "event": "claimed", "from_state": "pending",
+                "to_state": "running", "at": now, **worker.history_columns()})
         return Claim(row.study_id, token, row.attempts, row.series_id, row.input_path, now, worker)
 
     def _expire_leases(self, conn: Connection, now: float) -> list[str]:
-        expired = conn.execute(
-            select(studies.c.study_id, studies.c.token)
-            .where(studies.c.state == "running", studies.c.lease_expires_at < now)
-        ).all()
+        expired = conn.execute(EXPIRED, {"p_now": now}).all()
         return [sid for sid, token in expired
                 if self._end_attempt(conn, sid, token, "lost", "worker.lost",
                                      "lease expired: the worker stopped sending heartbeats", now)]
@@ -361,28 +377,21 @@ class Ledger:
     def heartbeat(self, claim: Claim, lease_seconds: float) -> bool:
         now = time.time()
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(studies)
-                .where(studies.c.study_id == claim.study_id, studies.c.token == claim.token,
-                       studies.c.state == "running")
-                .values(heartbeat_at=now, lease_expires_at=now + lease_seconds)
-            )
+            result = conn.execute(HEARTBEAT, {"p_study": claim.study_id, "p_token": claim.token, "p_now": now,
+                                              "p_expires": now + lease_seconds})
             return result.rowcount == 1
 
     def complete(self, claim: Claim, outputs: dict[str, str], timings: dict[str, float]) -> bool:
         now = time.time()
         with self.engine.begin() as conn:
-            done = conn.execute(
-                update(studies)
-                .where(studies.c.study_id == claim.study_id, studies.c.token == claim.token,
-                       studies.c.state == "running")
-                .values(state="done", token=None, lease_expires_at=None, finished_at=now, updated_at=now,
-                        outputs=json.dumps(outputs), timings=json.dumps(timings))
-            ).rowcount == 1
+            done = conn.execute(COMPLETE, {
+                "p_study": claim.study_id, "p_token": claim.token, "p_now": now,
+                "p_outputs": json.dumps(outputs), "p_timings": json.dumps(timings)}).rowcount == 1
             if done:
-                conn.execute(insert(history).values(
-                    study_id=claim.study_id, token=claim.token, event="done", from_state="running", to_state="done",
-                    at=now, duration=now - claim.claimed_at, **claim.worker.history_columns()))
+                conn.execute(ADD_HISTORY, {
+                    "study_id": claim.study_id, "token": claim.token, "event": "done", "from_state": "running",
+                    "to_state": "done", "at": now, "duration": now - claim.claimed_at,
+                    **claim.worker.history_columns()})
         return done
 
     def fail(self, claim: Claim, error_class: str, message: str, log_path: str | None = None) -> str:
