@@ -420,7 +420,7 @@ def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--studies", "n_studies", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--matrix", type=click.IntRange(min=32), default=256, show_default=True,
+@click.option("--matrix", type=click.IntRange(min=64), default=256, show_default=True,
               help="In-plane size of the sagittal series.")
 @click.option("--no-broken", is_flag=True, help="Only good studies (by default the last three are broken).")
 def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool) -> None:
@@ -433,14 +433,15 @@ def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool
     from .synth import synth_dataset
 
     with click.progressbar(length=n_studies, label="synthesizing studies") as bar:
-        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken, progress=bar.update)
+        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken,
+                             progress=lambda done: bar.update(done - bar.pos))
 
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--studies", "n_studies", type=click.IntRange(min=4), default=8, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--matrix", type=click.IntRange(min=32), default=256, show_default=True)
+@click.option("--matrix", type=click.IntRange(min=64), default=256, show_default=True)
 @click.pass_context
 def demo(click_ctx: click.Context, directory: Path, n_studies: int, workers: int, matrix: int) -> None:
     """Synthetic dataset in DIR/data, a project in DIR, init, run, status: the whole flow in one command."""

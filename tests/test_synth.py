@@ -1,0 +1,245 @@
+"""synth.py: RSNA layout, realistic DICOM, ground truth on the converter's grid, determinism."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+from batchseg.dicom import read_series
+from batchseg.synth import (AX_T2, BROKEN_KINDS, INTENSITY_T2, SAG_T1, SAG_T2, TIER_HALF_WIDTH, read_manifest,
+                            synth_dataset, variant_labels)
+
+MATRIX = 96
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "rsna"
+    calls = []
+    m = synth_dataset(root, n_studies=8, seed=SEED, matrix=MATRIX, progress=calls.append)
+    return m, calls
+
+
+def _good(m):
+    return [s for s in m.studies if s.broken is None]
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _gt(root: Path, sid: int) -> nib.Nifti1Image:
+    return nib.load(root / "ground_truth" / f"{sid}_seg-vert_msk.nii.gz")
+
+
+def test_layout_and_csvs(ds):
+    m, calls = ds
+    root = m.root
+    assert calls == list(range(1, 9))
+    for name in ("train_series_descriptions.csv", "train.csv", "train_label_coordinates.csv", "study_ids.txt",
+                 "ground_truth/manifest.json"):
+        assert (root / name).is_file(), name
+    assert m.study_list == root / "study_ids.txt"
+    assert [int(x) for x in m.study_list.read_text().split()] == [s.study_id for s in m.studies]
+
+    rows = _csv(root / "train_series_descriptions.csv")
+    assert set(rows[0]) == {"study_id", "series_id", "series_description"}
+    assert {r["series_description"] for r in rows} == {SAG_T1, SAG_T2, AX_T2}
+    listed = {(int(r["study_id"]), r["series_description"]): int(r["series_id"]) for r in rows}
+    for s in m.studies:
+        assert {d: listed[(s.study_id, d)] for (sid, d) in listed if sid == s.study_id} == s.series
+
+    train = _csv(root / "train.csv")
+    assert [int(r["study_id"]) for r in train] == [s.study_id for s in m.studies]
+    assert len(train[0]) > 2
+
+    coords = _csv(root / "train_label_coordinates.csv")
+    assert set(coords[0]) == {"study_id", "series_id", "instance_number", "condition", "level", "x", "y"}
+    for r in coords:
+        s = next(s for s in m.studies if s.study_id == int(r["study_id"]))
+        assert int(r["series_id"]) == s.series[SAG_T2]
+        assert 0 <= float(r["x"]) < MATRIX and 0 <= float(r["y"]) < MATRIX
+        assert r["level"] in ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")
+
+
+def test_ids_look_like_rsna(ds):
+    m, _ = ds
+    sids = [s.study_id for s in m.studies]
+    assert len(set(sids)) == len(sids) and sids == sorted(sids)
+    assert all(8 <= len(str(s)) <= 10 for s in sids)
+    series = [v for s in m.studies for v in s.series.values()]
+    assert len(set(series)) == len(series)
+    assert all(2**31 < v < 2**63 for v in series)
+
+
+def test_variants_cycle_and_last_three_are_broken(ds):
+    m, _ = ds
+    assert [s.variant for s in m.studies] == ["normal", "L6", "T13", "four_lumbar"] * 2
+    assert [s.broken for s in m.studies] == [None] * 5 + list(BROKEN_KINDS)
+    images = m.root / "train_images"
+    by_kind = {s.broken: s for s in m.studies}
+
+    no_t2 = by_kind["no_t2"]
+    assert SAG_T2 not in no_t2.series
+    assert sorted(p.name for p in (images / str(no_t2.study_id)).iterdir()) == \
+        sorted(str(v) for v in no_t2.series.values())
+
+    assert not (images / str(by_kind["missing_folder"].study_id)).exists()
+
+    trunc = by_kind["truncated"]
+    sizes = sorted(p.stat().st_size for p in (images / str(trunc.study_id) / str(trunc.series[SAG_T2])).iterdir())
+    # Exactly one file cut to half (headers differ by a few bytes of position text).
+    assert abs(sizes[0] - sizes[1] // 2) < 64 and sizes[-1] - sizes[1] < 64
+
+    man = read_manifest(m.root)["studies"]
+    for s in m.studies:
+        e = man[str(s.study_id)]
+        assert e["variant"] == s.variant and e["broken"] == s.broken
+        assert (e["ground_truth"] is None) == (s.broken is not None)
+        assert (m.root / "ground_truth" / f"{s.study_id}_seg-vert_msk.nii.gz").exists() == (s.broken is None)
+
+
+def test_dicom_headers_are_realistic(ds):
+    m, _ = ds
+    s = _good(m)[0]
+    for desc, tag in ((SAG_T2, "T2"), (SAG_T1, "T1")):
+        folder = m.root / "train_images" / str(s.study_id) / str(s.series[desc])
+        dss = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+        assert 15 <= len(dss) <= 20
+        assert {d.SeriesDescription for d in dss} == {tag}
+        assert sorted(int(d.InstanceNumber) for d in dss) == list(range(1, len(dss) + 1))
+        for d in dss:
+            assert d.Modality == "MR" and d.StudyInstanceUID == str(s.study_id)
+            assert (d.Rows, d.Columns) == (MATRIX, MATRIX)
+            assert np.allclose([float(v) for v in d.ImageOrientationPatient], [0, 1, 0, 0, 0, -1], atol=0.1)
+            assert float(d.RescaleSlope) == 1 and float(d.RescaleIntercept) == 0
+            assert d.pixel_array.dtype in (np.int16, np.uint16)
+        iop = np.array([float(v) for v in dss[0].ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        along = sorted(float(np.array([float(v) for v in d.ImagePositionPatient]) @ normal) for d in dss)
+        steps = np.diff(along)
+        assert 3.3 <= steps.mean() <= 4.5 and np.ptp(steps) < 1e-3
+
+
+def test_pixel_spacing_at_full_matrix(tmp_path):
+    m = synth_dataset(tmp_path / "big", n_studies=1, seed=1, matrix=256)
+    s = m.studies[0]
+    f = next((m.root / "train_images" / str(s.study_id) / str(s.series[SAG_T2])).iterdir())
+    d = pydicom.dcmread(f)
+    assert (d.Rows, d.Columns) == (256, 256)
+    assert all(1.1 <= float(v) <= 1.2 for v in d.PixelSpacing)
+
+
+def _dcm2niix() -> str:
+    exe = Path(sys.executable).parent / "dcm2niix"
+    return str(exe) if exe.exists() else (shutil.which("dcm2niix") or "dcm2niix")
+
+
+def test_ground_truth_is_on_dcm2niix_grid(ds, tmp_path):
+    """An independent converter sees the same voxels and world positions as the ground truth."""
+    m, _ = ds
+    for s in _good(m):
+        out = tmp_path / str(s.study_id)
+        out.mkdir()
+        subprocess.run([_dcm2niix(), "-z", "n", "-b", "n", "-f", "img", "-o", str(out),
+                        str(m.root / "train_images" / str(s.study_id) / str(s.series[SAG_T2]))],
+                       check=True, capture_output=True)
+        img = nib.load(out / "img.nii")
+        gt = _gt(m.root, s.study_id)
+        t = ornt_transform(io_orientation(img.affine), io_orientation(gt.affine))
+        data = apply_orientation(np.asanyarray(img.dataobj), t)
+        aff = img.affine @ inv_ornt_aff(t, img.shape)
+        assert data.shape == gt.shape
+        assert np.allclose(aff, gt.affine, atol=1e-3)
+        _assert_code_encodes_labels(data, np.asanyarray(gt.dataobj))
+
+
+def test_ground_truth_is_on_batchseg_converter_grid(ds):
+    m, _ = ds
+    for s in _good(m):
+        data, affine, _ = read_series(m.root / "train_images" / str(s.study_id) / str(s.series[SAG_T2]))
+        gt = _gt(m.root, s.study_id)
+        assert data.shape == gt.shape
+        assert np.allclose(affine, gt.affine, atol=1e-4)   # NIfTI keeps the affine in float32
+        _assert_code_encodes_labels(data, np.asanyarray(gt.dataobj))
+
+
+def _assert_code_encodes_labels(data: np.ndarray, labels: np.ndarray) -> None:
+    """Each intensity tier holds exactly the voxels of its label class."""
+    classes = {"thoracic": np.isin(labels, [17, 18, 19, 28]), "lumbar": np.isin(labels, range(20, 26)),
+               "sacrum": labels == 26, "disc": labels >= 100}
+    for name, want in classes.items():
+        got = np.abs(data.astype(np.float64) - INTENSITY_T2[name]) <= TIER_HALF_WIDTH
+        assert np.array_equal(got, want), name
+        assert want.sum() > 0, name
+
+
+def test_expected_labels_per_variant(ds):
+    m, _ = ds
+    man = read_manifest(m.root)["studies"]
+    want = {
+        "normal": {17, 18, 19, 20, 21, 22, 23, 24, 26, 117, 118, 119, 120, 121, 122, 123, 124},
+        "L6": {17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 117, 118, 119, 120, 121, 122, 123, 124, 125},
+        "T13": {17, 18, 19, 28, 20, 21, 22, 23, 24, 26, 117, 118, 119, 128, 120, 121, 122, 123, 124},
+        "four_lumbar": {17, 18, 19, 20, 21, 22, 23, 26, 117, 118, 119, 120, 121, 122, 123},
+    }
+    for s in _good(m):
+        labels = set(np.unique(np.asanyarray(_gt(m.root, s.study_id).dataobj)).tolist()) - {0}
+        assert labels == want[s.variant]
+        assert {int(k) for k in man[str(s.study_id)]["expected_labels"]} == labels
+        assert set(variant_labels(s.variant)) == labels
+    assert variant_labels("T13")[119] == "T12/T13" and variant_labels("L6")[124] == "L5/L6"
+
+
+def test_field_of_view_starts_at_t10(ds):
+    """The top structure is T10 and nothing lies above it: the convention the reference segmenter counts from."""
+    m, _ = ds
+    for s in _good(m):
+        gt = _gt(m.root, s.study_id)
+        lab = np.asanyarray(gt.dataobj)
+        z = (gt.affine[:3, :3] @ np.argwhere(lab > 0).T.astype(float))[2] + gt.affine[2, 3]
+        top_label = lab[tuple(np.argwhere(lab > 0)[np.argmax(z)])]
+        assert top_label == 17
+
+
+def test_deterministic_in_seed(ds, tmp_path):
+    m, _ = ds
+    again = synth_dataset(tmp_path / "again", n_studies=8, seed=SEED, matrix=MATRIX)
+    assert [s.study_id for s in again.studies] == [s.study_id for s in m.studies]
+    assert _tree_digest(again.root) == _tree_digest(m.root)
+    other = synth_dataset(tmp_path / "other", n_studies=2, seed=SEED + 1, matrix=64)
+    assert {s.study_id for s in other.studies}.isdisjoint(s.study_id for s in m.studies)
+
+
+def test_broken_off_and_small_datasets(tmp_path):
+    a = synth_dataset(tmp_path / "a", n_studies=4, seed=0, matrix=64, broken=False)
+    assert all(s.broken is None for s in a.studies)
+    b = synth_dataset(tmp_path / "b", n_studies=3, seed=0, matrix=64)
+    assert all(s.broken is None for s in b.studies)
+    c = synth_dataset(tmp_path / "c", n_studies=4, seed=0, matrix=64, split="test")
+    assert [s.broken for s in c.studies] == [None, "no_t2", "truncated", "missing_folder"]
+    assert (c.root / "test_series_descriptions.csv").exists() and (c.root / "test_images").is_dir()
+
+
+def test_refuses_to_mix_into_an_existing_dataset(ds):
+    m, _ = ds
+    with pytest.raises(FileExistsError):
+        synth_dataset(m.root, n_studies=2, seed=9, matrix=64)
+    with pytest.raises(ValueError):
+        synth_dataset(m.root / "x", n_studies=2, matrix=32)
