@@ -139,16 +139,11 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
 
 def _check_models_or_stop(config: Config) -> None:
     """With the SPINEPS segmenter, stop before any claim when its weights cannot be found."""
-    if config.segmenter != "spineps":
-        return
-    from .models import check_models
+    from .worker import preflight
 
-    options = config.segmenter_options
-    check = check_models(config.models_path, semantic=options.get("semantic", "t2w"),
-                         instance=options.get("instance", "instance"),
-                         labeling=options.get("labeling", "t2w_labeling"))
-    if not check.ok:
-        fail(check.message)
+    problem = preflight(config)
+    if problem:
+        fail(problem)
 
 
 @cli.command()
@@ -215,6 +210,8 @@ def work(ctx: Context, max_studies: int | None) -> None:
     logging.getLogger("batchseg.worker").info(
         "worker stops: %s; %d done, %d failed attempts, %d released", stats.stop_reason or "finished",
         len(stats.done), len(stats.failed), len(stats.released))
+    if stats.setup_error:
+        sys.exit(3)
 
 
 # -- looking at it ------------------------------------------------------------------------------
@@ -476,19 +473,15 @@ def models() -> None:
 @click.option("--project", default=None, envvar=PROJECT_ENV, help="Project folder to read models_dir from.")
 def models_check(models_dir: Path | None, project: str | None) -> None:
     """Resolve each SPINEPS model without touching the network."""
-    from .models import check_models
+    from .models import check_for_config
 
-    options: dict[str, Any] = {}
-    if models_dir is None:
-        try:
-            config = load_config(Path(project).resolve() if project else find_project())
-            models_dir, options = config.models_path, config.segmenter_options
-        except ConfigError:
-            env = os.environ.get("SPINEPS_SEGMENTOR_MODELS")
-            models_dir = Path(env) if env else None
-    check = check_models(models_dir, semantic=options.get("semantic", "t2w"),
-                         instance=options.get("instance", "instance"),
-                         labeling=options.get("labeling", "t2w_labeling"))
+    try:
+        config = load_config(Path(project).resolve() if project else find_project())
+    except ConfigError:
+        config = Config(project_dir=Path.cwd())  # no project: SPINEPS's defaults
+    if models_dir is not None:
+        config.models_dir = str(models_dir.resolve())
+    check = check_for_config(config)
     for name, folder in check.found.items():
         click.echo(f"found {name}: {folder}")
     if not check.ok:

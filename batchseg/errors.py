@@ -56,3 +56,11 @@ class StudyError(Exception):
     @property
     def retryable(self) -> bool:
         return is_retryable(self.error_class)
+
+
+class SetupError(RuntimeError):
+    """The segmenter cannot run on this worker at all (missing package or weights).
+
+    Not a study's fault: the worker gives its study back uncharged and stops, instead of
+    failing every study in the queue one after another.
+    """

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .errors import StudyError
+from .errors import SetupError, StudyError
 from .segmenters import Segmenter
 
 STAGING = ".staging"
@@ -144,6 +144,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         timer.current = "metadata"
         shutil.rmtree(staging / "work", ignore_errors=True)
         timings = {**timer.timings, **{f"segment.{k}": v for k, v in result.timings.items()}}
+        timings["total"] = round(time.time() - started, 4)  # up to publishing, which follows
         metadata = {
             "study_id": sid,
             "series_id": study.series_id,
@@ -171,6 +172,8 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         timings["publish"] = timer.timings["publish"]
         timings["total"] = round(time.time() - started, 4)
         return StudyOutcome(outputs={k: str(v) for k, v in final.items()}, timings=timings, metadata=metadata)
+    except SetupError:
+        raise  # the worker's problem, not the study's
     except Exception as exc:
         raise _stage_error(timer.current, sid, exc) from exc
     finally:

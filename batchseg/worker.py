@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Callable
 
 from .config import Config
-from .errors import StudyError
+from .errors import SetupError, StudyError
 from .ledger import Claim, Ledger, WorkerInfo
 from .pipeline import StudyInput, run_study
 from .segmenters import Segmenter, load_segmenter
@@ -43,6 +43,7 @@ class WorkerStats:
     failed: list[str] = field(default_factory=list)     # attempts that failed (retried or not)
     released: list[str] = field(default_factory=list)
     stop_reason: str = ""
+    setup_error: str = ""                                # set: the worker could not run at all
 
 
 class Heartbeat(threading.Thread):
@@ -66,6 +67,16 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+def preflight(config: Config) -> str:
+    """Why this worker cannot run at all ('' when it can): checked before any claim."""
+    if config.segmenter != "spineps":
+        return ""
+    from .models import check_for_config
+
+    check = check_for_config(config)
+    return "" if check.ok else check.message
 
 
 def expected_study_seconds(ledger: Ledger) -> float | None:
@@ -126,18 +137,33 @@ class Worker:
         return True
 
     def _loop(self) -> None:
+        problem = preflight(self.config)
+        if problem:
+            self._give_up(problem)
+            return
         while self._should_claim():
             claim = self.ledger.claim(self.identity, self.config.lease_seconds)
             if claim is None:
                 self.stats.stop_reason = "no pending studies"
                 return
-            if self.segmenter is None:
-                # Loaded after the first claim so an idle task never pays for the model.
-                self.segmenter = load_segmenter(self.config.segmenter, self.segmenter_options())
-            self._process(claim)
+            try:
+                if self.segmenter is None:
+                    # Loaded after the first claim so an idle task never pays for the model.
+                    self.segmenter = load_segmenter(self.config.segmenter, self.segmenter_options())
+                self._process(claim)
+            except SetupError as exc:
+                self.ledger.release(claim, f"released: this worker cannot run the segmenter: {exc}")
+                self.stats.released.append(claim.study_id)
+                self._give_up(str(exc))
+                return
             if self._stop_signal:
                 self.stats.stop_reason = f"signal {self._stop_signal}"
                 return
+
+    def _give_up(self, problem: str) -> None:
+        self.stats.setup_error = " ".join(problem.split())
+        self.stats.stop_reason = f"cannot run: {self.stats.setup_error}"
+        log.error("worker cannot run: %s", self.stats.setup_error)
 
     def segmenter_options(self) -> dict:
         options = dict(self.config.segmenter_options)
@@ -158,21 +184,20 @@ class Worker:
                                     still_mine=lambda: not beat.lost.is_set())
             finally:
                 self._in_study = False
+                beat.stop()
         except Interrupted as signal_name:
-            beat.stop()
             self.ledger.release(claim, f"released on {signal_name}")
             self.stats.released.append(claim.study_id)
             log.info("study %s: released on %s", claim.study_id, signal_name)
             return
         except StudyError as error:
-            beat.stop()
             self._record_failure(claim, error)
             return
+        except SetupError:
+            raise
         except Exception as exc:  # never let one study end the batch
-            beat.stop()
             self._record_failure(claim, StudyError("internal", f"study {claim.study_id}: {type(exc).__name__}: {exc}"))
             return
-        beat.stop()
         if self.ledger.complete(claim, outcome.outputs, outcome.timings):
             self.stats.done.append(claim.study_id)
             log.info("study %s: done in %.1f s", claim.study_id, outcome.timings.get("total", 0.0))

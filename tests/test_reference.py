@@ -178,7 +178,7 @@ def test_label_components_long_snake():
 def test_describe_and_registry():
     seg = load_segmenter("reference")
     assert seg.name == "reference"
-    assert seg.describe() == {"segmenter": "reference", "note": "classical threshold segmenter for batchseg's "
+    assert seg.describe() == {"name": "reference", "note": "classical threshold segmenter for batchseg's "
                                                                 "synthetic phantoms only; not for real MRI"}
     noop = load_segmenter("noop", {"delay": 0.0, "fail_studies": ["5"]})
     assert noop.name == "noop" and "plumbing check" in noop.describe()["note"]

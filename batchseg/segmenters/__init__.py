@@ -28,7 +28,7 @@ class Segmenter(Protocol):
     name: str
 
     def describe(self) -> dict[str, Any]:
-        """Versions, model ids and device, recorded in every study's metadata."""
+        """`name`, versions, model ids and device, recorded in every study's metadata."""
 
     def segment(self, nifti: Path, workdir: Path, study_id: str) -> SegmentResult:
         """Segment `nifti`, writing only under `workdir`; raise StudyError on failure."""

@@ -28,7 +28,7 @@ class NoopSegmenter:
         self.fail_studies = {str(s) for s in (fail_studies or [])}
 
     def describe(self) -> dict[str, Any]:
-        return {"segmenter": "noop", "note": "plumbing check: no image analysis, one box labelled L1",
+        return {"name": "noop", "note": "plumbing check: no image analysis, one box labelled L1",
                 "delay": self.delay}
 
     def segment(self, nifti: Path, workdir: Path, study_id: str) -> SegmentResult:

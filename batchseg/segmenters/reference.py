@@ -43,7 +43,7 @@ class ReferenceSegmenter:
         self.min_volume_mm3 = float(min_volume_mm3)
 
     def describe(self) -> dict[str, Any]:
-        return {"segmenter": "reference",
+        return {"name": "reference",
                 "note": "classical threshold segmenter for batchseg's synthetic phantoms only; not for real MRI"}
 
     def segment(self, nifti: Path, workdir: Path, study_id: str) -> SegmentResult:
