@@ -133,7 +133,7 @@ def test_many_workers_many_studies_every_study_done_once(tmp_path: Path) -> None
     from batchseg.synth import synth_dataset
 
     data = tmp_path / "data"
-    synth_dataset(data, 200, seed=3, matrix=32, broken=False)
+    synth_dataset(data, 200, seed=3, matrix=64, broken=False)
     project = tmp_path / "p"
     batchseg("init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop")
     batchseg("run", "--project", str(project), "--workers", "8")

@@ -23,7 +23,7 @@ def slow_project(tmp_path: Path) -> Path:
     from batchseg.synth import synth_dataset
 
     data = tmp_path / "data"
-    synth_dataset(data, 3, seed=5, matrix=32, broken=False)
+    synth_dataset(data, 3, seed=5, matrix=64, broken=False)
     project = tmp_path / "p"
     batchseg("init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop")
     set_config(project, segmenter_options={"delay": 4.0}, lease_seconds=3, heartbeat_seconds=1)
