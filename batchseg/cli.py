@@ -292,7 +292,10 @@ def _submit(config: Config, ledger: Any, **kwargs: Any) -> None:
     except SlurmError as exc:
         fail(str(exc))
     if result.dry_run:
-        click.echo(result.script, nl=False)
+        for index, script in enumerate(result.scripts or [result.script]):
+            if len(result.scripts) > 1:
+                click.echo(f"# ---- array {index + 1} of {len(result.scripts)}: --array={result.array_specs[index]}")
+            click.echo(script, nl=False)
         return
     for job_id, spec in zip(result.job_ids, result.array_specs):
         click.echo(f"submitted array job {job_id} --array={spec}")

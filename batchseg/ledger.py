@@ -72,6 +72,7 @@ studies = Table(
     Column("slurm_job_id", String(32)),
     Column("slurm_array_job_id", String(32)),
     Column("slurm_array_task_id", String(16)),
+    Column("slurm_restart_count", Integer),
     Column("error_class", String(64)),
     Column("error_message", Text),
     Column("log_path", Text),
@@ -144,7 +145,7 @@ CLAIM = (
         claimed_at=bindparam("p_now"), heartbeat_at=bindparam("p_now"), lease_expires_at=bindparam("p_expires"),
         worker_host=bindparam("p_host"), worker_pid=bindparam("p_pid"), slurm_job_id=bindparam("p_job"),
         slurm_array_job_id=bindparam("p_array_job"), slurm_array_task_id=bindparam("p_array_task"),
-        error_class=None, error_message=None, log_path=None, updated_at=bindparam("p_now"),
+        slurm_restart_count=bindparam("p_restarts"), error_class=None, error_message=None, log_path=None, updated_at=bindparam("p_now"),
     )
     .returning(studies.c.study_id, studies.c.attempts, studies.c.series_id, studies.c.input_path)
 )
@@ -182,7 +183,9 @@ class WorkerInfo:
             slurm_job_id=env.get("SLURM_JOB_ID"),
             slurm_array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
             slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
-            slurm_restart_count=int(restarts) if restarts and restarts.isdigit() else None,
+            # Slurm sets SLURM_RESTART_COUNT only after a requeue: inside a job, absent means 0.
+            slurm_restart_count=int(restarts) if restarts and restarts.isdigit() else (
+                0 if env.get("SLURM_JOB_ID") else None),
             cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
         )
 
@@ -355,7 +358,7 @@ class Ledger:
             row = conn.execute(CLAIM, {
                 "p_token": token, "p_now": now, "p_expires": now + lease_seconds, "p_host": worker.host,
                 "p_pid": worker.pid, "p_job": worker.slurm_job_id, "p_array_job": worker.slurm_array_job_id,
-                "p_array_task": worker.slurm_array_task_id}).first()
+                "p_array_task": worker.slurm_array_task_id, "p_restarts": worker.slurm_restart_count}).first()
             if row is None:
                 return None
             conn.execute(ADD_HISTORY, {
@@ -428,7 +431,8 @@ class Ledger:
                      worker: WorkerInfo | None = None) -> str:
         row = conn.execute(
             select(studies.c.attempts, studies.c.claimed_at, studies.c.worker_host, studies.c.worker_pid,
-                   studies.c.slurm_job_id, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id)
+                   studies.c.slurm_job_id, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
+                   studies.c.slurm_restart_count)
             .where(studies.c.study_id == study_id, studies.c.token == token, studies.c.state == "running")
         ).first()
         if row is None:
@@ -450,7 +454,8 @@ class Ledger:
         )
         who = worker.history_columns() if worker else {
             "host": row.worker_host, "pid": row.worker_pid, "slurm_job_id": row.slurm_job_id,
-            "slurm_array_job_id": row.slurm_array_job_id, "slurm_array_task_id": row.slurm_array_task_id}
+            "slurm_array_job_id": row.slurm_array_job_id, "slurm_array_task_id": row.slurm_array_task_id,
+            "slurm_restart_count": row.slurm_restart_count}
         conn.execute(insert(history).values(
             study_id=study_id, token=token, event=event_name, from_state="running", to_state=new_state, at=now,
             error_class=error_class, message=message,
@@ -498,7 +503,7 @@ class Ledger:
         return [RunningAttempt(
             r.study_id, r.token, r.attempts,
             WorkerInfo(r.worker_host or "", r.worker_pid or 0, r.slurm_job_id, r.slurm_array_job_id,
-                       r.slurm_array_task_id),
+                       r.slurm_array_task_id, r.slurm_restart_count),
             r.claimed_at, r.heartbeat_at, r.lease_expires_at) for r in rows]
 
     def study(self, study_id: str) -> dict[str, Any] | None:

@@ -179,6 +179,8 @@ class Worker:
         try:
             try:
                 self._in_study = True
+                if self._stop_signal:  # arrived between the claim and here: give the study back now
+                    raise Interrupted(self._stop_signal)
                 assert self.segmenter is not None
                 outcome = run_study(study, self.segmenter, self.config.out_dir,
                                     still_mine=lambda: not beat.lost.is_set())

@@ -47,8 +47,8 @@ def _claimer(url: str, queue: "multiprocessing.Queue[list[str]]", pid: int) -> N
 def test_parallel_claims_never_double_claim_on_postgresql(pg_url: str) -> None:
     ledger = Ledger(pg_url)
     ledger.add_studies([StudyRow(str(i)) for i in range(400)])
-    queue: multiprocessing.Queue = multiprocessing.Queue()
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("spawn")  # a forked child must not inherit the parent's connections
+    queue = ctx.Queue()
     procs = [ctx.Process(target=_claimer, args=(pg_url, queue, p)) for p in range(8)]
     for proc in procs:
         proc.start()
