@@ -149,7 +149,7 @@ class Worker:
             try:
                 if self.segmenter is None:
                     # Loaded after the first claim so an idle task never pays for the model.
-                    self.segmenter = load_segmenter(self.config.segmenter, self.segmenter_options())
+                    self.segmenter = self._load_segmenter()
                 self._process(claim)
             except SetupError as exc:
                 self.ledger.release(claim, f"released: this worker cannot run the segmenter: {exc}")
@@ -164,6 +164,15 @@ class Worker:
         self.stats.setup_error = " ".join(problem.split())
         self.stats.stop_reason = f"cannot run: {self.stats.setup_error}"
         log.error("worker cannot run: %s", self.stats.setup_error)
+
+    def _load_segmenter(self) -> Segmenter:
+        try:
+            return load_segmenter(self.config.segmenter, self.segmenter_options())
+        except SetupError:
+            raise
+        except Exception as exc:  # a bad option or device in batchseg.toml: no study can run here
+            raise SetupError(f"segmenter {self.config.segmenter!r} could not start: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
     def segmenter_options(self) -> dict:
         options = dict(self.config.segmenter_options)

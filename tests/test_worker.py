@@ -114,3 +114,11 @@ def test_time_budget() -> None:
     assert not has_time_for_another(now - 1, None, now)
     assert has_time_for_another(now + 200, 60.0, now)
     assert not has_time_for_another(now + 100, 60.0, now), "60 s x 1.5 + 30 s slack does not fit in 100 s"
+
+
+def test_a_segmenter_that_cannot_start_releases_and_stops(slow_project: Path) -> None:
+    set_config(slow_project, segmenter_options={"no_such_option": 1})
+    result = batchseg("work", "--project", str(slow_project), check=False)
+    assert result.returncode == 3 and "could not start" in result.stderr
+    status = status_json(slow_project)
+    assert status["states"]["pending"] == 3 and status["states"]["failed"] == 0, "no study pays for a bad config"
