@@ -264,6 +264,38 @@ def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
     return result.jobs
 
 
+@cli.command()
+@project_options
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the HTML report here (default: <project>/report.html; with --json, only when given).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write one row per study as CSV (state, errors, LSTV findings, output paths).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--embed", is_flag=True, help="Inline QC thumbnails in the HTML (a file that travels alone).")
+def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool) -> None:
+    """A review report: progress, failures, skipped studies, LSTV candidates, every study."""
+    from .report import collect_report, report_json, write_csv, write_html
+
+    config = ctx.config()
+    ledger = ctx.ledger(config)
+    jobs = _slurm_jobs(config, ledger)
+    built = collect_report(config, ledger, slurm_jobs=jobs)
+    ledger.close()
+    if html_path is None and not as_json:
+        html_path = config.project_dir / "report.html"
+    for path, writer in ((html_path, lambda p: write_html(built, p, embed=embed)),
+                         (csv_path, lambda p: write_csv(built, p))):
+        if path is None:
+            continue
+        try:
+            writer(path)
+        except OSError as exc:
+            fail(f"cannot write {path}: {exc}", code=1)
+        click.echo(f"wrote {path}", err=as_json)
+    if as_json:
+        echo_json(report_json(built))
+
+
 @cli.command("retry-failed")
 @project_options
 @click.option("--error-class", default=None, help="Only failures of this class.")
@@ -505,6 +537,118 @@ def models_download(to: Path) -> None:
         fail(f"download failed: {exc}", code=1)
     for folder in folders:
         click.echo(f"downloaded {folder}")
+
+
+# -- the data -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder to fill (then `batchseg init --dataset` it).")
+@click.option("--competition", default=None,
+              help="Kaggle competition (default: rsna-2024-lumbar-spine-degenerative-classification).")
+@click.option("--studies", "studies_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Only these studies: .npy, .csv (study_id column) or .txt, as for init.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N studies of the list (of the CSV without --studies).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--all-series", is_flag=True, help="Every series of those studies, not only Sagittal T2/STIR.")
+@click.option("--jobs", type=click.IntRange(min=1, max=32), default=4, show_default=True,
+              help="Files fetched at once (per-study download).")
+@click.option("--refresh-listing", is_flag=True, help="Ask Kaggle for the file listing again, not the cached one.")
+@click.option("--keep-archive", is_flag=True, help="Whole download: keep the zip after unpacking it.")
+def download(to: Path, competition: str | None, studies_file: Path | None, limit: int | None, split: str,
+             all_series: bool, jobs: int, refresh_listing: bool, keep_archive: bool) -> None:
+    """Fetch the RSNA 2024 data from Kaggle (needs the kaggle extra, credentials and internet).
+
+    Without --studies or --limit: the whole competition archive (~35 GB), unpacked into the folder.
+    With them: the split's CSVs, then only those studies' Sagittal T2/STIR series, file by file.
+    Run it again to resume: complete files are kept.
+    """
+    from .dataset import DatasetError, load_study_list
+    from .download import (COMPETITION, DownloadError, KaggleSource, check_competition, check_studies,
+                           download_archive, download_studies)
+
+    to = to.resolve()
+    live = _LiveLine()
+    try:
+        competition = check_competition(competition or COMPETITION)
+        studies = check_studies(load_study_list(studies_file)) if studies_file else None
+        source = KaggleSource.connect()
+        for note in source.notes:
+            click.echo(f"kaggle: {note}", err=True)
+        if studies is None and limit is None:
+            result = download_archive(source, to, competition=competition, keep_archive=keep_archive,
+                                      report=live.note, on_extract=lambda p: live.show(
+                                          f"unpacking: {p.finished}/{p.total} files "
+                                          f"({p.present} already there)"))
+            live.end()
+            if result.already_complete:
+                click.echo(f"{to}: {competition} is already unpacked here (delete "
+                           f"{to}/.batchseg_download/archive-{competition}.done to fetch it again)")
+            else:
+                click.echo(f"unpacked {result.extracted} files into {to} ({result.present} were already there)")
+            return
+        fetched = download_studies(source, to, competition=competition, split=split, studies=studies, limit=limit,
+                                   all_series=all_series, jobs=jobs, refresh_listing=refresh_listing,
+                                   report=live.note,
+                                   on_page=lambda pages, n: live.show(f"listing {competition}: page {pages}, "
+                                                                      f"{n} files"),
+                                   on_progress=lambda p: live.show(
+                                       f"files {p.finished}/{p.total}: {p.done} downloaded "
+                                       f"({p.bytes / 1e6:.1f} MB), {p.present} already there, {p.failed} failed"))
+        live.end()
+    except DatasetError as exc:
+        live.end()
+        fail(f"{exc.error_class}: {exc.message}")
+    except DownloadError as exc:
+        live.end()
+        fail(exc.message, code=exc.code)
+    for warning in fetched.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    files = fetched.files
+    click.echo(f"{len(fetched.studies)} studies, {len(fetched.series)} series: {len(files.downloaded)} files "
+               f"downloaded, {len(files.present)} already there, {len(files.failed)} failed; dataset in {to}")
+    if files.failed:
+        for name, why in files.failed[:10]:
+            click.echo(f"  failed {why if why.startswith(name) else f'{name}: {why}'}", err=True)
+        click.echo("run the same command again to fetch the missing files", err=True)
+        sys.exit(1)
+
+
+class _LiveLine:
+    """One status line rewritten in place on a terminal; elsewhere a line every 10 s (and the last one)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.last = ""
+        self.printed_at = 0.0
+        self.open = False
+
+    def show(self, line: str) -> None:
+        self.last = line
+        if self.tty:
+            click.echo("\r\033[K" + line, nl=False)
+            self.open = True
+        elif time.time() - self.printed_at >= 10:
+            click.echo(line)
+            self.printed_at = time.time()
+            self.last = ""
+
+    def note(self, line: str) -> None:
+        """A line that stays: it replaces the live line, and the next live line starts below it."""
+        if self.open:
+            click.echo("\r\033[K", nl=False)
+            self.open = False
+        click.echo(line)
+        self.last = ""
+
+    def end(self) -> None:
+        if self.open:
+            click.echo()
+            self.open = False
+        elif self.last:
+            click.echo(self.last)
+        self.last = ""
 
 
 def main() -> None:

@@ -1,0 +1,406 @@
+"""`batchseg report` on a real finished project: LSTV review table, CSV, JSON, failures, escaping, atomic writes."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import shutil
+from dataclasses import asdict
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from click.testing import CliRunner
+
+from batchseg.cli import cli
+from batchseg.ledger import Ledger, StudyRow, WorkerInfo
+from batchseg.measures import lstv_findings
+from batchseg.report import (
+    CANDIDATE,
+    NO_CANDIDATE,
+    NOT_ASSESSED,
+    UNKNOWN,
+    StudyFiles,
+    collect_report,
+    study_entry,
+    write_atomic,
+)
+from batchseg.synth import read_manifest, synth_dataset
+from tests.conftest import batchseg
+
+LSTV_VARIANTS = {"L6", "T13", "four_lumbar"}
+BROKEN_CLASS = {"no_t2": "input.no_series", "truncated": "input.bad_dicom", "missing_folder": "input.missing"}
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quoted" \'single\''
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+class StrictPage(HTMLParser):
+    """Parses the page and records every nesting error, every tag, every section's tables as text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.section: str | None = None
+        self.tables: dict[str, list[list[list[str]]]] = {}   # section id -> tables -> rows -> cells
+        self._cell: list[str] | None = None
+        self._in_head = False
+        self.doctype = False
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = self.doctype or decl.lower() == "doctype html"
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "section":
+            self.section = dict(attrs).get("id")
+        if tag == "table":
+            self.tables.setdefault(self.section or "", []).append([])
+        elif tag == "tr":
+            self.tables[self.section or ""][-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.errors.append(f"self-closed non-void <{tag}/>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            self.errors.append(f"end tag for void element </{tag}>")
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else 'nothing'}>")
+            if tag in self.stack:
+                while self.stack.pop() != tag:
+                    pass
+            return
+        self.stack.pop()
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[self.section or ""][-1][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        if tag == "section":
+            self.section = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data + " ")
+
+    def close(self) -> None:
+        super().close()
+        if self.stack:
+            self.errors.append(f"unclosed: {self.stack}")
+
+
+def parse_page(text: str) -> StrictPage:
+    page = StrictPage()
+    page.feed(text)
+    page.close()
+    assert page.doctype, "no <!DOCTYPE html>"
+    assert page.errors == [], page.errors
+    return page
+
+
+def body_rows(table: list[list[str]]) -> list[list[str]]:
+    return table[1:]  # the first row holds the headers
+
+
+def invoke(*args: str) -> Any:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def copy_project(finished: Path, to: Path) -> Path:
+    project = to / "copy"
+    shutil.copytree(finished, project)
+    for stale in ("report.html", "report.csv"):
+        (project / stale).unlink(missing_ok=True)
+    return project
+
+
+# -- the finished project ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report-synth") / "data"
+    synth_dataset(root, 8, seed=5, matrix=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = tmp_path_factory.mktemp("report-project")
+    batchseg("init", "--project", str(project), "--dataset", str(dataset),
+             "--studies", str(dataset / "study_ids.txt"), "--segmenter", "reference")
+    batchseg("run", "--project", str(project), "--workers", "2", check=False)
+    return project
+
+
+@pytest.fixture(scope="module")
+def manifest(dataset: Path) -> dict[str, Any]:
+    return read_manifest(dataset)["studies"]
+
+
+@pytest.fixture(scope="module")
+def reported(finished: Path) -> tuple[StrictPage, str, list[dict[str, str]]]:
+    """The real command line, default HTML location plus --csv."""
+    out = batchseg("report", "--project", str(finished), "--csv", str(finished / "report.csv"))
+    assert "report.html" in out.stdout
+    text = (finished / "report.html").read_text(encoding="utf-8")
+    with (finished / "report.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return parse_page(text), text, rows
+
+
+def expected_candidates(manifest: dict[str, Any]) -> set[str]:
+    return {sid for sid, info in manifest.items() if not info["broken"] and info["variant"] in LSTV_VARIANTS}
+
+
+# -- tests -----------------------------------------------------------------------------------------
+
+def test_lstv_table_flags_exactly_the_transitional_phantoms(reported: Any, manifest: dict[str, Any]) -> None:
+    page, _, _ = reported
+    wanted = expected_candidates(manifest)
+    assert {manifest[s]["variant"] for s in wanted} == LSTV_VARIANTS, "the dataset must hold every variant"
+    table = page.tables["lstv"][0]
+    assert table[0][:4] == ["study", "lumbar count", "L6 present", "T13 present"]
+    rows = {row[0]: row for row in body_rows(table)}
+    assert set(rows) == wanted
+    for sid, row in rows.items():
+        variant = manifest[sid]["variant"]
+        assert row[1] == {"L6": "6", "four_lumbar": "4"}.get(variant, "5")
+        assert row[2] == ("yes" if variant == "L6" else "no")
+        assert row[3] == ("yes" if variant == "T13" else "no")
+        assert {"L6": "L6 present", "T13": "T13 present", "four_lumbar": "four lumbar"}[variant] in row[4]
+    # Every candidate carries a QC thumbnail and a link to the full picture, both relative.
+    thumbs = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert len(thumbs) == len(wanted)
+    assert all(not attrs["src"].startswith(("/", "http", "file:")) for attrs in thumbs)
+
+
+def test_csv_has_one_row_per_study_matching_the_manifest(reported: Any, manifest: dict[str, Any]) -> None:
+    _, _, rows = reported
+    by_id = {row["study_id"]: row for row in rows}
+    assert set(by_id) == set(manifest) and len(rows) == len(manifest)
+    for sid, info in manifest.items():
+        row = by_id[sid]
+        if info["broken"]:
+            assert row["error_class"] == BROKEN_CLASS[info["broken"]]
+            assert row["state"] == ("skipped" if info["broken"] == "no_t2" else "failed")
+            assert row["lstv_status"] == "" and row["l6_present"] == "" and row["qc"] == ""
+            continue
+        variant = info["variant"]
+        assert row["state"] == "done" and row["error_class"] == ""
+        assert row["labels_anatomical"] == "true" and row["segmenter"] == "reference"
+        assert row["lstv_status"] == (CANDIDATE if variant in LSTV_VARIANTS else NO_CANDIDATE)
+        assert row["lumbar_count"] == str({"L6": 6, "four_lumbar": 4}.get(variant, 5))
+        assert row["l6_present"] == str(variant == "L6").lower()
+        assert row["t13_present"] == str(variant == "T13").lower()
+        assert bool(row["candidates"]) == (variant in LSTV_VARIANTS)
+        assert float(row["seconds"]) > 0
+        assert row["vertebrae"].split("; ")[-1] == "S1"
+        for name in ("nifti", "vert_mask", "centroids", "vertebra_labels", "qc", "metadata"):
+            assert Path(row[name]).is_file(), (sid, name)
+
+
+def test_failures_and_skipped_listed_with_their_classes(reported: Any, manifest: dict[str, Any]) -> None:
+    page, _, rows = reported
+    broken = {info["broken"]: sid for sid, info in manifest.items() if info["broken"]}
+    failures = {row[0].split()[0]: row for row in body_rows(page.tables["failures"][0])}
+    assert set(failures) == {"input.bad_dicom", "input.missing"}
+    assert failures["input.bad_dicom"][2] == broken["truncated"]
+    assert broken["truncated"] in failures["input.bad_dicom"][3]
+    assert failures["input.missing"][2] == broken["missing_folder"]
+    skipped_groups, reasons = page.tables["skipped"]
+    assert [r[0].split()[0] for r in body_rows(skipped_groups)] == ["input.no_series"]
+    [reason] = body_rows(reasons)
+    assert reason[0] == broken["no_t2"] and "no Sagittal T2/STIR" in reason[2]
+    log = next(r for r in rows if r["study_id"] == broken["truncated"])["log_path"]
+    assert Path(log).is_file()
+
+
+def test_page_is_self_contained_and_links_resolve(reported: Any, finished: Path, tmp_path: Path) -> None:
+    page, text, _ = reported
+    assert "<script" not in text.lower()
+    targets = [attrs.get("href") or attrs.get("src") for tag, attrs in page.tags if tag in ("a", "img", "link")]
+    assert targets
+    for target in targets:
+        assert target and not target.startswith(("http:", "https:", "//", "file:", "/")), target
+        if not target.startswith("#"):
+            assert (finished / unquote(target)).is_file(), target
+    # Elsewhere, the links still reach the same files.
+    elsewhere = tmp_path / "deep" / "er" / "review.html"
+    invoke("report", "--project", str(finished), "--html", str(elsewhere))
+    moved = parse_page(elsewhere.read_text(encoding="utf-8"))
+    for tag, attrs in moved.tags:
+        if tag == "a" and not attrs["href"].startswith("#"):
+            assert (elsewhere.parent / unquote(attrs["href"])).is_file(), attrs["href"]
+
+
+def test_embed_inlines_qc_thumbnails(finished: Path, manifest: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "embedded.html"
+    invoke("report", "--project", str(finished), "--html", str(out), "--embed")
+    page = parse_page(out.read_text(encoding="utf-8"))
+    sources = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    assert len(sources) == len(expected_candidates(manifest))
+    for src in sources:
+        assert src.startswith("data:image/jpeg;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            assert image.format == "JPEG" and 0 < image.height <= 150
+
+
+def test_json_on_stdout_matches_the_csv(finished: Path, manifest: dict[str, Any], tmp_path: Path) -> None:
+    project = copy_project(finished, tmp_path)
+    result = invoke("report", "--project", str(project), "--json")
+    data = json.loads(result.stdout)
+    assert not (project / "report.html").exists(), "--json alone writes no HTML"
+    assert set(data["lstv_candidates"]) == expected_candidates(manifest)
+    assert data["lstv_not_assessed"] == []
+    assert data["total"] == len(manifest) and data["states"]["done"] == len(manifest) - 3
+    assert {g["error_class"] for g in data["failures"]} == {"input.bad_dicom", "input.missing"}
+    by_id = {s["study_id"]: s for s in data["studies"]}
+    for sid, info in manifest.items():
+        if not info["broken"]:
+            assert by_id[sid]["lstv"]["l6_present"] == (info["variant"] == "L6")
+
+
+def test_hostile_values_are_escaped(finished: Path, tmp_path: Path) -> None:
+    project = copy_project(finished, tmp_path)
+    ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
+    # A study id that is not a number reaches the ledger as input.bad_id, and so the report.
+    ledger.add_studies([StudyRow(study_id=HOSTILE, skip_class="input.bad_id", skip_message=f"study {HOSTILE}"),
+                        StudyRow(study_id="4242", series_id="1", input_path=str(tmp_path / "nowhere")),
+                        StudyRow(study_id="4343", series_id="2", input_path=str(tmp_path / "nowhere"))])
+    claim = ledger.claim(WorkerInfo.from_environment(), 60)
+    assert claim is not None and claim.study_id == "4242"
+    assert ledger.fail(claim, "input.bad_dicom", f"study 4242: {HOSTILE}", log_path=str(tmp_path / "a&b.log")) \
+        == "failed"
+    ledger.close()
+    out = project / "report.html"
+    invoke("report", "--project", str(project), "--csv", str(project / "r.csv"))
+    text = out.read_text(encoding="utf-8")
+    page = parse_page(text)
+    assert HOSTILE not in text and "<script" not in text.lower()
+    assert html.escape(HOSTILE, quote=True) in text
+    assert [tag for tag, _ in page.tags if tag == "img"] == ["img"] * len(page.tables["lstv"][0][1:]), \
+        "only QC thumbnails are images: the hostile <img> stayed text"
+    assert not any("onerror" in attrs for _, attrs in page.tags)
+    failures = {row[0].split()[0]: row for row in body_rows(page.tables["failures"][0])}
+    assert "4242" in failures["input.bad_dicom"][2].split()
+    with (project / "r.csv").open(newline="", encoding="utf-8") as handle:
+        rows = {r["study_id"]: r for r in csv.DictReader(handle)}
+    assert rows[HOSTILE]["error_class"] == "input.bad_id"
+    assert rows["4242"]["error_message"] == f"study 4242: {HOSTILE}"
+    assert rows["4242"]["attempt_errors"] == "input.bad_dicom" and rows["4242"]["worker"]
+    # One study still pending, and studies were done within the hour: the page gives an ETA.
+    assert rows["4343"]["state"] == "pending"
+    assert "ETA <b>" in text and "for 1 study<" in text
+
+
+def test_unassessed_and_unreadable_studies_are_never_negatives(finished: Path, manifest: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    project = copy_project(finished, tmp_path)
+    good = sorted(sid for sid, info in manifest.items() if not info["broken"])
+    unlabelled, missing, corrupt = good[0], good[1], good[2]
+    meta_dir = project / "results" / "metadata"
+    # What the pipeline writes for a segmenter without its labeling model (SPINEPS labeling off).
+    path = meta_dir / f"{unlabelled}_metadata.json"
+    meta = json.loads(path.read_text())
+    labels = [int(k) for k in json.loads((project / "results" / "centroids" /
+                                          f"{unlabelled}_vertebra_labels.json").read_text())]
+    meta["segmenter"]["labels_anatomical"] = False
+    meta["lstv"] = asdict(lstv_findings(labels, labels_anatomical=False))
+    path.write_text(json.dumps(meta))
+    (meta_dir / f"{missing}_metadata.json").unlink()
+    (meta_dir / f"{corrupt}_metadata.json").write_text("{not json")
+
+    invoke("report", "--project", str(project), "--csv", str(project / "r.csv"))
+    page = parse_page((project / "report.html").read_text(encoding="utf-8"))
+    lstv_tables = page.tables["lstv"]
+    flagged = {row[0] for row in body_rows(lstv_tables[0])} if lstv_tables[0][0][0] == "study" else set()
+    assert not flagged & {unlabelled, missing, corrupt}
+    cells = {row[0]: row for table in lstv_tables[1:] for row in body_rows(table)}
+    assert "not assessed" in cells[unlabelled][2]
+    assert "metadata missing" in cells[missing][1] and "metadata unreadable" in cells[corrupt][1]
+    with (project / "r.csv").open(newline="", encoding="utf-8") as handle:
+        rows = {r["study_id"]: r for r in csv.DictReader(handle)}
+    assert rows[unlabelled]["lstv_status"] == NOT_ASSESSED and rows[unlabelled]["labels_anatomical"] == "false"
+    assert rows[missing]["lstv_status"] == UNKNOWN and rows[corrupt]["lstv_status"] == UNKNOWN
+    for sid in (unlabelled, missing, corrupt):
+        assert rows[sid]["l6_present"] == rows[sid]["t13_present"] == rows[sid]["lumbar_count"] == ""
+
+
+def test_label_126_alone_is_no_candidate() -> None:
+    """A disc above the top vertebra (126) is a caveat, never sacralization."""
+    present = [126, 17, 18, 19, 20, 21, 22, 23, 24, 26, 117, 118, 119, 120, 121, 122, 123, 124]
+    files = StudyFiles(metadata_path="m.json", segmenter={"name": "spineps", "labels_anatomical": True},
+                       lstv=asdict(lstv_findings(present)),
+                       vertebra_labels={str(v): "x" for v in present})
+    entry = study_entry({"study_id": "1", "state": "done", "attempts": 1}, files, [])
+    assert entry.lstv is not None and entry.lstv.status == NO_CANDIDATE and entry.lstv.candidates == []
+    assert any("126" in note and "not S1-S2" in note for note in entry.lstv.notes)
+    assert entry.problems == []
+
+
+def test_one_ledger_read_for_the_whole_report(finished: Path) -> None:
+    from batchseg.config import load_config
+
+    calls: list[str] = []
+    config = load_config(finished)
+    ledger = Ledger.for_config(config)
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            calls.append(name)
+            return getattr(ledger, name)
+
+    report = collect_report(config, Counting())
+    ledger.close()
+    assert sorted(calls) == ["history", "studies", "summary"]
+    assert len(report.studies) == report.total
+
+
+def test_write_atomic_never_shows_a_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("old report")
+
+    def chunks() -> Any:
+        yield "<html>half"
+        assert target.read_text() == "old report", "the target changed before the write finished"
+        raise RuntimeError("renderer broke midway")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(target, chunks())
+    assert target.read_text() == "old report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"], "no temporary file left behind"
+
+    old_umask = os.umask(0o022)
+    try:
+        write_atomic(target, iter(["new ", "report"]))
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == "new report"
+    assert target.stat().st_mode & 0o777 == 0o644, "the umask decides the mode, as for any new file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_unwritable_target_is_a_one_line_error(finished: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(cli, ["report", "--project", str(finished), "--html", str(blocker / "r.html")])
+    assert result.exit_code == 1
+    assert "cannot write" in result.stderr and "Traceback" not in result.output
