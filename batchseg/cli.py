@@ -62,6 +62,42 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+class _LiveLine:
+    """One status line rewritten in place on a terminal; elsewhere a line every 10 s (and the last one)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.last = ""
+        self.printed_at = 0.0
+        self.open = False
+
+    def show(self, line: str) -> None:
+        self.last = line
+        if self.tty:
+            click.echo("\r\033[K" + line, nl=False)
+            self.open = True
+        elif time.time() - self.printed_at >= 10:
+            click.echo(line)
+            self.printed_at = time.time()
+            self.last = ""
+
+    def note(self, line: str) -> None:
+        """A line that stays: it replaces the live line, and the next live line starts below it."""
+        if self.open:
+            click.echo("\r\033[K", nl=False)
+            self.open = False
+        click.echo(line)
+        self.last = ""
+
+    def end(self) -> None:
+        if self.open:
+            click.echo()
+            self.open = False
+        elif self.last:
+            click.echo(self.last)
+        self.last = ""
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="batchseg")
 def cli() -> None:
@@ -162,26 +198,14 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
     _check_models_or_stop(config)
     ledger = ctx.ledger(config)
     workers = workers or config.workers
-    tty = sys.stdout.isatty()
-    last_print = [0.0]
-
-    def tick() -> None:
-        line = progress_line(ledger.summary())
-        if tty:
-            click.echo("\r\033[K" + line, nl=False)
-        elif time.time() - last_print[0] >= 10:
-            click.echo(line)
-            last_print[0] = time.time()
-
+    live = _LiveLine()
     click.echo(f"running {workers} worker(s) on {config.project_dir} (segmenter {config.segmenter}); "
                f"logs in {config.logs_dir}")
-    result = run_local(config, workers=workers, limit=limit, on_tick=tick)
-    if tty:
-        click.echo()
+    result = run_local(config, workers=workers, limit=limit,
+                       on_tick=lambda: live.show(progress_line(ledger.summary())))
+    live.end()
     handled = {e["study_id"] for e in ledger.history() if e["event"] == "claimed" and e["at"] >= result.started_at}
     failed = [sid for sid in sorted(handled) if (ledger.study(sid) or {}).get("state") == "failed"]
-    summary = ledger.summary()
-    click.echo(progress_line(summary))
     click.echo(f"outputs in {config.out_dir}")
     bad_workers = [code for code in result.returncodes if code != 0]
     if failed:
@@ -613,42 +637,6 @@ def download(to: Path, competition: str | None, studies_file: Path | None, limit
             click.echo(f"  failed {why if why.startswith(name) else f'{name}: {why}'}", err=True)
         click.echo("run the same command again to fetch the missing files", err=True)
         sys.exit(1)
-
-
-class _LiveLine:
-    """One status line rewritten in place on a terminal; elsewhere a line every 10 s (and the last one)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stdout.isatty()
-        self.last = ""
-        self.printed_at = 0.0
-        self.open = False
-
-    def show(self, line: str) -> None:
-        self.last = line
-        if self.tty:
-            click.echo("\r\033[K" + line, nl=False)
-            self.open = True
-        elif time.time() - self.printed_at >= 10:
-            click.echo(line)
-            self.printed_at = time.time()
-            self.last = ""
-
-    def note(self, line: str) -> None:
-        """A line that stays: it replaces the live line, and the next live line starts below it."""
-        if self.open:
-            click.echo("\r\033[K", nl=False)
-            self.open = False
-        click.echo(line)
-        self.last = ""
-
-    def end(self) -> None:
-        if self.open:
-            click.echo()
-            self.open = False
-        elif self.last:
-            click.echo(self.last)
-        self.last = ""
 
 
 def main() -> None:
