@@ -87,7 +87,18 @@ def format_status(summary: dict[str, Any], *, show_failed: bool = False,
                  ", ".join(f"{k} {v}" for k, v in sorted(j.get("task_states", {}).items())) or "unknown"]
                 for j in jobs]
         out.append(table(rows, ["job", "array", "tasks"]))
+        if summary["states"]["pending"] and not any(job_is_active(j) for j in jobs):
+            out += ["", f"{summary['states']['pending']} studies are pending and no array task is left to claim "
+                        "them: run `batchseg submit --array` again"]
     return "\n".join(out)
+
+
+def job_is_active(job: dict[str, Any]) -> bool:
+    """Whether any task of this array job may still claim studies (Slurm has not ended it)."""
+    from .executors.slurm import ENDED_STATES
+
+    states = job.get("task_states", {})
+    return not states or any(state not in ENDED_STATES for state in states)
 
 
 def format_study(study: dict[str, Any], events: list[dict[str, Any]]) -> str:

@@ -404,3 +404,14 @@ def test_unwritable_target_is_a_one_line_error(finished: Path, tmp_path: Path) -
     result = CliRunner().invoke(cli, ["report", "--project", str(finished), "--html", str(blocker / "r.html")])
     assert result.exit_code == 1
     assert "cannot write" in result.stderr and "Traceback" not in result.output
+
+
+def test_status_says_when_pending_studies_have_no_task_left() -> None:
+    from batchseg.report import format_status
+
+    summary = {"total": 3, "states": {"pending": 2, "running": 0, "done": 1, "failed": 0, "skipped": 0},
+               "failures": [], "skipped": [], "attempts": 1}
+    ended = [{"job_id": "40", "array_spec": "0-3%2", "task_states": {"COMPLETED": 3, "TIMEOUT": 1}}]
+    assert "submit --array` again" in format_status(summary, jobs=ended)
+    running = [{"job_id": "41", "array_spec": "0-3", "task_states": {"RUNNING": 1, "COMPLETED": 3}}]
+    assert "again" not in format_status(summary, jobs=running)
