@@ -110,16 +110,21 @@ def measure(mask: np.ndarray, affine: np.ndarray, *, labels_anatomical: bool = T
     return Measurements(structures, lstv_findings(present, labels_anatomical), labels_anatomical)
 
 
-def measure_file(path: Path, *, labels_anatomical: bool = True) -> Measurements:
+def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, affine) of a NIfTI label map; StudyError("measure.error") when it cannot be read."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        return np.asanyarray(img.dataobj), img.affine
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for a bad file
         raise StudyError("measure.error", f"{path}: cannot read label map ({type(e).__name__}: {e})") from e
+
+
+def measure_file(path: Path, *, labels_anatomical: bool = True) -> Measurements:
+    data, affine = read_label_map(path)
     try:
-        return measure(data, img.affine, labels_anatomical=labels_anatomical)
+        return measure(data, affine, labels_anatomical=labels_anatomical)
     except StudyError as e:
         raise StudyError(e.error_class, f"{path}: {e.message}") from e
 

@@ -95,8 +95,10 @@ def _stage_error(stage: str, study: str, exc: BaseException) -> StudyError:
 def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
               still_mine: Callable[[], bool] = lambda: True) -> StudyOutcome:
     """Run one study and publish its outputs; raises StudyError. `still_mine` is asked before publishing."""
+    import nibabel as nib
+
     from .dicom import convert_series
-    from .measures import measure_file
+    from .measures import measure, read_label_map
     from .qc import write_qc_png
 
     sid = study.study_id
@@ -129,17 +131,15 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
                 os.replace(produced, staged[name])
 
         with timer.stage("measure"):
-            measurements = measure_file(staged["vert_mask"], labels_anatomical=result.labels_anatomical)
+            labels, label_affine = read_label_map(staged["vert_mask"])
+            measurements = measure(labels, label_affine, labels_anatomical=result.labels_anatomical)
             _write_json(staged["centroids"], measurements.centroids_json())
             _write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
 
         with timer.stage("qc"):
-            import nibabel as nib
-
             image = nib.load(staged["nifti"])
-            mask = nib.load(staged["vert_mask"])
-            write_qc_png(image.get_fdata(dtype="float32"), image.affine, mask.get_fdata(dtype="float32"),
-                         measurements, staged["qc"], title=f"study {sid}")
+            write_qc_png(image.get_fdata(dtype="float32"), image.affine, labels, measurements, staged["qc"],
+                         title=f"study {sid}")
 
         timer.current = "metadata"
         shutil.rmtree(staging / "work", ignore_errors=True)
