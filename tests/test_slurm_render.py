@@ -23,6 +23,7 @@ from batchseg.executors.slurm import (
     TaskState,
     allocation_deadline,
     default_tasks,
+    lost_class,
     lost_reason,
     parse_duration,
     parse_sacct,
@@ -443,3 +444,12 @@ def test_lost_reason() -> None:
     assert "TIMEOUT" in (lost_reason(attempt("2", started + 3), timeout) or "")
     # a local worker (no Slurm ids) is never judged here
     assert lost_reason(Attempt("s", "t", WorkerInfo("h", 1), 0.0), report()) is None
+
+
+def test_lost_class_tells_a_time_limit_from_other_losses() -> None:
+    started = slurm.parse_timestamp("2026-11-23T22:26:29")
+    timed_out = report(SQUEUE_SAMPLE.replace("21|0|23|CANCELLED|", "21|0|23|TIMEOUT|"))
+    assert "21|0|23|CANCELLED|" in SQUEUE_SAMPLE
+    assert lost_class(attempt("0", started), timed_out) == "worker.timeout"
+    assert lost_class(attempt("0", started), report()) == "worker.lost"
+    assert lost_class(attempt("9", started), report()) == "worker.lost"

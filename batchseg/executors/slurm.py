@@ -627,6 +627,13 @@ def lost_reason(attempt: Any, report: JobReport | None) -> str | None:
     return None
 
 
+def lost_class(attempt: Any, report: JobReport | None) -> str:
+    """worker.timeout when Slurm ended the task at its time limit, else worker.lost."""
+    key = _attempt_key(attempt.worker)
+    task = report.tasks.get(key[1]) if key and report else None
+    return "worker.timeout" if task is not None and task.state in ("TIMEOUT", "DEADLINE") else "worker.lost"
+
+
 def _job_summary(submission: Mapping[str, Any] | None, report: JobReport) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for task in report.tasks.values():
@@ -657,8 +664,9 @@ def sync(config: Config, ledger: Any) -> SyncResult:
     lost = []
     for attempt in running:
         key = _attempt_key(attempt.worker)
-        reason = lost_reason(attempt, reports.get(key[0])) if key else None
-        if reason and ledger.mark_lost(attempt.study_id, attempt.token, reason):
+        report = reports.get(key[0]) if key else None
+        reason = lost_reason(attempt, report)
+        if reason and ledger.mark_lost(attempt.study_id, attempt.token, reason, lost_class(attempt, report)):
             lost.append(attempt.study_id)
     jobs = [_job_summary(s, reports[str(s["job_id"])]) for s in submissions if str(s["job_id"]) in reports]
     return SyncResult(jobs, lost)
