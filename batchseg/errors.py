@@ -32,6 +32,14 @@ ERROR_CLASSES: dict[str, tuple[bool, str]] = {
 }
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """`text` on one line (scanners put newlines in tags, tracebacks have many), cut to `limit` characters."""
+    line = " ".join(str(text).split())
+    if limit is not None and len(line) > limit:
+        line = line[: max(0, limit - 3)] + "..."
+    return line
+
+
 def is_retryable(error_class: str) -> bool:
     return ERROR_CLASSES.get(error_class, (True, ""))[0]
 
@@ -46,8 +54,7 @@ class StudyError(Exception):
     def __post_init__(self) -> None:
         if self.error_class not in ERROR_CLASSES:
             raise ValueError(f"unknown error class {self.error_class!r}")
-        # One line for people: scanners put newlines in tags, tracebacks have many.
-        self.message = " ".join(str(self.message).split())
+        self.message = one_line(self.message)
         super().__init__(self.error_class, self.message)
 
     def __str__(self) -> str:
