@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .config import CONFIG_NAME, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
-from .errors import StudyError
+from .errors import StudyError, one_line
 
 
 class Context:
@@ -137,9 +137,12 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         config = load_config(folder) if (folder / CONFIG_NAME).exists() else Config(project_dir=folder)
     except ConfigError as exc:
         fail(str(exc))
-    config.dataset = str(dataset.resolve())
-    for key, value in (("studies_file", str(studies_file.resolve()) if studies_file else None), ("out", out),
-                       ("segmenter", segmenter), ("split", split), ("models_dir", models_dir), ("db", ctx.db_option)):
+    # Paths typed on the command line mean what they mean in the shell they were typed in.
+    typed_paths = {"dataset": dataset, "studies_file": studies_file, "out": out, "models_dir": models_dir}
+    for key, value in typed_paths.items():
+        if value is not None:
+            setattr(config, key, str(Path(value).resolve()))
+    for key, value in (("segmenter", segmenter), ("split", split), ("db", ctx.db_option)):
         if value is not None:
             setattr(config, key, value)
     try:
@@ -147,13 +150,14 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         inventory = build_inventory(dataset, split=config.split, study_list=study_list, limit=limit)
     except DatasetError as exc:
         fail(f"{exc.error_class}: {exc.message}")
-    write_config(config)
-    (config.logs_dir).mkdir(exist_ok=True)
+    # The ledger opens before the config is written: a bad --db URL must not be saved.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ledger = Ledger.for_config(config)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
+    write_config(config)
+    config.logs_dir.mkdir(exist_ok=True)
     added = ledger.add_studies(inventory.rows)
     for warning in inventory.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -204,8 +208,8 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
     result = run_local(config, workers=workers, limit=limit,
                        on_tick=lambda: live.show(progress_line(ledger.summary())))
     live.end()
-    handled = {e["study_id"] for e in ledger.history() if e["event"] == "claimed" and e["at"] >= result.started_at}
-    failed = [sid for sid in sorted(handled) if (ledger.study(sid) or {}).get("state") == "failed"]
+    handled = ledger.states_of_claimed_since(result.started_at)
+    failed = [sid for sid, state in handled.items() if state == "failed"]
     click.echo(f"outputs in {config.out_dir}")
     bad_workers = [code for code in result.returncodes if code != 0]
     if failed:
@@ -245,10 +249,9 @@ def work(ctx: Context, max_studies: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
 @click.option("--failed", "show_failed", is_flag=True, help="List every failed and skipped study.")
 @click.option("--study", "study_id", default=None, help="One study: its row and full history.")
-@click.option("--csv", "as_csv", is_flag=True, help="One line per study, as CSV.")
-def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None, as_csv: bool) -> None:
-    """Completeness, failures grouped by error class, throughput and ETA."""
-    from .report import format_status, format_study, studies_csv
+def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None) -> None:
+    """Completeness, failures grouped by error class, throughput and ETA (per-study tables: `report`)."""
+    from .report import format_status, format_study
 
     config = ctx.config()
     ledger = ctx.ledger(config)
@@ -258,9 +261,6 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None,
             fail(f"no study {study_id!r} in the ledger")
         events = ledger.history(study_id)
         echo_json({"study": study, "history": events}) if as_json else click.echo(format_study(study, events))
-        return
-    if as_csv:
-        click.echo(studies_csv(ledger.studies()), nl=False)
         return
     jobs = _slurm_jobs(config, ledger)
     summary = ledger.summary()
@@ -347,8 +347,11 @@ def _submit(config: Config, ledger: Any, **kwargs: Any) -> None:
         result = submit_array(config, ledger, **kwargs)
     except SlurmError as exc:
         fail(str(exc))
+    if not result.tasks:
+        click.echo("nothing pending: no array submitted (see `batchseg status`)")
+        return
     if result.dry_run:
-        for index, script in enumerate(result.scripts or [result.script]):
+        for index, script in enumerate(result.scripts):
             if len(result.scripts) > 1:
                 click.echo(f"# ---- array {index + 1} of {len(result.scripts)}: --array={result.array_specs[index]}")
             click.echo(script, nl=False)
@@ -422,7 +425,10 @@ def cancel(ctx: Context) -> None:
         released = slurm_cancel(config, ctx.ledger(config))
     except SlurmError as exc:
         fail(str(exc))
-    click.echo(f"cancelled; {len(released)} studies released: {' '.join(released)}".rstrip(": "))
+    if released:
+        click.echo(f"cancelled the project's arrays; {len(released)} studies released: {' '.join(released)}")
+    else:
+        click.echo("cancelled the project's unfinished arrays, if any; no study was held")
 
 
 # -- single-file tools --------------------------------------------------------------------------
@@ -640,10 +646,17 @@ def download(to: Path, competition: str | None, studies_file: Path | None, limit
 
 
 def main() -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         cli.main(prog_name="batchseg")
     except ConfigError as exc:
         fail(str(exc))
+    except SQLAlchemyError as exc:
+        # An unreachable or locked database, a wrong URL: one line, not a traceback.
+        fail(f"ledger: {one_line(getattr(exc, 'orig', None) or exc, 300)}")
+    except (RuntimeError, OSError) as exc:
+        fail(one_line(exc, 300))
 
 
 if __name__ == "__main__":

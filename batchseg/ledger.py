@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import time
 import uuid
@@ -37,14 +38,16 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from .errors import is_retryable
+from .errors import is_retryable, one_line
 
 SCHEMA_VERSION = 1
+READ_ONLY = "batchseg_read_only"   # execution option: begin a plain (deferred) transaction on SQLite
 STATES = ("pending", "running", "done", "failed", "skipped")
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "fuse.ceph",
                        "fuse.beegfs", "panfs", "fuse.sshfs"}
@@ -254,6 +257,9 @@ def filesystem_type(path: Path) -> str:
 
 
 def _sqlite_engine(url: str) -> tuple[Engine, bool]:
+    if sqlite3.sqlite_version_info < (3, 35):
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old for the ledger (claims need 3.35's "
+                           "UPDATE ... RETURNING): use a Python built with a newer SQLite, or a PostgreSQL --db URL")
     database = make_url(url).database or ""
     on_network = bool(database) and database != ":memory:" and (
         filesystem_type(Path(database).parent) in NETWORK_FILESYSTEMS)
@@ -281,7 +287,8 @@ def _sqlite_engine(url: str) -> tuple[Engine, bool]:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads need no write lock: status, report and heartbeat-free reads must not queue behind claims.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine, on_network
 
@@ -297,6 +304,7 @@ class Ledger:
             self.engine, self.on_network_fs = _sqlite_engine(url)
         else:
             self.engine, self.on_network_fs = create_engine(url, pool_pre_ping=True), False
+        self.reader = self.engine.execution_options(**{READ_ONLY: True})
         self._create()
 
     @classmethod
@@ -307,13 +315,22 @@ class Ledger:
         self.engine.dispose()
 
     def _create(self) -> None:
-        with self.engine.begin() as conn:
-            metadata.create_all(conn)
-            version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-            if version is None:
-                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(version) > SCHEMA_VERSION:
-                raise RuntimeError(f"the ledger has schema {version}; this batchseg knows up to {SCHEMA_VERSION}: upgrade batchseg")
+        version = self._schema_version(self.reader)
+        if version is None:  # a new ledger: only then take the write lock
+            with self.engine.begin() as conn:
+                metadata.create_all(conn)
+                if conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar() is None:
+                    conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif int(version) > SCHEMA_VERSION:
+            raise RuntimeError(f"the ledger has schema {version}; this batchseg knows up to {SCHEMA_VERSION}: "
+                               "upgrade batchseg")
+
+    @staticmethod
+    def _schema_version(engine: Engine) -> str | None:
+        with engine.begin() as conn:
+            if not inspect(conn).has_table("meta"):
+                return None
+            return conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
 
     # -- filling ---------------------------------------------------------------------------------
 
@@ -422,7 +439,7 @@ class Ledger:
             if released:
                 conn.execute(insert(history).values(
                     study_id=claim.study_id, token=claim.token, event="released", from_state="running",
-                    to_state="pending", at=now, message=" ".join(reason.split()), duration=now - claim.claimed_at,
+                    to_state="pending", at=now, message=one_line(reason), duration=now - claim.claimed_at,
                     **claim.worker.history_columns()))
         return released
 
@@ -434,12 +451,13 @@ class Ledger:
                    studies.c.slurm_job_id, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
                    studies.c.slurm_restart_count)
             .where(studies.c.study_id == study_id, studies.c.token == token, studies.c.state == "running")
+            .with_for_update()  # PostgreSQL: a racing fail/lost on the same attempt waits, then finds nothing
         ).first()
         if row is None:
             return ""
         retry = is_retryable(error_class) and row.attempts < self.max_attempts
         new_state = "pending" if retry else "failed"
-        message = " ".join(str(message).split())
+        message = one_line(message)
         values: dict[str, Any] = dict(state=new_state, token=None, lease_expires_at=None, error_class=error_class,
                                       error_message=message, log_path=log_path, updated_at=now,
                                       finished_at=None if retry else now)
@@ -447,11 +465,13 @@ class Ledger:
             # To the back of the queue: a study that just failed should not be retried before
             # every other study has had its first turn.
             values["seq"] = select(func.max(studies.c.seq) + 1).scalar_subquery()
-        conn.execute(
+        changed = conn.execute(
             update(studies)
             .where(studies.c.study_id == study_id, studies.c.token == token, studies.c.state == "running")
             .values(**values)
-        )
+        ).rowcount
+        if changed != 1:
+            return ""
         who = worker.history_columns() if worker else {
             "host": row.worker_host, "pid": row.worker_pid, "slurm_job_id": row.slurm_job_id,
             "slurm_array_job_id": row.slurm_array_job_id, "slurm_array_task_id": row.slurm_array_task_id,
@@ -474,14 +494,19 @@ class Ledger:
                 query = query.where(studies.c.error_class == error_class)
             if wanted:
                 query = query.where(studies.c.study_id.in_(wanted))
-            rows = conn.execute(query.order_by(studies.c.seq)).all()
-            ids = [r.study_id for r in rows]
+            chosen = [r.study_id for r in conn.execute(query.order_by(studies.c.seq))]
+            if not chosen:
+                return []
+            # Only the rows this statement really moved get a history row (a racing retry moves none).
+            moved = {r.study_id: r.error_class for r in conn.execute(
+                update(studies).where(studies.c.study_id.in_(chosen), studies.c.state == "failed")
+                .values(state="pending", attempts=0, updated_at=now, finished_at=None)
+                .returning(studies.c.study_id, studies.c.error_class))}
+            ids = [sid for sid in chosen if sid in moved]
             if ids:
-                conn.execute(update(studies).where(studies.c.study_id.in_(ids), studies.c.state == "failed")
-                             .values(state="pending", attempts=0, updated_at=now, finished_at=None))
                 conn.execute(insert(history), [
-                    {"study_id": r.study_id, "event": "retry", "from_state": "failed", "to_state": "pending",
-                     "at": now, "error_class": r.error_class, "message": "retry-failed"} for r in rows])
+                    {"study_id": sid, "event": "retry", "from_state": "failed", "to_state": "pending",
+                     "at": now, "error_class": moved[sid], "message": "retry-failed"} for sid in ids])
         return ids
 
     def record_submission(self, job_id: str, array_spec: str, script: str, pending: int, tasks: int,
@@ -494,11 +519,11 @@ class Ledger:
     # -- reading ---------------------------------------------------------------------------------
 
     def submissions(self) -> list[dict[str, Any]]:
-        with self.engine.begin() as conn:
+        with self.reader.begin() as conn:
             return [dict(r._mapping) for r in conn.execute(select(submissions).order_by(submissions.c.id))]
 
     def running(self) -> list[RunningAttempt]:
-        with self.engine.begin() as conn:
+        with self.reader.begin() as conn:
             rows = conn.execute(select(studies).where(studies.c.state == "running").order_by(studies.c.seq)).all()
         return [RunningAttempt(
             r.study_id, r.token, r.attempts,
@@ -507,7 +532,7 @@ class Ledger:
             r.claimed_at, r.heartbeat_at, r.lease_expires_at) for r in rows]
 
     def study(self, study_id: str) -> dict[str, Any] | None:
-        with self.engine.begin() as conn:
+        with self.reader.begin() as conn:
             row = conn.execute(select(studies).where(studies.c.study_id == study_id)).first()
         return _decode(dict(row._mapping)) if row else None
 
@@ -515,7 +540,7 @@ class Ledger:
         query = select(studies).order_by(studies.c.seq)
         if state:
             query = query.where(studies.c.state == state)
-        with self.engine.begin() as conn:
+        with self.reader.begin() as conn:
             rows = conn.execute(query).all()
         for row in rows:
             yield _decode(dict(row._mapping))
@@ -524,12 +549,19 @@ class Ledger:
         query = select(history).order_by(history.c.id)
         if study_id:
             query = query.where(history.c.study_id == study_id)
-        with self.engine.begin() as conn:
+        with self.reader.begin() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def states_of_claimed_since(self, since: float) -> dict[str, str]:
+        """study -> its state now, for every study claimed at or after `since` (what one run handled)."""
+        claimed = select(history.c.study_id).where(history.c.event == "claimed", history.c.at >= since).distinct()
+        with self.reader.begin() as conn:
+            return dict(conn.execute(select(studies.c.study_id, studies.c.state)
+                                     .where(studies.c.study_id.in_(claimed))).all())
 
     def study_seconds(self, limit: int = 50) -> list[float]:
         """Claim-to-done durations of the most recent done attempts."""
-        with self.engine.begin() as conn:
+        with self.reader.begin() as conn:
             return list(conn.execute(
                 select(history.c.duration).where(history.c.event == "done", history.c.duration.is_not(None))
                 .order_by(history.c.id.desc()).limit(limit)).scalars())
@@ -537,7 +569,7 @@ class Ledger:
     def summary(self, window_seconds: float = 3600.0) -> dict[str, Any]:
         """The `status --json` object: counts, failure groups, attempts, throughput and ETA."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.reader.begin() as conn:
             counts = dict(conn.execute(select(studies.c.state, func.count()).group_by(studies.c.state)).all())
             failed = conn.execute(
                 select(studies.c.study_id, studies.c.state, studies.c.error_class, studies.c.error_message,

@@ -93,8 +93,12 @@ def _stage_error(stage: str, study: str, exc: BaseException) -> StudyError:
 
 
 def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
-              still_mine: Callable[[], bool] = lambda: True) -> StudyOutcome:
-    """Run one study and publish its outputs; raises StudyError. `still_mine` is asked before publishing."""
+              may_publish: Callable[[], bool] = lambda: True) -> StudyOutcome:
+    """Run one study and publish its outputs; raises StudyError.
+
+    `may_publish` is asked right before the first rename: False means another attempt owns the
+    study now, and nothing is published.
+    """
     import nibabel as nib
 
     from .dicom import convert_series
@@ -163,9 +167,11 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         _write_json(staged["metadata"], metadata)
 
         with timer.stage("publish"):
-            if not still_mine():
+            if not may_publish():
                 raise StudyError("worker.lost", f"study {sid}: the claim was taken over before publishing")
-            # Metadata goes last: its presence says every other output is in place.
+            # Metadata goes last: its presence says every other output is in place. An older
+            # metadata file goes first, so it never vouches for a half-replaced set.
+            final["metadata"].unlink(missing_ok=True)
             for name in sorted(final, key=lambda n: n == "metadata"):
                 final[name].parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staged[name], final[name])

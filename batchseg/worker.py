@@ -17,15 +17,16 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Callable
+from typing import Callable, TypeVar
 
 from .config import Config
-from .errors import SetupError, StudyError
+from .errors import SetupError, StudyError, one_line
 from .ledger import Claim, Ledger, WorkerInfo
 from .pipeline import StudyInput, run_study
 from .segmenters import Segmenter, load_segmenter
 
 log = logging.getLogger("batchseg.worker")
+T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # The next study must fit in the time left with this factor and slack to spare.
@@ -67,6 +68,28 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+def with_retries(call: Callable[..., T], *args: object, attempts: int = 6, first_wait: float = 1.0) -> T:
+    """Run a ledger call, waiting and trying again while the database is unreachable or locked.
+
+    SQLite already waits out ordinary lock contention (its busy timeout); this covers a database
+    restart or a long lock on a shared filesystem, which would otherwise kill the worker mid-batch.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return call(*args)
+        except OperationalError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("ledger call %s failed (%s); trying again in %.0f s", call.__name__,
+                        one_line(exc.orig or exc, 200), wait)
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
 
 
 def preflight(config: Config) -> str:
@@ -142,7 +165,7 @@ class Worker:
             self._give_up(problem)
             return
         while self._should_claim():
-            claim = self.ledger.claim(self.identity, self.config.lease_seconds)
+            claim = with_retries(self.ledger.claim, self.identity, self.config.lease_seconds)
             if claim is None:
                 self.stats.stop_reason = "no pending studies"
                 return
@@ -152,7 +175,7 @@ class Worker:
                     self.segmenter = self._load_segmenter()
                 self._process(claim)
             except SetupError as exc:
-                self.ledger.release(claim, f"released: this worker cannot run the segmenter: {exc}")
+                with_retries(self.ledger.release, claim, f"released: this worker cannot run the segmenter: {exc}")
                 self.stats.released.append(claim.study_id)
                 self._give_up(str(exc))
                 return
@@ -192,12 +215,12 @@ class Worker:
                     raise Interrupted(self._stop_signal)
                 assert self.segmenter is not None
                 outcome = run_study(study, self.segmenter, self.config.out_dir,
-                                    still_mine=lambda: not beat.lost.is_set())
+                                    may_publish=lambda: self._may_publish(claim, beat))
             finally:
                 self._in_study = False
                 beat.stop()
         except Interrupted as signal_name:
-            self.ledger.release(claim, f"released on {signal_name}")
+            with_retries(self.ledger.release, claim, f"released on {signal_name}")
             self.stats.released.append(claim.study_id)
             log.info("study %s: released on %s", claim.study_id, signal_name)
             return
@@ -209,23 +232,39 @@ class Worker:
         except Exception as exc:  # never let one study end the batch
             self._record_failure(claim, StudyError("internal", f"study {claim.study_id}: {type(exc).__name__}: {exc}"))
             return
-        if self.ledger.complete(claim, outcome.outputs, outcome.timings):
+        if with_retries(self.ledger.complete, claim, outcome.outputs, outcome.timings):
             self.stats.done.append(claim.study_id)
             log.info("study %s: done in %.1f s", claim.study_id, outcome.timings.get("total", 0.0))
         else:
             log.warning("study %s: finished, but the claim had been taken over; the newer attempt owns it",
                         claim.study_id)
 
+    def _may_publish(self, claim: Claim, beat: Heartbeat) -> bool:
+        """Asked by the pipeline right before it renames outputs into place."""
+        # From here on a stop signal only ends the loop: a half-published study helps nobody.
+        self._in_study = False
+        if self._stop_signal:
+            raise Interrupted(self._stop_signal)
+        if beat.lost.is_set():
+            return False
+        try:  # the heartbeat thread may have been failing silently: ask the ledger itself
+            return self.ledger.heartbeat(claim, self.config.lease_seconds)
+        except Exception as exc:
+            log.warning("study %s: cannot confirm the claim before publishing: %s", claim.study_id, exc)
+            return False
+
     def _record_failure(self, claim: Claim, error: StudyError) -> None:
         log_path = self._write_study_log(claim, error)
-        state = self.ledger.fail(claim, error.error_class, error.message, str(log_path) if log_path else None)
+        state = with_retries(self.ledger.fail, claim, error.error_class, error.message,
+                             str(log_path) if log_path else None)
         self.stats.failed.append(claim.study_id)
         log.warning("study %s: %s (now %s)", claim.study_id, error, state or "taken over")
 
     def _write_study_log(self, claim: Claim, error: StudyError) -> Path | None:
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            path = self.log_dir / f"{claim.study_id}_attempt{claim.attempt}.log"
+            # The token makes the name unique: retry-failed starts the attempt count again.
+            path = self.log_dir / f"{claim.study_id}_attempt{claim.attempt}_{claim.token[:8]}.log"
             cause = error.__cause__ or error
             text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             path.write_text(f"study {claim.study_id} attempt {claim.attempt} on {self.identity.host} "

@@ -65,3 +65,12 @@ def test_synth_command_writes_the_rsna_layout(tmp_path: Path) -> None:
     assert header == "study_id,series_id,series_description"
     assert len((tmp_path / "d" / "study_ids.txt").read_text().split()) == 5
     assert list((tmp_path / "d" / "train_images").glob("*/*/*.dcm"))
+
+
+def test_an_unreachable_ledger_is_one_line_and_saves_nothing(synth_small: Path, tmp_path: Path) -> None:
+    bad = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    result = batchseg("init", "--project", str(tmp_path / "p"), "--dataset", str(synth_small), "--db", bad,
+                      check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("batchseg: ledger:")
+    assert not (tmp_path / "p" / "batchseg.toml").exists(), "a URL that does not work is not saved"

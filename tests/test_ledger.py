@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,39 @@ def test_parallel_claims_never_double_claim(tmp_path: Path) -> None:
     assert ledger.summary()["states"]["done"] == 400
     assert_no_overlapping_claims(ledger.history())
     ledger.close()
+
+
+def test_reads_take_no_write_lock(ledger: Ledger) -> None:
+    """status and report read while a claim holds SQLite's write lock."""
+    with ledger.engine.begin() as conn:  # BEGIN IMMEDIATE: the write lock, held
+        conn.execute(text("UPDATE studies SET updated_at = updated_at"))
+        other = Ledger(ledger.url)
+        other.engine.pool.dispose()
+        import sqlite3 as _sqlite3
+
+        raw = _sqlite3.connect(ledger.url.removeprefix("sqlite:///"), timeout=0.2)
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            raise AssertionError("a second writer should have been refused while the lock is held")
+        except _sqlite3.OperationalError:
+            pass
+        finally:
+            raw.close()
+        assert other.summary()["total"] == 3
+        assert [r["study_id"] for r in other.studies()] == ["1000", "1001", "1002"]
+        other.close()
+
+
+def test_states_of_claimed_since(ledger: Ledger) -> None:
+    ledger.complete(ledger.claim(worker(), 60), {}, {})
+    since = time.time()
+    ledger.fail(ledger.claim(worker(), 60), "input.bad_dicom", "bad")
+    assert ledger.states_of_claimed_since(since) == {"1001": "failed"}
+
+
+def test_a_stale_write_adds_no_history(ledger: Ledger) -> None:
+    claim = ledger.claim(worker(), 60)
+    assert ledger.mark_lost(claim.study_id, claim.token, "slurm says CANCELLED") == "pending"
+    assert ledger.fail(claim, "segment.error", "late") == ""
+    assert ledger.mark_lost(claim.study_id, claim.token, "again") == ""
+    assert [e["event"] for e in ledger.history("1000")] == ["added", "claimed", "lost"]

@@ -122,3 +122,47 @@ def test_a_segmenter_that_cannot_start_releases_and_stops(slow_project: Path) ->
     assert result.returncode == 3 and "could not start" in result.stderr
     status = status_json(slow_project)
     assert status["states"]["pending"] == 3 and status["states"]["failed"] == 0, "no study pays for a bad config"
+
+
+def test_no_publishing_after_a_takeover_even_when_heartbeats_failed(slow_project: Path) -> None:
+    from batchseg.config import load_config
+    from batchseg.ledger import WorkerInfo
+    from batchseg.worker import Heartbeat, Worker
+
+    worker = Worker(load_config(slow_project))
+    claim = worker.ledger.claim(WorkerInfo("a", 1), lease_seconds=-1)   # its lease already ran out
+    beat = Heartbeat(worker.ledger, claim, interval=3600, lease=60)      # never beats in this test
+    assert worker.ledger.claim(WorkerInfo("b", 2), 60).study_id != claim.study_id
+    assert worker.ledger.expire_leases() == [] and worker.ledger.study(claim.study_id)["state"] == "pending"
+    assert worker.ledger.claim(WorkerInfo("b", 2), 60) is not None
+    assert not worker._may_publish(claim, beat), "the claim was taken over: nothing may be published"
+
+    fresh = worker.ledger.claim(WorkerInfo("a", 1), 60)
+    assert worker._may_publish(fresh, beat)
+    def unreachable(*_args: object) -> bool:
+        raise RuntimeError("database unreachable")
+
+    worker.ledger.heartbeat = unreachable
+    assert not worker._may_publish(fresh, beat), "unconfirmed claims publish nothing"
+    worker.ledger.close()
+
+
+def test_ledger_calls_are_retried_while_the_database_is_unreachable() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from batchseg.worker import with_retries
+
+    calls = []
+
+    def flaky(value: int) -> int:
+        calls.append(value)
+        if len(calls) < 3:
+            raise OperationalError("UPDATE studies", {}, Exception("database is locked"))
+        return value * 2
+
+    assert with_retries(flaky, 21, first_wait=0.01) == 42 and len(calls) == 3
+    def gone() -> None:
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    with pytest.raises(OperationalError):
+        with_retries(gone, attempts=2, first_wait=0.01)
