@@ -122,11 +122,14 @@ def cli() -> None:
               help="spineps (the real model), reference (synthetic phantoms only) or noop (plumbing check).")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Which half of the dataset.")
 @click.option("--models", "models_dir", default=None, help="SPINEPS weights folder (SPINEPS_SEGMENTOR_MODELS).")
+@click.option("--recheck-skipped", is_flag=True,
+              help="Skipped studies whose series the dataset now has go back to pending.")
 def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | None, out: str | None,
-         segmenter: str | None, split: str | None, models_dir: str | None) -> None:
+         segmenter: str | None, split: str | None, models_dir: str | None, recheck_skipped: bool) -> None:
     """Fill the ledger from the dataset (one row per study) and write batchseg.toml.
 
-    Running it again adds new studies and keeps every existing state and history.
+    Running it again adds new studies and keeps every existing state and history
+    (with --recheck-skipped, skipped studies the dataset can now serve become pending).
     """
     from .dataset import DatasetError, build_inventory, load_study_list
     from .ledger import Ledger
@@ -159,6 +162,8 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     write_config(config)
     config.logs_dir.mkdir(exist_ok=True)
     added = ledger.add_studies(inventory.rows)
+    for study in ledger.requeue_skipped(inventory.rows) if recheck_skipped else []:
+        click.echo(f"  study {study}: was skipped, its series is there now: pending")
     for warning in inventory.warnings:
         click.echo(f"warning: {warning}", err=True)
     pending, skipped = inventory.pending, inventory.skipped

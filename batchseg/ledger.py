@@ -364,6 +364,29 @@ class Ledger:
                 conn.execute(insert(history), events)
         return result
 
+    def requeue_skipped(self, rows: Iterable[StudyRow]) -> list[str]:
+        """Skipped studies that the dataset can now serve (their row is no longer skipped) go to pending."""
+        now = time.time()
+        fixed = {r.study_id: r for r in rows if not r.skip_class}
+        moved: list[str] = []
+        with self.engine.begin() as conn:
+            skipped = conn.execute(select(studies.c.study_id, studies.c.error_class)
+                                   .where(studies.c.state == "skipped")).all()
+            for study_id, error_class in skipped:
+                row = fixed.get(study_id)
+                if row is None:
+                    continue
+                conn.execute(update(studies).where(studies.c.study_id == study_id, studies.c.state == "skipped")
+                             .values(state="pending", series_id=row.series_id, input_path=row.input_path,
+                                     series_description=row.series_description,
+                                     selection_reason=row.selection_reason, error_class=None, error_message=None,
+                                     updated_at=now))
+                conn.execute(ADD_HISTORY, {"study_id": study_id, "event": "reset", "from_state": "skipped",
+                                           "to_state": "pending", "at": now, "error_class": error_class,
+                                           "message": "init --recheck-skipped: the dataset now has its series"})
+                moved.append(study_id)
+        return moved
+
     # -- the attempt life cycle ------------------------------------------------------------------
 
     def claim(self, worker: WorkerInfo, lease_seconds: float) -> Claim | None:

@@ -232,3 +232,16 @@ def test_a_stale_write_adds_no_history(ledger: Ledger) -> None:
     assert ledger.fail(claim, "segment.error", "late") == ""
     assert ledger.mark_lost(claim.study_id, claim.token, "again") == ""
     assert [e["event"] for e in ledger.history("1000")] == ["added", "claimed", "lost"]
+
+
+def test_requeue_skipped_only_when_the_dataset_now_serves_the_study(ledger: Ledger) -> None:
+    ledger.add_studies([StudyRow("7", skip_class="input.no_series", skip_message="no T2"),
+                        StudyRow("8", skip_class="input.no_series", skip_message="no T2")])
+    moved = ledger.requeue_skipped([StudyRow("7", series_id="99", input_path="/d/7/99"),
+                                    StudyRow("8", skip_class="input.no_series", skip_message="still none"),
+                                    StudyRow("1000", series_id="5")])
+    assert moved == ["7"]
+    row = ledger.study("7")
+    assert row["state"] == "pending" and row["series_id"] == "99" and row["error_class"] is None
+    assert ledger.study("8")["state"] == "skipped" and ledger.study("1000")["state"] == "pending"
+    assert [e["event"] for e in ledger.history("7")] == ["added", "reset"]
