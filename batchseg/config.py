@@ -17,6 +17,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from .files import write_atomic
+
 CONFIG_NAME = "batchseg.toml"
 PROJECT_ENV = "BATCHSEG_PROJECT"
 
@@ -89,9 +91,22 @@ class Config:
 
     @property
     def db_url(self) -> str:
-        return self.db or f"sqlite:///{(self.project_dir / 'ledger.sqlite').resolve()}"
+        if self.db:
+            return self.db
+        # URL.create escapes what a URL would misread in a path ('%41', '?', '#').
+        from sqlalchemy import URL
+
+        path = (self.project_dir / "ledger.sqlite").resolve()
+        return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
     def validate(self) -> None:
+        _check_types(self, "")
+        _check_types(self.slurm, "slurm.")
+        _check_types(self.container, "container.")
+        from .segmenters import SEGMENTERS
+
+        if self.segmenter not in SEGMENTERS:
+            raise ConfigError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {self.segmenter!r}")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if self.heartbeat_seconds < 1 or self.lease_seconds < 3 * self.heartbeat_seconds:
@@ -104,6 +119,27 @@ class Config:
             raise ConfigError(f"container.runtime must be none, apptainer or singularity, not {self.container.runtime!r}")
         if self.container.runtime != "none" and not self.container.image:
             raise ConfigError("container.image is required when container.runtime is set")
+
+
+# What each annotation (a string, under `from __future__ import annotations`) accepts.
+_TYPE_CHECKS: dict[str, tuple[str, Any]] = {
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "dict[str, Any]": ("a table", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """ConfigError naming the first key whose value has the wrong type (TOML can hold any type anywhere)."""
+    for f in fields(obj):
+        check = _TYPE_CHECKS.get(str(f.type))
+        if check is None:
+            continue                                   # project_dir, and the [slurm] / [container] tables
+        what, ok = check
+        value = getattr(obj, f.name)
+        if not ok(value):
+            raise ConfigError(f"{prefix}{f.name} must be {what}, not {value!r}")
 
 
 def _from_table(cls: type, table: dict[str, Any], where: str) -> Any:
@@ -167,11 +203,7 @@ def render_config(config: Config) -> str:
 
 def write_config(config: Config) -> Path:
     config.validate()
-    path = config.project_dir / CONFIG_NAME
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(render_config(config))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(config.project_dir / CONFIG_NAME, render_config(config))
 
 
 def find_project(start: Path | None = None) -> Path:

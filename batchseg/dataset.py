@@ -66,18 +66,21 @@ def load_study_list(path: Path) -> list[str]:
     try:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
+            if array.size == 0 and np.issubdtype(array.dtype, np.number):
+                return []   # np.save([]) writes float64: an empty list has no integer dtype to show
             if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
                 raise DatasetError("dataset.study_list",
                                    f"{path}: expected a 1-D integer array, found {array.dtype} {array.shape}")
             return [str(int(v)) for v in array]
         if suffix == ".csv":
-            with path.open(newline="") as handle:
+            # utf-8-sig: Excel starts its CSVs with a byte order mark, which would hide the study_id header.
+            with path.open(newline="", encoding="utf-8-sig") as handle:
                 reader = csv.DictReader(handle)
                 if "study_id" not in (reader.fieldnames or []):
                     raise DatasetError("dataset.study_list", f"{path}: no study_id column")
                 return [row["study_id"].strip() for row in reader if (row.get("study_id") or "").strip()]
         if suffix in (".txt", ".lst", ""):
-            lines = path.read_text().splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
             return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     except DatasetError:
         raise
@@ -132,6 +135,11 @@ def select_series(study_id: str, series: list[Series], images_dir: Path) -> tupl
     return best, f"{len(candidates)} {SAGITTAL_T2} series: {listing}; chose {best.series_id}, most slices then highest id"
 
 
+def series_folder(dataset: Path, split: str, study_id: str, series_id: str) -> Path:
+    """Where a series' DICOM files live in the RSNA layout (ids validated before they get here)."""
+    return Path(dataset) / f"{split}_images" / study_id / series_id
+
+
 def find_series_csv(dataset: Path, split: str) -> Path:
     return Path(dataset) / f"{split}_series_descriptions.csv"
 
@@ -167,5 +175,5 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
             rows.append(StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason))
             continue
         rows.append(StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
-                             input_path=str(images_dir / study / chosen.series_id), selection_reason=reason))
+                             input_path=str(series_folder(dataset, split, study, chosen.series_id)), selection_reason=reason))
     return Inventory(rows=rows, csv_path=csv_path, warnings=warnings)

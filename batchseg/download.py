@@ -28,6 +28,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 from .dataset import SAGITTAL_T2, DatasetError, Series, is_valid_id, printable_id, read_series_table
+from .errors import one_line
+from .files import write_atomic
 
 COMPETITION = "rsna-2024-lumbar-spine-degenerative-classification"
 INSTALL_HINT = "pip install 'batchseg[kaggle]'"
@@ -203,10 +205,7 @@ def read_listing(path: Path) -> list[RemoteFile]:
 
 
 def write_listing(path: Path, files: list[RemoteFile]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text("".join(f"{f.name}\t{'' if f.size is None else f.size}\n" for f in files))
-    os.replace(tmp, path)
+    write_atomic(path, (f"{f.name}\t{'' if f.size is None else f.size}\n" for f in files))
 
 
 def load_listing(source: "KaggleSource", root: Path, competition: str, *, refresh: bool,
@@ -276,7 +275,7 @@ def fetch_files(source: "KaggleSource", competition: str, root: Path, files: lis
                 elif isinstance(exc, DownloadError) and exc.code == 2:
                     raise exc
                 else:
-                    result.failed.append((remote.name, _one_line(exc)))
+                    result.failed.append((remote.name, _failure(exc)))
                     progress.failed += 1
                 if on_progress:
                     on_progress(progress)
@@ -288,9 +287,9 @@ def fetch_files(source: "KaggleSource", competition: str, root: Path, files: lis
     return result
 
 
-def _one_line(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, DownloadError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())[:300]
+def _failure(exc: BaseException) -> str:
+    """What a failed file's line in the summary says."""
+    return one_line(exc.message if isinstance(exc, DownloadError) else f"{type(exc).__name__}: {exc}", 300)
 
 
 # -- the two ways --------------------------------------------------------------------------------
@@ -345,8 +344,7 @@ def download_archive(source: "KaggleSource", root: Path, *, competition: str = C
     archive = source.fetch_archive(competition, root)
     report(f"unpacking {archive}")
     extracted, present = extract_archive(archive, root, on_progress=on_extract)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{competition}: {extracted + present} files unpacked from {archive.name}\n")
+    write_atomic(marker, f"{competition}: {extracted + present} files unpacked from {archive.name}\n")
     if not keep_archive:
         archive.unlink()
     return ArchiveResult(archive=archive, extracted=extracted, present=present)
@@ -532,8 +530,8 @@ def _translate(exc: BaseException, what: str, competition: str = "") -> Download
     if status == 404:
         return DownloadError(f"{what}: not found on Kaggle (HTTP 404)", status=404)
     if status is not None:
-        return DownloadError(f"{what}: Kaggle answered HTTP {status}: {' '.join(str(exc).split())[:200]}",
+        return DownloadError(f"{what}: Kaggle answered HTTP {status}: {one_line(exc, 200)}",
                              status=status)
     if _transient(exc):
         return DownloadError(f"{what}: cannot reach Kaggle ({type(exc).__name__}); check the network and run again")
-    return DownloadError(f"{what}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    return DownloadError(f"{what}: {type(exc).__name__}: {one_line(exc, 200)}")

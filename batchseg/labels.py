@@ -32,20 +32,31 @@ VERTEBRA_NAMES: dict[int, str] = {
     28: "T13",
 }
 
-SACRUM = 26
+# Label of each vertebra name: LABELS["T10"] == 17.
+LABELS: dict[str, int] = {name: label for label, name in VERTEBRA_NAMES.items()}
+
+T12 = 19
+L1 = 20
+L5 = 24
 L6 = 25
+SACRUM = 26
 T13 = 28
-LUMBAR = tuple(range(20, 26))          # L1-L5 and L6
-DISC_ABOVE_TOP = 126                    # disc above the topmost vertebra (never S1/S2)
+LUMBAR = tuple(range(L1, L6 + 1))      # L1-L5 and L6
+DISC_OFFSET = 100                       # disc below vertebra X: DISC_OFFSET + X
+ENDPLATE_OFFSET = 200                   # endplates next to disc 100+X: ENDPLATE_OFFSET + X
+DISC_ABOVE_TOP = DISC_OFFSET + SACRUM   # 126: disc above the topmost vertebra (never S1/S2)
 
 # Cranial -> caudal order of the vertebrae, transitional ones where they sit.
-SPINE_ORDER: tuple[int, ...] = (*range(1, 20), T13, *range(20, 25), L6, SACRUM)
+SPINE_ORDER: tuple[int, ...] = (*range(1, T12 + 1), T13, *range(L1, L5 + 1), L6, SACRUM)
 # Vertebrae that exist only in some people; skipped when naming a disc unless present.
 TRANSITIONAL = frozenset({T13, L6})
 
 # seg-spine (semantic / subregion) labels that SPINEPS writes (TPTBox `Location` numbers).
+SEM_SACRUM = 26
+SEM_VERTEBRAL_BODY = 49
+SEM_DISC = 100
 SEMANTIC_NAMES: dict[int, str] = {
-    26: "sacrum",
+    SEM_SACRUM: "sacrum",
     41: "vertebral arch",
     42: "spinous process",
     43: "costal/transverse process left",
@@ -54,13 +65,13 @@ SEMANTIC_NAMES: dict[int, str] = {
     46: "superior articular process right",
     47: "inferior articular process left",
     48: "inferior articular process right",
-    49: "vertebral body",
+    SEM_VERTEBRAL_BODY: "vertebral body",
     52: "vertebral endplate superior",
     53: "vertebral endplate inferior",
     60: "spinal cord",
     61: "spinal canal",
     62: "endplate",
-    100: "intervertebral disc",
+    SEM_DISC: "intervertebral disc",
 }
 
 
@@ -71,9 +82,9 @@ def label_kind(label: int) -> str:
         return "sacrum"
     if label in VERTEBRA_NAMES:
         return "vertebra"
-    if 100 < label < 200 and (label - 100 in VERTEBRA_NAMES):
+    if DISC_OFFSET < label < ENDPLATE_OFFSET and (label - DISC_OFFSET in VERTEBRA_NAMES):
         return "disc"
-    if 200 < label < 300 and (label - 200 in VERTEBRA_NAMES):
+    if ENDPLATE_OFFSET < label < ENDPLATE_OFFSET + 100 and (label - ENDPLATE_OFFSET in VERTEBRA_NAMES):
         return "endplate"
     return "other"
 
@@ -86,9 +97,9 @@ def _next_below(x: int, present: Collection[int] | None) -> int | None:
     after = SPINE_ORDER[pos + 1:]
     if present is not None:
         present = set(present)
-        if x == 19 and T13 in present:
+        if x == T12 and T13 in present:
             return T13
-        if x == 24 and L6 in present:
+        if x == L5 and L6 in present:
             return L6
         # A lumbar vertebra with the sacrum and no lower lumbar label: sacrum below.
         if x in LUMBAR and SACRUM in present and not any(v in present for v in LUMBAR if v > x):
@@ -116,11 +127,12 @@ def label_name(label: int, present: Collection[int] | None = None) -> str:
     if kind in ("vertebra", "sacrum"):
         return VERTEBRA_NAMES[label]
     if kind == "disc":
-        return disc_name(label - 100, present)
+        return disc_name(label - DISC_OFFSET, present)
     if kind == "endplate":
-        return f"endplate {VERTEBRA_NAMES[label - 200]}"
+        return f"endplate {VERTEBRA_NAMES[label - ENDPLATE_OFFSET]}"
     return f"label {label}"
 
 
 def semantic_name(label: int) -> str:
+    """Name of a seg-spine (semantic) label."""
     return SEMANTIC_NAMES.get(int(label), f"label {int(label)}")

@@ -4,7 +4,7 @@
 `collect_report` reads the ledger once (summary, studies, history) and each done
 study's metadata and vertebra labels, one file at a time; the pure `study_entry`
 and `build_report` turn those into a `Report`; `render_html`, `render_csv` and
-`report_json` draw it, and `write_atomic` puts a file in place by rename.
+`report_json` draw it, and `files.write_atomic` puts a file in place by rename.
 
 LSTV findings are candidates for review, never diagnoses. A study whose labels are
 not anatomical is "not assessed", never "no candidate"; label 126 (the disc above
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
 from .ledger import STATES
 from .pipeline import output_paths
 
@@ -129,18 +130,6 @@ def _who(event: dict[str, Any]) -> str:
 
 def _clock(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
-def studies_csv(rows: Iterable[dict[str, Any]]) -> str:
-    """One line per study, for spreadsheets: state, error, timings."""
-    fields = ["study_id", "series_id", "state", "attempts", "error_class", "error_message", "log_path",
-              "seconds_total"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "seconds_total": (row.get("timings") or {}).get("total", "")})
-    return buffer.getvalue()
 
 
 # == the review report (`batchseg report`) =====================================================
@@ -859,36 +848,6 @@ def render_html(report: Report, *, link: Callable[[str], str], image: Callable[[
 
 
 # -- writing (the other I/O edge) -----------------------------------------------------------------
-
-def write_atomic(path: Path, chunks: Iterable[str]) -> Path:
-    """Write text to `path` through a temporary file in the same folder and a rename.
-
-    Readers see the old file or the whole new one, never a part; a failure midway
-    leaves the old file as it was and no temporary file behind.
-    """
-    import os
-    import uuid
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp would force 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
 
 def write_html(report: Report, path: Path, *, embed: bool = False) -> Path:
     """The HTML report at `path`, its links relative to `path`'s folder; `embed` inlines QC thumbnails."""

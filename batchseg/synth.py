@@ -41,6 +41,9 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
+from .labels import DISC_OFFSET, L1, L5, L6, LABELS, T13, disc_name, label_name
+from .labels import SACRUM as SACRUM_LABEL
+
 VARIANTS = ("normal", "L6", "T13", "four_lumbar")
 BROKEN_KINDS = ("no_t2", "truncated", "missing_folder")
 SAG_T2, SAG_T1, AX_T2 = "Sagittal T2/STIR", "Sagittal T1", "Axial T2"
@@ -67,6 +70,16 @@ SACRUM_WIDTH, SACRUM_DEPTH, SACRUM_LENGTH = 50.0, 36.0, 80.0
 SACRUM_TILT_DEG = 35.0      # the sacrum leans posteriorly below the L5/S1 (or last lumbar) disc
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# The vertebrae of each variant, top to bottom (SPINEPS labels from labels.py); the field of view starts at T10.
+_THORACIC = tuple(LABELS[name] for name in ("T10", "T11", "T12"))
+_LUMBAR = tuple(range(L1, L5 + 1))
+_VARIANT_VERTEBRAE = {
+    "normal": (*_THORACIC, *_LUMBAR),
+    "L6": (*_THORACIC, *_LUMBAR, L6),
+    "T13": (*_THORACIC, T13, *_LUMBAR),
+    "four_lumbar": (*_THORACIC, *_LUMBAR[:-1]),
+}
 
 
 @dataclass
@@ -188,7 +201,7 @@ class _Phantom:
         pc_ = p - np.clip(t, 0, None) * np.tan(self.sacrum_tilt)
         sac = in_len & (_superellipse(l / half_ws, pc_ / (0.5 * SACRUM_DEPTH)) <= 1.0)
         cls[sac] = SACRUM
-        label[sac] = 26
+        label[sac] = SACRUM_LABEL
         return cls, label
 
 
@@ -279,10 +292,8 @@ def read_manifest(root: Path) -> dict:
 
 def variant_labels(variant: str) -> dict[int, str]:
     """The instance labels (and names) a phantom of this variant holds, top to bottom."""
-    from .labels import label_name
-
     pieces = _stack(variant, np.random.default_rng(0))
-    labels = [pc.label for pc in pieces] + [26]
+    labels = [pc.label for pc in pieces] + [SACRUM_LABEL]
     return {v: label_name(v, labels) for v in labels}
 
 
@@ -292,18 +303,18 @@ def variant_labels(variant: str) -> dict[int, str]:
 def _stack(variant: str, rng: np.random.Generator) -> list[_Piece]:
     if variant not in VARIANTS:
         raise ValueError(f"unknown phantom variant {variant!r}; choose one of {VARIANTS}")
-    thoracic = [17, 18, 19] + ([28] if variant == "T13" else [])
-    lumbar = {"normal": [20, 21, 22, 23, 24], "L6": [20, 21, 22, 23, 24, 25],
-              "T13": [20, 21, 22, 23, 24], "four_lumbar": [20, 21, 22, 23]}[variant]
+    vertebrae = _VARIANT_VERTEBRAE[variant]
+    thoracic = [v for v in vertebrae if v in _THORACIC or v == T13]
+    lumbar = [v for v in vertebrae if v not in thoracic]
     pieces = []
     for v in thoracic:
         h, w, dp = THORACIC_BODY
         pieces.append(_Piece(v, THORACIC, h + rng.uniform(-0.5, 0.5), w, dp))
-        pieces.append(_Piece(100 + v, DISC, THORACIC_DISC + rng.uniform(-0.3, 0.3), w, dp))
+        pieces.append(_Piece(DISC_OFFSET + v, DISC, THORACIC_DISC + rng.uniform(-0.3, 0.3), w, dp))
     for v in lumbar:
         h, w, dp = LUMBAR_BODY
         pieces.append(_Piece(v, LUMBAR, h + rng.uniform(-0.5, 0.5), w, dp))
-        pieces.append(_Piece(100 + v, DISC, LUMBAR_DISC + rng.uniform(-0.3, 0.3), w, dp))
+        pieces.append(_Piece(DISC_OFFSET + v, DISC, LUMBAR_DISC + rng.uniform(-0.3, 0.3), w, dp))
     return pieces
 
 
@@ -514,7 +525,8 @@ def _label_coordinates(sid: int, series_id: int, ph: _Phantom, geo: _Geometry) -
     """Plausible 'Spinal Canal Stenosis' points at the lumbar discs of the T2 mid slice."""
     inv = np.linalg.inv(geo.affine_lps())
     mid = len(geo.positions) // 2
-    level = {120: "L1/L2", 121: "L2/L3", 122: "L3/L4", 123: "L4/L5", 124: "L5/S1"}
+    # RSNA's five levels, by the common spine's disc names (L5/S1 even when an L6 is present).
+    level = {DISC_OFFSET + v: disc_name(v) for v in _LUMBAR}
     rows = []
     for lab, name in level.items():
         if not any(pc.label == lab for pc in ph.pieces):

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Callable, TypeVar
 
 from .config import Config
+from .dataset import series_folder
 from .errors import SetupError, StudyError, one_line
 from .ledger import Claim, Ledger, WorkerInfo
 from .pipeline import StudyInput, run_study
@@ -206,7 +207,7 @@ class Worker:
     def _process(self, claim: Claim) -> None:
         beat = Heartbeat(self.ledger, claim, self.config.heartbeat_seconds, self.config.lease_seconds)
         beat.start()
-        study = StudyInput(claim.study_id, Path(claim.input_path or ""), claim.series_id, claim.attempt)
+        study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt)
         log.info("study %s: attempt %d started", claim.study_id, claim.attempt)
         try:
             try:
@@ -238,6 +239,13 @@ class Worker:
         else:
             log.warning("study %s: finished, but the claim had been taken over; the newer attempt owns it",
                         claim.study_id)
+
+    def _series_dir(self, claim: Claim) -> Path:
+        # From the config, not the path stored at init: a dataset moved or mounted elsewhere since
+        # then is found again by editing one line of batchseg.toml.
+        if self.config.dataset_dir is not None and claim.series_id:
+            return series_folder(self.config.dataset_dir, self.config.split, claim.study_id, claim.series_id)
+        return Path(claim.input_path or "")
 
     def _may_publish(self, claim: Claim, beat: Heartbeat) -> bool:
         """Asked by the pipeline right before it renames outputs into place."""

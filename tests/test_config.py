@@ -34,11 +34,53 @@ def test_defaults_and_derived_paths(tmp_path: Path) -> None:
     ("lease_seconds = 10\nheartbeat_seconds = 30\n", "three heartbeats"),
     ("[container]\nruntime = 'docker'\n", "runtime"),
     ("this is not toml", "batchseg.toml"),
+    ('max_attempts = "3"\n', "max_attempts"),
+    ("workers = true\n", "workers"),
+    ("lease_seconds = 900.0\n", "lease_seconds"),
+    ("dataset = 7\n", "dataset"),
+    ("segmenter_options = [1]\n", "segmenter_options"),
+    ("[slurm]\ncpus_per_task = '4'\n", "slurm.cpus_per_task"),
+    ("[slurm]\nextra_args = '--exclusive'\n", "slurm.extra_args"),
+    ("[slurm]\nextra_args = ['--nice', 5]\n", "slurm.extra_args"),
+    ("[container]\nbinds = '/data'\n", "container.binds"),
+    ("segmenter = 'totalseg'\n", "segmenter must be one of reference, noop, spineps"),
 ])
 def test_bad_values_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "batchseg.toml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(tmp_path)
+
+
+def test_type_errors_are_one_line_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "batchseg.toml").write_text('max_attempts = "3"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value) == "max_attempts must be a whole number, not '3'"
+
+
+def test_write_config_refuses_a_bad_type_and_keeps_the_old_file(tmp_path: Path) -> None:
+    write_config(Config(project_dir=tmp_path))
+    before = (tmp_path / "batchseg.toml").read_text()
+    with pytest.raises(ConfigError, match="workers"):
+        write_config(Config(project_dir=tmp_path, workers="2"))  # type: ignore[arg-type]
+    assert (tmp_path / "batchseg.toml").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batchseg.toml"], "no temporary file left behind"
+
+
+@pytest.mark.parametrize("name", ["a%41b", "what?x=1", "hash#tag"])
+def test_default_ledger_url_survives_url_characters_in_the_path(tmp_path: Path, name: str) -> None:
+    from sqlalchemy import create_engine, make_url, text
+
+    project = tmp_path / name
+    project.mkdir()
+    config = Config(project_dir=project)
+    assert make_url(config.db_url).database == str(project / "ledger.sqlite")
+    engine = create_engine(config.db_url)
+    with engine.begin() as conn:
+        conn.execute(text("create table t (x integer)"))
+    engine.dispose()
+    assert (project / "ledger.sqlite").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], "no database beside the project"
 
 
 def test_find_project_walks_up_and_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

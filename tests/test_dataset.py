@@ -33,6 +33,25 @@ def test_study_lists_in_three_formats(tmp_path: Path) -> None:
         assert load_study_list(tmp_path / name) == expected
 
 
+def test_excel_byte_order_mark_is_not_part_of_the_header_or_the_first_id(tmp_path: Path) -> None:
+    (tmp_path / "ids.csv").write_bytes(b"\xef\xbb\xbfstudy_id,note\r\n4003253,a\r\n4646740,b\r\n")
+    (tmp_path / "ids.txt").write_bytes(b"\xef\xbb\xbf4003253\r\n4646740\r\n")
+    for name in ("ids.csv", "ids.txt"):
+        assert load_study_list(tmp_path / name) == ["4003253", "4646740"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int64, np.uint32, np.float32])
+def test_an_empty_npy_is_an_empty_list_whatever_its_numeric_dtype(tmp_path: Path, dtype: type) -> None:
+    np.save(tmp_path / "none.npy", np.array([], dtype=dtype))
+    assert load_study_list(tmp_path / "none.npy") == []
+
+
+def test_an_empty_npy_of_strings_is_still_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "none.npy", np.array([], dtype="<U8"))
+    with pytest.raises(DatasetError, match="integer"):
+        load_study_list(tmp_path / "none.npy")
+
+
 @pytest.mark.skipif(not SHARED_IDS.exists(), reason="shared data folder absent")
 def test_the_seed_valid_id_list() -> None:
     ids = load_study_list(SHARED_IDS)

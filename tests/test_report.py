@@ -6,7 +6,6 @@ import csv
 import html
 import io
 import json
-import os
 import shutil
 from dataclasses import asdict
 from html.parser import HTMLParser
@@ -28,7 +27,6 @@ from batchseg.report import (
     StudyFiles,
     collect_report,
     study_entry,
-    write_atomic,
 )
 from batchseg.synth import read_manifest, synth_dataset
 from tests.conftest import batchseg
@@ -372,30 +370,6 @@ def test_one_ledger_read_for_the_whole_report(finished: Path) -> None:
     ledger.close()
     assert sorted(calls) == ["history", "studies", "summary"]
     assert len(report.studies) == report.total
-
-
-def test_write_atomic_never_shows_a_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "report.html"
-    target.write_text("old report")
-
-    def chunks() -> Any:
-        yield "<html>half"
-        assert target.read_text() == "old report", "the target changed before the write finished"
-        raise RuntimeError("renderer broke midway")
-
-    with pytest.raises(RuntimeError):
-        write_atomic(target, chunks())
-    assert target.read_text() == "old report"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"], "no temporary file left behind"
-
-    old_umask = os.umask(0o022)
-    try:
-        write_atomic(target, iter(["new ", "report"]))
-    finally:
-        os.umask(old_umask)
-    assert target.read_text() == "new report"
-    assert target.stat().st_mode & 0o777 == 0o644, "the umask decides the mode, as for any new file"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
 
 
 def test_unwritable_target_is_a_one_line_error(finished: Path, tmp_path: Path) -> None:

@@ -166,3 +166,16 @@ def test_ledger_calls_are_retried_while_the_database_is_unreachable() -> None:
 
     with pytest.raises(OperationalError):
         with_retries(gone, attempts=2, first_wait=0.01)
+
+
+def test_a_moved_dataset_is_found_through_the_config(slow_project: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from batchseg.config import load_config
+
+    config = load_config(slow_project)
+    moved = tmp_path / "elsewhere"
+    shutil.move(config.dataset, moved)
+    set_config(slow_project, dataset=str(moved), segmenter_options={"delay": 0.0})
+    batchseg("run", "--project", str(slow_project))
+    assert status_json(slow_project)["states"]["done"] == 3

@@ -12,18 +12,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from ..config import Config
+from ..errors import one_line
 
 
 @dataclass
 class LocalRun:
     started_at: float
     returncodes: list[int] = field(default_factory=list)
-    logs: list[Path] = field(default_factory=list)
-    interrupted: bool = False
 
 
 def split_quota(limit: int | None, workers: int) -> list[int | None]:
@@ -34,8 +32,12 @@ def split_quota(limit: int | None, workers: int) -> list[int | None]:
     return [base + (1 if i < extra else 0) for i in range(workers)]
 
 
-def worker_command(config: Config, max_studies: int | None) -> list[str]:
-    command = [sys.executable, "-m", "batchseg", "work", "--project", str(config.project_dir)]
+def worker_command(config: Config, max_studies: int | None = None, *, python: str | None = None) -> list[str]:
+    """argv of one worker, `python -m batchseg work ...`: a local process and a Slurm task run the same.
+
+    `python` is the interpreter: this one (sys.executable) by default, `python3` inside a container.
+    """
+    command = [python or sys.executable, "-m", "batchseg", "work", "--project", str(config.project_dir.resolve())]
     if config.db:
         command += ["--db", config.db]
     if max_studies is not None:
@@ -53,27 +55,39 @@ def run_local(config: Config, *, workers: int, limit: int | None = None,
     quotas = [q for q in split_quota(limit, workers) if q != 0]
     for index, quota in enumerate(quotas):
         log_path = config.logs_dir / f"local-{stamp}-{os.getpid()}-w{index}.log"
-        run.logs.append(log_path)
         with log_path.open("ab") as log_file:
             procs.append(subprocess.Popen(worker_command(config, quota), stdout=log_file,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
 
     def forward(signum: int, _frame: object) -> None:
-        run.interrupted = True
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    tick_failed = False
+
+    def tick() -> None:
+        # on_tick only shows progress: if it breaks, the workers still need watching and
+        # their signals forwarding, so say so once and keep waiting.
+        nonlocal tick_failed
+        if on_tick is None:
+            return
+        try:
+            on_tick()
+        except Exception as exc:  # noqa: BLE001 - any failure of a display callback
+            if not tick_failed:
+                tick_failed = True
+                print(f"batchseg run: progress display failed, workers keep running: "
+                      f"{one_line(f'{type(exc).__name__}: {exc}', 300)}", file=sys.stderr, flush=True)
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while any(p.poll() is None for p in procs):
-            if on_tick:
-                on_tick()
+            tick()
             time.sleep(tick_seconds)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     run.returncodes = [p.wait() for p in procs]
-    if on_tick:
-        on_tick()
+    tick()
     return run

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..config import Config, SlurmConfig
+from ..errors import one_line
+from .local import worker_command
 
 DEFAULT_MAX_ARRAY_SIZE = 1001        # Slurm's default MaxArraySize
 DEFAULT_TASK_CAP = 64                # tasks when nothing throttles and no durations are known
@@ -216,13 +218,6 @@ def _source_root() -> Path | None:
     return None if root in installed else root
 
 
-def worker_argv(config: Config, python: str) -> list[str]:
-    argv = [python, "-m", "batchseg", "work", "--project", str(config.project_dir.resolve())]
-    if config.db:
-        argv += ["--db", config.db]
-    return argv
-
-
 def container_argv(config: Config, slurm: SlurmConfig) -> list[str]:
     """`apptainer exec [options] --bind ... IMAGE`, or [] without a container.
 
@@ -232,6 +227,8 @@ def container_argv(config: Config, slurm: SlurmConfig) -> list[str]:
     box = config.container
     if box.runtime in ("", "none"):
         return []
+    # config.validate() refuses these too, but a Config built in code (the tests', a library
+    # user's) reaches here unvalidated, and a wrong runtime must not become a job script.
     if box.runtime not in ("apptainer", "singularity"):
         raise SlurmError(f"container.runtime must be none, apptainer or singularity, not {box.runtime!r}")
     if not box.image:
@@ -259,7 +256,7 @@ def task_command(config: Config, slurm: SlurmConfig) -> list[str]:
     """argv of the task: the submitting interpreter itself, or the container's python3."""
     prefix = container_argv(config, slurm)
     python = CONTAINER_PYTHON if prefix else os.path.abspath(sys.executable)
-    return prefix + worker_argv(config, python)
+    return prefix + worker_command(config, python=python)
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -386,10 +383,6 @@ def _run(argv: Sequence[str], *, input: str | None = None, cwd: Path | None = No
         raise SlurmError(f"{argv[0]} did not answer within {timeout:.0f} s") from None
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def max_array_size() -> int:
     """MaxArraySize from `scontrol show config`; Slurm's default 1001 when it cannot be read."""
     try:
@@ -464,7 +457,7 @@ def submit_array(config: Config, ledger: Any, *, tasks: int | None = None, max_p
         job_id = out.stdout.strip().split(";")[0]
         if out.returncode != 0 or not job_id.isdigit():
             done = f" (already submitted: {', '.join(result.job_ids)})" if result.job_ids else ""
-            raise SlurmError(f"sbatch refused --array={spec}: {_one_line(out.stderr or out.stdout)}{done}")
+            raise SlurmError(f"sbatch refused --array={spec}: {one_line(out.stderr or out.stdout)}{done}")
         ledger.record_submission(job_id, spec, script, pending, tasks, kind="array")
         result.job_ids.append(job_id)
     return result
@@ -547,7 +540,7 @@ def _squeue(job_ids: Sequence[str]) -> list[TaskState]:
     if out.returncode != 0:
         if "Invalid job id" in out.stderr:             # none of them is known any more
             return []
-        raise SlurmError(f"squeue failed: {_one_line(out.stderr or out.stdout)}")
+        raise SlurmError(f"squeue failed: {one_line(out.stderr or out.stdout)}")
     return parse_squeue(out.stdout)
 
 
@@ -672,12 +665,6 @@ def sync(config: Config, ledger: Any) -> SyncResult:
     return SyncResult(jobs, lost)
 
 
-def job_overview(config: Config, ledger: Any) -> list[dict[str, Any]]:
-    """For `batchseg status`: each submitted array job with the count of its tasks in each state."""
-    submissions, reports = _ask(ledger, [])
-    return [_job_summary(s, reports[str(s["job_id"])]) for s in submissions if str(s["job_id"]) in reports]
-
-
 def cancel(config: Config, ledger: Any, *, wait_seconds: float = 60.0) -> list[str]:
     """scancel the project's unfinished arrays; returns the studies they held, now back to pending.
 
@@ -696,7 +683,7 @@ def cancel(config: Config, ledger: Any, *, wait_seconds: float = 60.0) -> list[s
     held = [a for a in ledger.running() if (_attempt_key(a.worker) or ("",))[0] in active]
     out = _run(["scancel", *active])
     if out.returncode != 0:
-        raise SlurmError(f"scancel failed: {_one_line(out.stderr or out.stdout)}")
+        raise SlurmError(f"scancel failed: {one_line(out.stderr or out.stdout)}")
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         reports = query_jobs(active)

@@ -15,9 +15,8 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import StudyError
+from ..labels import L1
 from . import SegmentResult
-
-L1 = 20
 
 
 class NoopSegmenter:

@@ -12,7 +12,6 @@ machinery can be tested end to end against known answers without a GPU.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,20 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from .. import labels
 from ..errors import StudyError
+from ..files import write_json
 from ..synth import INTENSITY_T2, TIER_HALF_WIDTH
 from . import SegmentResult
 
 THORACIC, LUMBAR, SACRUM, DISC = 1, 2, 3, 4
 _TIERS = ((THORACIC, "thoracic"), (LUMBAR, "lumbar"), (SACRUM, "sacrum"), (DISC, "disc"))
-THORACIC_LABELS = (17, 18, 19, 28)            # T10, T11, T12, T13
-LUMBAR_LABELS = (20, 21, 22, 23, 24, 25)      # L1-L5, L6
-SACRUM_LABEL = 26
-DISC_ABOVE_TOP = 126
-# seg-spine labels (TPTBox Location numbers).
-SEM_BODY, SEM_DISC, SEM_SACRUM = 49, 100, 26
+# Counting from the phantom's fixed top (T10); the transitional vertebra comes last in its tier.
+THORACIC_LABELS = (*(labels.LABELS[n] for n in ("T10", "T11", "T12")), labels.T13)
+LUMBAR_LABELS = (*range(labels.L1, labels.L5 + 1), labels.L6)
+# The seg-spine labels this segmenter writes, with their names (recorded in the result's info).
+SEMANTIC_LABELS = {str(v): labels.semantic_name(v)
+                   for v in (labels.SEM_VERTEBRAL_BODY, labels.SEM_DISC, labels.SEM_SACRUM)}
 
 
 class ReferenceSegmenter:
@@ -71,12 +72,12 @@ class ReferenceSegmenter:
         try:
             _save_labels(vert, img, vert_path)
             _save_labels(spine, img, spine_path)
-            ctd_path.write_text(json.dumps(ctd_json(centroids, img.affine, data.shape), indent=2) + "\n")
+            write_json(ctd_path, ctd_json(centroids, img.affine, data.shape))
         except OSError as e:
             raise StudyError("output.io", f"study {study_id}: cannot write segmentation: {e}") from e
         return SegmentResult(
             vert_mask=vert_path, spine_mask=spine_path, ctd_json=ctd_path, labels_anatomical=True,
-            info=self.describe(),
+            info={**self.describe(), "semantic_labels": SEMANTIC_LABELS},
             timings={"load": t1 - t0, "segment": t2 - t1, "write": time.perf_counter() - t2},
         )
 
@@ -126,20 +127,20 @@ def segment_volume(data: np.ndarray, affine: np.ndarray, *, study_id: str = "",
     for c, v in zip(lumbar, LUMBAR_LABELS):
         label_of[c] = v
     for c in sacrum:   # one sacrum, however many pieces the threshold left
-        label_of[c] = SACRUM_LABEL
+        label_of[c] = labels.SACRUM
     bodies = thoracic + lumbar
     for c in discs:
         above = [b for b in bodies if z_world[b] > z_world[c]]
-        label_of[c] = 100 + label_of[above[-1]] if above else DISC_ABOVE_TOP
+        label_of[c] = labels.DISC_OFFSET + label_of[above[-1]] if above else labels.DISC_ABOVE_TOP
     used = label_of[discs]
     if len(set(used.tolist())) != len(discs):
         raise StudyError("segment.error", f"{who}two discs between the same pair of vertebrae")
 
     vert = label_of[comp]
     sem_of = np.zeros(n + 1, dtype=np.uint8)
-    sem_of[bodies] = SEM_BODY
-    sem_of[sacrum] = SEM_SACRUM
-    sem_of[discs] = SEM_DISC
+    sem_of[bodies] = labels.SEM_VERTEBRAL_BODY
+    sem_of[sacrum] = labels.SEM_SACRUM
+    sem_of[discs] = labels.SEM_DISC
     spine = sem_of[comp]
 
     # Centroid of each named vertebra (pieces of one sacrum weighted by size).
@@ -217,10 +218,10 @@ def ctd_json(centroids: dict[int, tuple], affine: np.ndarray, shape: tuple[int, 
     return [header, body]
 
 
-def _save_labels(labels: np.ndarray, like: nib.Nifti1Image, path: Path) -> None:
+def _save_labels(mask: np.ndarray, like: nib.Nifti1Image, path: Path) -> None:
     """A uint8 label map on the grid (affine, sform/qform codes) of `like`."""
     hdr = like.header.copy()
     hdr.set_data_dtype(np.uint8)
-    out = type(like)(labels.astype(np.uint8, copy=False), like.affine, hdr)
+    out = type(like)(mask.astype(np.uint8, copy=False), like.affine, hdr)
     out.header.set_slope_inter(1.0, 0.0)
     nib.save(out, path)

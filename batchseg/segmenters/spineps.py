@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from ..errors import SetupError, StudyError
+from ..errors import SetupError, StudyError, one_line
 from ..models import ENV_MODELS, check_models, default_models_dir, disabled, import_spineps, looks_like_path, resolve_model
 from . import SegmentResult
 
@@ -35,6 +35,11 @@ _STAGES = {
 _MAX_MESSAGE = 300
 
 
+def _what(exc: BaseException) -> str:
+    """An exception as 'Type: message' on one line, short enough for the ledger."""
+    return one_line(f"{type(exc).__name__}: {exc}", _MAX_MESSAGE)
+
+
 class SpinepsSetupError(SetupError):
     """The SPINEPS models could not be loaded: a problem of the installation, not of a study."""
 
@@ -49,11 +54,6 @@ def _version(dist: str) -> str:
 def _bids_subject(study_id: str) -> str:
     # BIDS subject labels are alphanumeric; SPINEPS names every output sub-<label>_...
     return re.sub(r"[^A-Za-z0-9]", "", str(study_id)) or "study"
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -161,7 +161,7 @@ class SpinepsSegmenter:
             pipeline = spineps.SpinepsPipeline(args["semantic"], args["instance"], args["labeling"],
                                                use_cpu=self.device == "cpu")
         except Exception as exc:
-            raise SpinepsSetupError(f"SPINEPS could not load its models ({_short(exc)}); "
+            raise SpinepsSetupError(f"SPINEPS could not load its models ({_what(exc)}); "
                                     "check them with `batchseg models check`") from exc
         self._load_seconds = time.perf_counter() - start
         if self.device == "cpu":
@@ -224,8 +224,8 @@ class SpinepsSegmenter:
         except Exception as exc:
             if _is_oom(exc):
                 self._free_gpu()
-                raise StudyError("segment.oom", f"study {study_id}: out of memory in SPINEPS: {_short(exc)}") from exc
-            raise StudyError("segment.error", f"study {study_id}: SPINEPS failed: {_short(exc)}") from exc
+                raise StudyError("segment.oom", f"study {study_id}: out of memory in SPINEPS: {_what(exc)}") from exc
+            raise StudyError("segment.error", f"study {study_id}: SPINEPS failed: {_what(exc)}") from exc
         timings["spineps_total"] = time.perf_counter() - start
 
         code = result.errcode
