@@ -115,16 +115,15 @@ def has_time_for_another(deadline: float | None, expected: float | None, now: fl
 
 
 class Worker:
-    def __init__(self, config: Config, *, segmenter: Segmenter | None = None,
-                 identity: WorkerInfo | None = None, deadline: float | None = None,
-                 max_studies: int | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, config: Config, *, segmenter: Segmenter | None = None, deadline: float | None = None,
+                 max_studies: int | None = None) -> None:
         self.config = config
         self.ledger = Ledger.for_config(config)
-        self.identity = identity or WorkerInfo.from_environment()
+        self.identity = WorkerInfo.from_environment()
         self.segmenter = segmenter
         self.deadline = deadline
         self.max_studies = max_studies
-        self.log_dir = log_dir or config.logs_dir / "studies"
+        self.log_dir = config.logs_dir / "studies"
         self.stats = WorkerStats()
         self._stop_signal: str | None = None
         self._in_study = False
@@ -283,9 +282,7 @@ class Worker:
 
 
 def run_worker(config: Config, *, max_studies: int | None = None,
-               deadline: float | None = None,
                deadline_source: Callable[[], float | None] | None = None) -> WorkerStats:
     """Run the claim loop in this process. Inside Slurm the deadline comes from the allocation."""
-    if deadline is None and deadline_source is not None:
-        deadline = deadline_source()
+    deadline = deadline_source() if deadline_source is not None else None
     return Worker(config, deadline=deadline, max_studies=max_studies).run()
