@@ -526,7 +526,9 @@ def demo(click_ctx: click.Context, directory: Path, n_studies: int, workers: int
                 raise
     click.echo(f"\n$ batchseg status --project {directory}")
     cli.main(args=["status", *common], standalone_mode=False)
-    click.echo(f"\noutputs: {directory / 'results'}  (nifti/, segmentations/, centroids/, metadata/, qc/)")
+    broken = ", ".join(f"{s.study_id} ({s.broken})" for s in manifest.studies if s.broken)
+    click.echo(f"\nbroken on purpose, so failed or skipped as they should be: {broken}")
+    click.echo(f"outputs: {directory / 'results'}  (nifti/, segmentations/, centroids/, metadata/, qc/)")
     click.echo(f"ground truth: {manifest.root / 'ground_truth'}")
 
 
