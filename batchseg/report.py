@@ -265,16 +265,9 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     layout = output_paths(Path(out_dir), study_id)
     files = StudyFiles()
     meta_path = layout["metadata"]
-    try:
-        with meta_path.open(encoding="utf-8") as handle:
-            meta = json.load(handle)
-        if not isinstance(meta, dict):
-            raise TypeError("not a JSON object")
-    except FileNotFoundError:
-        files.problems.append(f"metadata missing: {meta_path}")
-        return files
-    except (OSError, ValueError, TypeError) as exc:
-        files.problems.append(f"metadata unreadable: {meta_path.name}: {type(exc).__name__}: {exc}")
+    meta, problem = _json_object(meta_path, "metadata", shown=str(meta_path))
+    if meta is None:
+        files.problems.append(problem)
         return files
     files.metadata_path = str(meta_path)
     segmenter = meta.get("segmenter")
@@ -288,18 +281,26 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     # Metadata is published last: the outputs it lists are all in place.
     names = meta.get("outputs") if isinstance(meta.get("outputs"), dict) else {}
     files.outputs = {k: str(layout[k]) for k in OUTPUT_NAMES if k in names and k in layout}
-    labels_path = layout["vertebra_labels"]
-    try:
-        with labels_path.open(encoding="utf-8") as handle:
-            labels = json.load(handle)
-        if not isinstance(labels, dict):
-            raise TypeError("not a JSON object")
+    labels, problem = _json_object(layout["vertebra_labels"], "vertebra labels")
+    if labels is None:
+        files.problems.append(problem)
+    else:
         files.vertebra_labels = {str(k): str(v) for k, v in labels.items()}
-    except FileNotFoundError:
-        files.problems.append(f"vertebra labels missing: {labels_path.name}")
-    except (OSError, ValueError, TypeError) as exc:
-        files.problems.append(f"vertebra labels unreadable: {labels_path.name}: {type(exc).__name__}: {exc}")
     return files
+
+
+def _json_object(path: Path, what: str, shown: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object in `path`, or None and a line saying what is wrong with the file."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        return data, ""
+    except FileNotFoundError:
+        return None, f"{what} missing: {shown or path.name}"
+    except (OSError, ValueError, TypeError) as exc:
+        return None, f"{what} unreadable: {path.name}: {type(exc).__name__}: {exc}"
 
 
 def collect_report(config: Any, ledger: Any, *, now: float | None = None,

@@ -56,3 +56,16 @@ def set_config(project: Path, **values: Any) -> None:
     for key, value in values.items():
         setattr(config, key, value)
     write_config(config)
+
+
+def noop_project(root: Path, studies: int, *, seed: int, **config: Any) -> Path:
+    """A project over `studies` good synthetic studies with the no-op segmenter, config keys set as given."""
+    from batchseg.synth import synth_dataset
+
+    data = root / "data"
+    synth_dataset(data, studies, seed=seed, matrix=64, broken=False)
+    project = root / "p"
+    batchseg("init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop")
+    if config:
+        set_config(project, **config)
+    return project

@@ -11,7 +11,7 @@ from batchseg.config import Config, load_config
 from batchseg.executors import slurm
 from batchseg.executors.local import run_local, split_quota, worker_command
 from batchseg.ledger import Ledger
-from tests.conftest import batchseg, set_config
+from tests.conftest import noop_project
 
 
 def test_worker_command_locally_and_in_a_slurm_task_is_the_same(tmp_path: Path) -> None:
@@ -35,14 +35,7 @@ def test_split_quota() -> None:
 
 @pytest.fixture
 def small_project(tmp_path: Path) -> Path:
-    from batchseg.synth import synth_dataset
-
-    data = tmp_path / "data"
-    synth_dataset(data, 2, seed=7, matrix=64, broken=False)
-    project = tmp_path / "p"
-    batchseg("init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop")
-    set_config(project, segmenter_options={"delay": 0.5})
-    return project
+    return noop_project(tmp_path, 2, seed=7, segmenter_options={"delay": 0.5})
 
 
 def test_a_failing_on_tick_leaves_the_workers_watched(small_project: Path,

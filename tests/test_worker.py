@@ -14,20 +14,14 @@ import pytest
 
 from batchseg.ledger import Ledger
 from batchseg.worker import has_time_for_another
-from tests.conftest import batchseg, set_config, status_json
+from tests.conftest import batchseg, noop_project, set_config, status_json
 
 
 @pytest.fixture
 def slow_project(tmp_path: Path) -> Path:
     """Three good studies, a no-op segmenter that takes a few seconds, short leases."""
-    from batchseg.synth import synth_dataset
-
-    data = tmp_path / "data"
-    synth_dataset(data, 3, seed=5, matrix=64, broken=False)
-    project = tmp_path / "p"
-    batchseg("init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop")
-    set_config(project, segmenter_options={"delay": 4.0}, lease_seconds=3, heartbeat_seconds=1)
-    return project
+    return noop_project(tmp_path, 3, seed=5, segmenter_options={"delay": 4.0}, lease_seconds=3,
+                        heartbeat_seconds=1)
 
 
 def start_worker(project: Path) -> subprocess.Popen[str]:
