@@ -58,3 +58,14 @@ def test_a_failing_on_tick_leaves_the_workers_watched(small_project: Path,
     err = capsys.readouterr().err
     assert err.count("progress display failed") == 1, "said once, not on every tick"
     assert "RuntimeError: terminal went away second line" in err
+
+
+def test_the_projects_own_db_url_stays_off_the_command_line(tmp_path: Path) -> None:
+    from batchseg.config import write_config
+
+    config = Config(project_dir=tmp_path, db="postgresql+psycopg://lab:secret@db.example/ledger")
+    write_config(config)
+    assert "--db" not in worker_command(load_config(tmp_path))
+    override = load_config(tmp_path)
+    override.db = "postgresql+psycopg://lab@other/ledger"
+    assert worker_command(override)[-2:] == ["--db", "postgresql+psycopg://lab@other/ledger"]

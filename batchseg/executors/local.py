@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..config import Config
+from ..config import Config, ConfigError, load_config
 from ..errors import one_line
 
 
@@ -38,11 +38,20 @@ def worker_command(config: Config, max_studies: int | None = None, *, python: st
     `python` is the interpreter: this one (sys.executable) by default, `python3` inside a container.
     """
     command = [python or sys.executable, "-m", "batchseg", "work", "--project", str(config.project_dir.resolve())]
-    if config.db:
+    if config.db and config.db != _saved_db(config):
+        # Only a --db override travels on the command line (and into job scripts and `ps`);
+        # the project's own URL is read from batchseg.toml by the worker.
         command += ["--db", config.db]
     if max_studies is not None:
         command += ["--max-studies", str(max_studies)]
     return command
+
+
+def _saved_db(config: Config) -> str:
+    try:
+        return load_config(config.project_dir).db
+    except ConfigError:
+        return ""
 
 
 def run_local(config: Config, *, workers: int, limit: int | None = None,
