@@ -16,6 +16,7 @@ import click
 from . import __version__
 from .config import CONFIG_NAME, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
 from .errors import StudyError, one_line
+from .files import write_json
 
 
 class Context:
@@ -451,12 +452,11 @@ def centroids(seg: Path, out: Path | None, unlabelled: bool) -> None:
         measurements = measure_file(seg, labels_anatomical=not unlabelled)
     except StudyError as exc:
         fail(str(exc))
-    text = json.dumps(measurements.centroids_json(), indent=2)
     if out:
-        out.write_text(text + "\n")
+        write_json(out, measurements.centroids_json())
         click.echo(f"wrote {out}")
     else:
-        click.echo(text)
+        echo_json(measurements.centroids_json())
 
 
 @cli.command()

@@ -8,7 +8,6 @@ never touches the ledger.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -21,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 from . import __version__
 from .errors import SetupError, StudyError
+from .files import write_json
 from .segmenters import Segmenter
 
 STAGING = ".staging"
@@ -68,10 +68,6 @@ class Timer:
             yield
         finally:
             self.timings[name] = round(time.perf_counter() - start, 4)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def sha256(path: Path) -> str:
@@ -137,8 +133,8 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         with timer.stage("measure"):
             labels, label_affine = read_label_map(staged["vert_mask"])
             measurements = measure(labels, label_affine, labels_anatomical=result.labels_anatomical)
-            _write_json(staged["centroids"], measurements.centroids_json())
-            _write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
+            write_json(staged["centroids"], measurements.centroids_json())
+            write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
 
         with timer.stage("qc"):
             image = nib.load(staged["nifti"])
@@ -164,7 +160,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             "outputs": {name: path.name for name, path in final.items()},
             "checksums": {name: sha256(staged[name]) for name in final if name != "metadata"},
         }
-        _write_json(staged["metadata"], metadata)
+        write_json(staged["metadata"], metadata)
 
         with timer.stage("publish"):
             if not may_publish():

@@ -41,6 +41,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
+from .files import write_json
 from .labels import DISC_OFFSET, L1, L5, L6, LABELS, T13, disc_name, label_name
 from .labels import SACRUM as SACRUM_LABEL
 
@@ -281,7 +282,7 @@ def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int 
         },
         "studies": manifest_studies,
     }
-    (root / "ground_truth" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(root / "ground_truth" / "manifest.json", manifest)
     return SynthManifest(root, studies, study_list)
 
 
