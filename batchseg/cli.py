@@ -8,13 +8,15 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from . import __version__
-from .config import CONFIG_NAME, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
+from .config import (CONFIG_NAME, DB_ENV, PROJECT_ENV, Config, ConfigError, find_project, load_config, mask_passwords,
+                     url_password, write_config)
 from .errors import StudyError, one_line
 from .files import write_json
 
@@ -42,8 +44,9 @@ class Context:
 def project_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--project and --db, on every command."""
 
-    @click.option("--db", "db", metavar="URL", default=None,
-                  help="SQLAlchemy database URL of the ledger (default: the project's, else <project>/ledger.sqlite).")
+    @click.option("--db", "db", metavar="URL", default=None, envvar=DB_ENV,
+                  help="SQLAlchemy database URL of the ledger (default: the project's, else <project>/ledger.sqlite; "
+                       f"also ${DB_ENV}). Keep its password in ~/.pgpass.")
     @click.option("--project", "project", metavar="DIR", default=None, envvar=PROJECT_ENV,
                   help=f"Project folder (default: the nearest folder upwards holding {CONFIG_NAME}; "
                        f"also ${PROJECT_ENV}).")
@@ -55,8 +58,13 @@ def project_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str, code: int = 2) -> None:
-    click.echo(f"batchseg: {message}", err=True)
+    click.echo(f"batchseg: {mask_passwords(message)}", err=True)
     sys.exit(code)
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be printed: its password masked."""
+    return mask_passwords(url)
 
 
 def echo_json(data: Any) -> None:
@@ -161,6 +169,10 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     write_config(config)
+    if url_password(config.db):
+        click.echo(f"warning: the database URL holds a password; {CONFIG_NAME} is saved readable by you only "
+                   "(mode 0600), but keep the password in ~/.pgpass instead (libpq reads it on every node) "
+                   "and drop it from the URL", err=True)
     config.logs_dir.mkdir(exist_ok=True)
     added = ledger.add_studies(inventory.rows)
     for study in ledger.requeue_skipped(inventory.rows) if recheck_skipped else []:
@@ -176,7 +188,7 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     several = [r for r in pending if r.selection_reason and not r.selection_reason.startswith("the only")]
     for row in several:
         click.echo(f"  study {row.study_id}: {row.selection_reason}")
-    click.echo(f"ledger {config.db_url}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
+    click.echo(f"ledger {shown_url(config.db_url)}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
     click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
     ledger.close()
 
@@ -199,7 +211,8 @@ def _check_models_or_stop(config: Config) -> None:
 def run(ctx: Context, workers: int | None, limit: int | None) -> None:
     """Process pending studies with N local worker processes (no Slurm needed).
 
-    Exit status 0 when every study this run handled ended done, 1 when any failed.
+    Exit status 0 only when every study this run handled ended done; 1 when any did not (failed,
+    or put back to pending by a concurrent retry-failed), 128+N when signal N interrupted the run.
     """
     from .executors.local import run_local
     from .report import progress_line
@@ -211,18 +224,39 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
     live = _LiveLine()
     click.echo(f"running {workers} worker(s) on {config.project_dir} (segmenter {config.segmenter}); "
                f"logs in {config.logs_dir}")
-    result = run_local(config, workers=workers, limit=limit,
-                       on_tick=lambda: live.show(progress_line(ledger.summary())))
+    if ctx.db_option and url_password(ctx.db_option):
+        click.echo("warning: the password of --db does not travel to the workers: they read it from ~/.pgpass "
+                   "(or $PGPASSWORD)", err=True)
+    result = run_local(config, workers=workers, limit=limit, ledger=ledger,
+                       on_tick=lambda: live.show(progress_line(ledger.summary())), on_event=live.note)
     live.end()
     handled = ledger.states_of_claimed_since(result.started_at)
-    failed = [sid for sid, state in handled.items() if state == "failed"]
+    unfinished = {sid: state for sid, state in handled.items() if state != "done"}
+    states = ledger.summary()["states"]
+    left = states["pending"] + states["running"]
     click.echo(f"outputs in {config.out_dir}")
-    bad_workers = [code for code in result.returncodes if code != 0]
-    if failed:
-        click.echo(f"{len(failed)} of {len(handled)} studies failed: see `batchseg status --failed`", err=True)
-    if bad_workers:
+    bad_workers = result.failed_workers
+    if unfinished:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(Counter(unfinished.values()).items()))
+        click.echo(f"{len(unfinished)} of {len(handled)} studies this run handled did not end done ({counts}): "
+                   "see `batchseg status --failed`", err=True)
+    if bad_workers and result.interrupted is None:
         click.echo(f"{len(bad_workers)} worker(s) exited with an error; see {config.logs_dir}", err=True)
-    sys.exit(1 if failed or bad_workers else 0)
+    if result.interrupted is not None:
+        click.echo(f"interrupted by {signal_name(result.interrupted)}: {left} studies left "
+                   f"({states['pending']} pending, {states['running']} running); `batchseg run` again goes on",
+                   err=True)
+        sys.exit(128 + result.interrupted)
+    sys.exit(1 if unfinished or bad_workers else 0)
+
+
+def signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @cli.command()
@@ -230,8 +264,9 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
 @click.option("--max-studies", type=click.IntRange(min=1), default=None, help="Stop after N studies.")
 def work(ctx: Context, max_studies: int | None) -> None:
     """The worker loop (what `run` and each Slurm array task start): claim until nothing is left."""
-    from .worker import run_worker
+    from .worker import plain_streams, run_worker
 
+    plain_streams()   # the log file gets no colour codes (SPINEPS prints them) and no passwords
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = ctx.config()
@@ -246,6 +281,8 @@ def work(ctx: Context, max_studies: int | None) -> None:
         len(stats.done), len(stats.failed), len(stats.released))
     if stats.setup_error:
         sys.exit(3)
+    if stats.ledger_error:
+        fail(f"worker gives up: {stats.ledger_error}")
 
 
 # -- looking at it ------------------------------------------------------------------------------

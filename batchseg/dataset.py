@@ -38,6 +38,17 @@ def printable_id(value: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def require_id(value: str, what: str) -> str:
+    """`value` if it is a plain decimal id, else StudyError input.bad_id.
+
+    Ids read back from the ledger are checked again wherever they become a path: a crafted
+    row (`../../x`) must never reach the filesystem.
+    """
+    if not is_valid_id(value or ""):
+        raise StudyError("input.bad_id", f"{what} {printable_id(str(value))!r}: not a plain decimal id")
+    return value
+
+
 @dataclass
 class Series:
     series_id: str
@@ -136,8 +147,8 @@ def select_series(study_id: str, series: list[Series], images_dir: Path) -> tupl
 
 
 def series_folder(dataset: Path, split: str, study_id: str, series_id: str) -> Path:
-    """Where a series' DICOM files live in the RSNA layout (ids validated before they get here)."""
-    return Path(dataset) / f"{split}_images" / study_id / series_id
+    """Where a series' DICOM files live in the RSNA layout; StudyError input.bad_id for an id that is not a number."""
+    return Path(dataset) / f"{split}_images" / require_id(study_id, "study") / require_id(series_id, "series")
 
 
 def find_series_csv(dataset: Path, split: str) -> Path:

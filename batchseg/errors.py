@@ -71,3 +71,11 @@ class SetupError(RuntimeError):
     Not a study's fault: the worker gives its study back uncharged and stops, instead of
     failing every study in the queue one after another.
     """
+
+
+class LedgerUnreachable(RuntimeError):
+    """The ledger stayed unreachable for the whole retry window (`db_retry_seconds`).
+
+    Not a study's fault and not a lost claim: the worker stops and says so in one line; the
+    study it held stays `running` until its lease runs out (or `run` sees the worker gone).
+    """

@@ -2,15 +2,19 @@
 
 Everything is written into a staging folder under the output root and renamed
 into place at the end, one file at a time, metadata last: a file that exists is
-complete, and a study whose metadata exists has all its outputs. The pipeline
-never touches the ledger.
+complete, and a study whose metadata exists has all its outputs. Publishing holds
+the study's lock file (results/.locks/<study>.lock) from the claim check through the
+last rename, so two attempts of one study never interleave their renames. The
+pipeline never touches the ledger: the caller's `may_publish` does.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
 import shutil
+import signal
 import time
 import uuid
 from contextlib import contextmanager
@@ -19,11 +23,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .errors import SetupError, StudyError
+from .dataset import require_id
+from .errors import LedgerUnreachable, SetupError, StudyError
 from .files import write_json
 from .segmenters import Segmenter
 
 STAGING = ".staging"
+LOCKS = ".locks"
+# Tests only: a worker whose environment names a fault point here stops itself (SIGSTOP) when it
+# reaches that point, as a frozen process would. Unset in production: one dictionary lookup.
+FAULT_ENV = "BATCHSEG_FAULT_STOP_AT"
 
 
 @dataclass
@@ -32,6 +41,7 @@ class StudyInput:
     series_dir: Path
     series_id: str | None = None
     attempt: int = 1
+    token: str | None = None             # the ledger token of this attempt, recorded in the metadata
 
 
 @dataclass
@@ -43,6 +53,7 @@ class StudyOutcome:
 
 def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
     """Final location of every output of one study (DESIGN.md, the seed's names)."""
+    require_id(study, "study")
     return {
         "nifti": out_dir / "nifti" / f"{study}_T2w.nii.gz",
         "vert_mask": out_dir / "segmentations" / f"{study}_seg-vert_msk.nii.gz",
@@ -89,11 +100,11 @@ def _stage_error(stage: str, study: str, exc: BaseException) -> StudyError:
 
 
 def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
-              may_publish: Callable[[], bool] = lambda: True) -> StudyOutcome:
+              may_publish: Callable[[], bool] = lambda: True, lock_timeout: float = 900.0) -> StudyOutcome:
     """Run one study and publish its outputs; raises StudyError.
 
-    `may_publish` is asked right before the first rename: False means another attempt owns the
-    study now, and nothing is published.
+    `may_publish` is asked under the study's publish lock, right before the first rename: False
+    means another attempt owns the study now, and nothing is published.
     """
     import nibabel as nib
 
@@ -108,11 +119,8 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
     staged = {name: staging / path.relative_to(out_dir) for name, path in final.items()}
     timer = Timer()
     started = time.time()
-    # This attempt holds the claim, so staging left by an earlier attempt of the same study
-    # belongs to a dead or superseded worker.
-    for stale in (out_dir / STAGING).glob(f"{sid}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     try:
+        clear_stale_staging(out_dir, sid)
         for folder in {p.parent for p in staged.values()}:
             folder.mkdir(parents=True, exist_ok=True)
         with timer.stage("convert"):
@@ -149,6 +157,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             "study_id": sid,
             "series_id": study.series_id,
             "attempt": study.attempt,
+            "token": study.token,
             "input": {"series_dir": str(study.series_dir), "conversion": conversion.to_dict()},
             "segmenter": {**segmenter.describe(), **result.info, "labels_anatomical": result.labels_anatomical},
             "lstv": measurements.lstv_json(),
@@ -163,23 +172,89 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         write_json(staged["metadata"], metadata)
 
         with timer.stage("publish"):
-            if not may_publish():
-                raise StudyError("worker.lost", f"study {sid}: the claim was taken over before publishing")
-            # Metadata goes last: its presence says every other output is in place. An older
-            # metadata file goes first, so it never vouches for a half-replaced set.
-            final["metadata"].unlink(missing_ok=True)
-            for name in sorted(final, key=lambda n: n == "metadata"):
-                final[name].parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged[name], final[name])
+            publish(out_dir, sid, staged, final, may_publish, lock_timeout)
         timings["publish"] = timer.timings["publish"]
         timings["total"] = round(time.time() - started, 4)
         return StudyOutcome(outputs={k: str(v) for k, v in final.items()}, timings=timings, metadata=metadata)
-    except SetupError:
+    except (SetupError, LedgerUnreachable):
         raise  # the worker's problem, not the study's
     except Exception as exc:
         raise _stage_error(timer.current, sid, exc) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear_stale_staging(out_dir: Path, sid: str) -> None:
+    """Remove staging left by earlier attempts of this study (dead or superseded workers).
+
+    This attempt holds the claim, so `<study>-*` under results/.staging is nobody's work. Nothing
+    is deleted through a symbolic link: a linked .staging is refused, and a link inside it is
+    removed as a link, never followed.
+    """
+    root = out_dir / STAGING
+    if root.is_symlink():
+        raise StudyError("output.io", f"study {sid}: {root} is a symbolic link; batchseg neither writes nor "
+                                      "deletes through it: make it a plain folder")
+    if not root.is_dir():
+        return
+    for stale in root.glob(f"{require_id(sid, 'study')}-*"):
+        if stale.is_symlink() or not stale.is_dir():
+            stale.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)   # rmtree never follows links inside the tree
+
+
+def fault_point(name: str) -> None:
+    """Stop this process here when the test-only FAULT_ENV names this point (see FAULT_ENV)."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@contextmanager
+def study_lock(out_dir: Path, sid: str, timeout: float) -> Iterator[None]:
+    """Hold the study's publish lock (a POSIX lock on results/.locks/<study>.lock, NFS-safe).
+
+    Every attempt publishes under it, so a worker frozen between its claim check and its renames
+    keeps the winner waiting instead of having its outputs overwritten or deleted afterwards. The
+    kernel drops the lock of a process that dies. Waits at most `timeout` seconds.
+    """
+    folder = out_dir / LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{require_id(sid, 'study')}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:   # held by another attempt (EAGAIN / EACCES)
+                if time.monotonic() > deadline:
+                    raise StudyError("output.io", f"study {sid}: another worker held its publish lock "
+                                                  f"{folder / (sid + '.lock')} for {timeout:.0f} s") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)   # releases the lock
+
+
+def publish(out_dir: Path, sid: str, staged: dict[str, Path], final: dict[str, Path],
+            may_publish: Callable[[], bool], lock_timeout: float) -> None:
+    """Confirm the claim and rename every output into place as one fenced step (the study's lock)."""
+    with study_lock(out_dir, sid, lock_timeout):
+        if not may_publish():
+            raise StudyError("worker.lost", f"study {sid}: the claim was taken over before publishing")
+        fault_point("publish")
+        # Metadata goes last: its presence says every other output is in place. An older
+        # metadata file goes first, so it never vouches for a half-replaced set; an older
+        # attempt's output that this one does not produce goes too.
+        every = output_paths(out_dir, sid)
+        every["metadata"].unlink(missing_ok=True)
+        for name, path in every.items():
+            if name not in final:
+                path.unlink(missing_ok=True)
+        for name in sorted(final, key=lambda n: n == "metadata"):
+            final[name].parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged[name], final[name])
 
 
 def _versions() -> dict[str, str]:

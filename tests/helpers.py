@@ -28,3 +28,55 @@ def assert_no_overlapping_claims(events: list[dict[str, Any]]) -> None:
         spans.sort()
         for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
             assert start >= end, f"study {study} was held by two claims at once"
+
+
+def wait_until(condition: Any, timeout: float, what: str, step: float = 0.1) -> Any:
+    """Poll `condition()` until it returns something truthy; fail naming `what` after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def kill_workers_at_the_tail(project: Any, db_url: str, studies: int) -> None:
+    """`batchseg run` over `studies` studies; SIGKILL the workers holding the last ones; check the end.
+
+    The leases are long (set by the caller), so only `run` noticing its dead workers can finish
+    the queue in time: every study must end done and none running.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from batchseg.ledger import Ledger
+
+    run = subprocess.Popen([sys.executable, "-m", "batchseg", "run", "--project", str(project), "--workers", "3"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ledger = Ledger(db_url)
+    try:
+        def tail() -> list[Any]:
+            states = ledger.summary()["states"]
+            return ledger.running() if states["pending"] == 0 and states["running"] else []
+
+        held = wait_until(tail, 120, "the last studies to be claimed")
+        victims = {a.worker.pid: a.study_id for a in held}
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        output, _ = run.communicate(timeout=180)
+        summary = ledger.summary()
+        assert summary["states"]["done"] == studies and summary["states"]["running"] == 0, (summary, output)
+        assert run.returncode == 0, output
+        for pid, study in victims.items():
+            events = [e for e in ledger.history(study) if e["event"] == "lost"]
+            assert events and f"pid {pid} killed by SIGKILL" in events[0]["message"], events
+            assert f"worker pid {pid} killed by SIGKILL holding study {study}" in output
+    finally:
+        if run.poll() is None:
+            run.kill()
+        ledger.close()

@@ -9,7 +9,7 @@ import pytest
 
 from batchseg.config import Config, load_config
 from batchseg.executors import slurm
-from batchseg.executors.local import run_local, split_quota, worker_command
+from batchseg.executors.local import run_local, split_quota, worker_command, worker_environment
 from batchseg.ledger import Ledger
 from tests.conftest import noop_project
 
@@ -18,7 +18,7 @@ def test_worker_command_locally_and_in_a_slurm_task_is_the_same(tmp_path: Path) 
     config = Config(project_dir=tmp_path / "p", db="postgresql://u@h/db")
     project = str((tmp_path / "p").resolve())
     assert worker_command(config, 3) == [sys.executable, "-m", "batchseg", "work", "--project", project,
-                                         "--db", "postgresql://u@h/db", "--max-studies", "3"]
+                                         "--max-studies", "3"]
     assert worker_command(Config(project_dir=tmp_path), python="python3") == [
         "python3", "-m", "batchseg", "work", "--project", str(tmp_path.resolve())]
     task = slurm.task_command(config, config.slurm)
@@ -60,12 +60,15 @@ def test_a_failing_on_tick_leaves_the_workers_watched(small_project: Path,
     assert "RuntimeError: terminal went away second line" in err
 
 
-def test_the_projects_own_db_url_stays_off_the_command_line(tmp_path: Path) -> None:
+def test_no_database_url_on_a_workers_command_line_and_no_password_in_its_environment(tmp_path: Path) -> None:
     from batchseg.config import write_config
 
     config = Config(project_dir=tmp_path, db="postgresql+psycopg://lab:secret@db.example/ledger")
     write_config(config)
     assert "--db" not in worker_command(load_config(tmp_path))
+    assert "BATCHSEG_DB" not in worker_environment(load_config(tmp_path)), "workers read the project's own URL"
     override = load_config(tmp_path)
-    override.db = "postgresql+psycopg://lab@other/ledger"
-    assert worker_command(override)[-2:] == ["--db", "postgresql+psycopg://lab@other/ledger"]
+    override.db = "postgresql+psycopg://lab:other-secret@other:5432/ledger?sslmode=require"
+    assert not any("other" in arg for arg in worker_command(override))
+    env = worker_environment(override)
+    assert env["BATCHSEG_DB"] == "postgresql+psycopg://lab@other:5432/ledger?sslmode=require"
