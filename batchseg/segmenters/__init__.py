@@ -52,6 +52,7 @@ def _spineps(options: dict[str, Any]) -> Segmenter:
     return SpinepsSegmenter(**options)
 
 
+# One entry per name in names.SEGMENTER_NAMES, in its order (tests/test_config.py holds them equal).
 SEGMENTERS: dict[str, Callable[[dict[str, Any]], Segmenter]] = {
     "reference": _reference,
     "noop": _noop,
