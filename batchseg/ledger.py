@@ -631,6 +631,9 @@ class Ledger:
             retried = conn.execute(
                 select(func.count(func.distinct(history.c.study_id)))
                 .where(history.c.event.in_(("failed", "lost")), history.c.to_state == "pending")).scalar_one()
+            # Held by a worker that stopped heartbeating: reclaimed at the next claim, `run` or `sync`.
+            expired = conn.execute(select(func.count()).select_from(studies).where(
+                studies.c.state == "running", studies.c.lease_expires_at < now)).scalar_one()
         states = {s: int(counts.get(s, 0)) for s in STATES}
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for r in failed:
@@ -651,6 +654,7 @@ class Ledger:
             "skipped": grouped("skipped"),
             "attempts": int(attempts),
             "retried_studies": int(retried),
+            "leases_expired": int(expired),
         }
         remaining = states["pending"] + states["running"]
         if len(done_times) >= 2 and done_times[-1] > done_times[0]:

@@ -17,14 +17,33 @@ CSV_FIELDS = ("study_id", "series_id", "state", "attempts", "error_class", "erro
               "vertebrae", "problems", *OUTPUT_NAMES)
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralised(text: str) -> str:
+    """`text` with a leading apostrophe when a spreadsheet would run it as a formula (plain numbers stay).
+
+    Error messages, ids and paths come from DICOM tags and file names, which anyone can write.
+    Spreadsheets hide the apostrophe; pandas keeps it: `df[col].str.removeprefix("'")` restores the text.
+    """
+    if not text.startswith(FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "; ".join(str(v) for v in value)
-    return str(value)
+        return neutralised("; ".join(str(v) for v in value))
+    return neutralised(str(value))
 
 
 def csv_row(s: StudyEntry) -> dict[str, str]:

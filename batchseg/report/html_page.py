@@ -7,6 +7,7 @@ stylesheet is `report.css` beside this file, shipped as package data and inlined
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -51,11 +52,15 @@ def embedded_thumbnail(path: str, height: int = 150) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image.thumbnail((height * 4, height))
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, "JPEG", quality=85)
-    except (OSError, ValueError):
+        with warnings.catch_warnings():
+            # Over Pillow's pixel limit (a decompression bomb, or just a giant file): no thumbnail,
+            # rather than gigabytes of pixels or an exception that ends the report.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.thumbnail((height * 4, height))
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, "JPEG", quality=85)
+    except (OSError, ValueError, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 

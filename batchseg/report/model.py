@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import StudyError, one_line
 from ..pipeline import output_paths
 from .status_text import worker_of
 
@@ -140,8 +141,12 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     Files are looked for where the project's `out` says, not at the paths the ledger recorded:
     a project folder that was moved or copied still reports on its own results.
     """
-    layout = output_paths(Path(out_dir), study_id)
     files = StudyFiles()
+    try:
+        layout = output_paths(Path(out_dir), study_id)
+    except StudyError as exc:   # a crafted ledger row: its id never becomes a path
+        files.problems.append(exc.message)
+        return files
     meta_path = layout["metadata"]
     meta, problem = _json_object(meta_path, "metadata", shown=str(meta_path))
     if meta is None:
@@ -153,9 +158,10 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
         if isinstance(segmenter, dict) else {}
     files.lstv = meta.get("lstv") if isinstance(meta.get("lstv"), dict) else None
     timings = meta.get("timings") if isinstance(meta.get("timings"), dict) else {}
-    files.seconds = timings.get("total") if isinstance(timings.get("total"), (int, float)) else None
+    total = timings.get("total")
+    files.seconds = float(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    files.batchseg_version = versions.get("batchseg")
+    files.batchseg_version = versions.get("batchseg") if isinstance(versions.get("batchseg"), str) else None
     # Metadata is published last: the outputs it lists are all in place.
     names = meta.get("outputs") if isinstance(meta.get("outputs"), dict) else {}
     files.outputs = {k: str(layout[k]) for k in OUTPUT_NAMES if k in names and k in layout}
@@ -164,7 +170,26 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
         files.problems.append(problem)
     else:
         files.vertebra_labels = {str(k): str(v) for k, v in labels.items()}
+    if files.lstv is not None:
+        files.problems += lstv_field_problems(files.lstv)
     return files
+
+
+# The metadata's `lstv` fields and the types the pipeline writes (measures.LstvFindings).
+LSTV_FIELD_TYPES = {"lumbar_count": int, "l6_present": bool, "t13_present": bool, "candidates": list,
+                    "notes": list, "assessed": bool}
+
+
+def lstv_field_problems(lstv: dict[str, Any]) -> list[str]:
+    """A line per `lstv` field whose type is not what the pipeline writes (a hand-edited or foreign file)."""
+    problems = []
+    for name, kind in LSTV_FIELD_TYPES.items():
+        value = lstv.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            problems.append(f"metadata lstv.{name} is {type(value).__name__}, not {kind.__name__}: ignored")
+    return problems
 
 
 def _json_object(path: Path, what: str, shown: str | None = None) -> tuple[dict[str, Any] | None, str]:
@@ -177,8 +202,8 @@ def _json_object(path: Path, what: str, shown: str | None = None) -> tuple[dict[
         return data, ""
     except FileNotFoundError:
         return None, f"{what} missing: {shown or path.name}"
-    except (OSError, ValueError, TypeError) as exc:
-        return None, f"{what} unreadable: {path.name}: {type(exc).__name__}: {exc}"
+    except (OSError, ValueError, TypeError, RecursionError) as exc:   # RecursionError: absurdly deep nesting
+        return None, f"{what} unreadable: {path.name}: {type(exc).__name__}: {one_line(exc, 200)}"
 
 
 def collect_report(config: Any, ledger: Any, *, now: float | None = None,
@@ -212,22 +237,30 @@ def collect_report(config: Any, ledger: Any, *, now: float | None = None,
 def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> LstvView:
     """The report's view of a metadata `lstv` block: unassessed or unknown findings are never negatives."""
     if labels_anatomical is False or (lstv is not None and lstv.get("assessed") is False):
-        notes = [n for n in (lstv or {}).get("notes", []) if isinstance(n, str)]
+        notes = _strings((lstv or {}).get("notes"))
         if not any(n.startswith("not assessed") for n in notes):
             notes.insert(0, "not assessed: labels not anatomical")
         return LstvView(NOT_ASSESSED, notes=notes)
     if lstv is None:
         return LstvView(UNKNOWN, notes=["no LSTV findings recorded"])
-    candidates = [str(c) for c in lstv.get("candidates") or []]
+    if lstv_field_problems(lstv):
+        # A finding whose fields are not what the pipeline writes cannot be trusted either way.
+        return LstvView(UNKNOWN, notes=["LSTV findings malformed: unknown"])
+    candidates = _strings(lstv.get("candidates"))
     count = lstv.get("lumbar_count")
     return LstvView(
         CANDIDATE if candidates else NO_CANDIDATE,
-        lumbar_count=count if isinstance(count, int) else None,
-        l6_present=bool(lstv.get("l6_present")),
-        t13_present=bool(lstv.get("t13_present")),
+        lumbar_count=count,
+        l6_present=lstv.get("l6_present") is True,
+        t13_present=lstv.get("t13_present") is True,
         candidates=candidates,
-        notes=[str(n) for n in lstv.get("notes") or []],
+        notes=_strings(lstv.get("notes")),
     )
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings of a JSON list (anything else: none)."""
+    return [str(v) for v in value if isinstance(v, (str, int, float))] if isinstance(value, list) else []
 
 
 def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
@@ -239,7 +272,8 @@ def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
     rank = {label: i for i, label in enumerate(SPINE_ORDER)}
     found = []
     for key, name in vertebra_labels.items():
-        if key.isdigit() and label_kind(int(key)) in ("vertebra", "sacrum"):
+        # isdecimal and isascii: "²" is a digit to str.isdigit, and int() refuses it
+        if key.isascii() and key.isdecimal() and len(key) < 6 and label_kind(int(key)) in ("vertebra", "sacrum"):
             found.append((rank.get(int(key), len(rank) + int(key)), name))
     return [name for _, name in sorted(found)]
 
