@@ -95,3 +95,11 @@ def test_without_weights_nothing_is_claimed(tmp_path: Path, synth_small: Path) -
     ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
     assert not [e for e in ledger.history() if e["event"] == "claimed"]
     ledger.close()
+
+
+def test_worker_logs_hold_no_terminal_colour_codes(spineps_project: tuple[Path, dict, str]) -> None:
+    """SPINEPS (TPTBox's logger) prints ANSI colours; a worker's log file must not keep them."""
+    project, _, _ = spineps_project
+    logs = "".join(p.read_text(errors="replace") for p in (project / "logs").glob("local-*.log"))
+    assert "[SPINEPS] Processing" in logs, "SPINEPS's own log lines are in the worker log"
+    assert "\x1b" not in logs, "terminal escape codes in the worker log"
