@@ -1,8 +1,9 @@
 """Checks shared by several test modules."""
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 ENDS = {"done", "failed", "lost", "released"}
 
@@ -30,17 +31,15 @@ def assert_no_overlapping_claims(events: list[dict[str, Any]]) -> None:
             assert start >= end, f"study {study} was held by two claims at once"
 
 
-def wait_until(condition: Any, timeout: float, what: str, step: float = 0.1) -> Any:
-    """Poll `condition()` until it returns something truthy; fail naming `what` after `timeout` s."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:
+    """Poll `predicate()` until it returns something truthy (and return that); fail after `timeout` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
         if value:
             return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
 
 
 def kill_workers_at_the_tail(project: Any, db_url: str, studies: int) -> None:
@@ -64,7 +63,7 @@ def kill_workers_at_the_tail(project: Any, db_url: str, studies: int) -> None:
             states = ledger.summary()["states"]
             return ledger.running() if states["pending"] == 0 and states["running"] else []
 
-        held = wait_until(tail, 120, "the last studies to be claimed")
+        held = wait_until(tail, 120, what="the last studies to be claimed")
         victims = {a.worker.pid: a.study_id for a in held}
         for pid in victims:
             os.kill(pid, signal.SIGKILL)

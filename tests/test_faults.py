@@ -51,11 +51,12 @@ def test_a_worker_frozen_after_its_publish_check_cannot_undo_the_winner(tmp_path
     stalled = start_worker(project, env={FAULT_ENV: "publish"})
     newer = None
     try:
-        wait_until(lambda: process_state(stalled.pid) == "T", 60, "the worker to stop after its publish check")
-        wait_until(lambda: (ledger.study(study)["lease_expires_at"] or 0) < time.time(), 30, "its lease to run out")
+        wait_until(lambda: process_state(stalled.pid) == "T", 60, what="the worker to stop after its publish check")
+        wait_until(lambda: (ledger.study(study)["lease_expires_at"] or 0) < time.time(), 30,
+                   what="its lease to run out")
         newer = start_worker(project)
         wait_until(lambda: sum(e["event"] == "claimed" for e in ledger.history(study)) == 2, 60,
-                   "a new attempt to claim the study")
+                   what="a new attempt to claim the study")
         time.sleep(4)   # the new attempt segments and reaches its own publish step
         os.kill(stalled.pid, signal.SIGCONT)
         for proc in (stalled, newer):
@@ -207,7 +208,7 @@ def test_run_interrupted_by_sigterm_exits_nonzero_and_says_what_is_left(tmp_path
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ledger = ledger_of(project)
     try:
-        wait_until(lambda: ledger.running(), 60, "a study to start")
+        wait_until(lambda: ledger.running(), 60, what="a study to start")
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=60)
     finally:
@@ -226,7 +227,7 @@ def test_run_whose_failed_study_is_put_back_by_retry_failed_exits_nonzero(tmp_pa
     run = subprocess.Popen([sys.executable, "-m", "batchseg", "run", "--project", str(project), "--limit", "2"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: ledger.study(first)["state"] == "failed", 60, "the first study to fail")
+        wait_until(lambda: ledger.study(first)["state"] == "failed", 60, what="the first study to fail")
         batchseg("retry-failed", "--project", str(project))   # a colleague puts it back meanwhile
         out, err = run.communicate(timeout=60)
     finally:

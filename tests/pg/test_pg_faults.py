@@ -109,7 +109,7 @@ def test_a_database_outage_at_the_publish_check_is_waited_for(pg_url: str, tmp_p
     worker = subprocess.Popen([sys.executable, "-m", "batchseg", "work", "--project", str(project)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(watcher.running, 60, "the first study to start")
+        wait_until(watcher.running, 60, what="the first study to start")
         time.sleep(1.5)
         proxy.outage()                # the worker finishes its study while the database is away
         time.sleep(6.0)
