@@ -101,13 +101,17 @@ class _Slice:
 
     @property
     def name(self) -> str:
-        """How messages and reports name the slice: the file name, and the frame (from 1) in a multi-frame file."""
-        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
+        return _slice_name(self.path, self.frame)
 
     @property
     def normal(self) -> np.ndarray:
         n = np.cross(self.row_cos, self.col_cos)
         return n / np.linalg.norm(n)
+
+
+def _slice_name(path: Path, frame: int | None) -> str:
+    """How messages and reports name a slice: the file name, and the frame (from 1) in a multi-frame file."""
+    return path.name if frame is None else f"{path.name} frame {frame + 1}"
 
 
 @dataclass
@@ -534,7 +538,7 @@ def _slice(path: Path, ds: pydicom.Dataset, frame: int | None, orientation: pydi
            position: pydicom.Dataset | None, measures: pydicom.Dataset | None, rescale: tuple[float, float],
            rows: int, cols: int, err: _Errors) -> _Slice:
     """One slice from the elements that hold its geometry (the dataset itself, or a frame's functional groups)."""
-    where = path.name if frame is None else f"{path.name} frame {frame + 1}"
+    where = _slice_name(path, frame)
     iop = _floats(orientation, "ImageOrientationPatient", 6, where, err)
     ipp = _floats(position, "ImagePositionPatient", 3, where, err)
     ps = _floats(measures, "PixelSpacing", 2, where, err)
