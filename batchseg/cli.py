@@ -17,7 +17,7 @@ import click
 from . import __version__
 from .config import (CONFIG_NAME, DB_ENV, PROJECT_ENV, Config, ConfigError, find_project, load_config, mask_passwords,
                      url_password, write_config)
-from .errors import StudyError, one_line
+from .errors import StudyError, one_line, printable
 from .files import write_json
 
 
@@ -504,20 +504,31 @@ def centroids(seg: Path, out: Path | None, unlabelled: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print what was found: slices used and dropped, geometry.")
 @click.option("--plane", type=click.Choice(["sagittal", "coronal", "axial", "any"]), default="any",
               help="Require this plane (default: any).")
-def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str) -> None:
-    """Convert one DICOM series to NIfTI, or refuse with a one-line reason."""
-    from .dicom import convert_series
+@click.option("--series", "series_uid", metavar="UID", default=None,
+              help="Convert the series with this SeriesInstanceUID when the folder holds several.")
+def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str, series_uid: str | None) -> None:
+    """Convert one DICOM series (classic or enhanced multi-frame) to NIfTI, or refuse with a one-line reason.
+
+    OUT is written whole or not at all: a file already at OUT stays as it was when the conversion fails.
+    """
+    from .dicom import check_nifti_name, convert_series
 
     try:
-        report = convert_series(dicom_dir, out, require_plane=None if plane == "any" else plane)
+        check_nifti_name(out)
+    except ValueError as exc:
+        fail(one_line(exc))
+    try:
+        report = convert_series(dicom_dir, out, require_plane=None if plane == "any" else plane,
+                                series_uid=series_uid)
     except StudyError as exc:
-        fail(str(exc), code=1)
+        hint = "; convert one with --series UID" if exc.error_class == "input.mixed_series" else ""
+        fail(f"{exc}{hint}", code=1)
     if as_json:
         echo_json(report.to_dict())
     else:
-        click.echo(f"wrote {out}: {report.shape} voxels, spacing {tuple(round(s, 4) for s in report.spacing)} mm, "
-                   f"{report.orientation}, {len(report.slices_used)} slices used, "
-                   f"{len(report.slices_dropped)} dropped")
+        click.echo(f"wrote {printable(out)}: {report.shape} voxels, spacing "
+                   f"{tuple(round(s, 4) for s in report.spacing)} mm, {report.orientation}, "
+                   f"{len(report.slices_used)} slices used, {len(report.slices_dropped)} dropped")
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
 

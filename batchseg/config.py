@@ -219,8 +219,8 @@ def render_config(config: Config) -> str:
 def write_config(config: Config) -> Path:
     """Write batchseg.toml; readable by its owner only (0600) when the database URL holds a password."""
     config.validate()
-    mode = 0o600 if url_password(config.db) else 0o666
-    return write_atomic(config.project_dir / CONFIG_NAME, render_config(config), mode=mode)
+    private = 0o600 if url_password(config.db) else 0o666
+    return write_atomic(config.project_dir / CONFIG_NAME, render_config(config), permissions=private)
 
 
 # user:password@ in any URL (SQLAlchemy's, libpq's): what `mask_passwords` hides.

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .dataset import SAGITTAL_T2, DatasetError, Series, is_valid_id, printable_id, read_series_table
 from .errors import one_line
-from .files import replacing, write_atomic
+from .files import open_atomic, write_atomic
 
 COMPETITION = "rsna-2024-lumbar-spine-degenerative-classification"
 INSTALL_HINT = "pip install 'batchseg[kaggle]'"
@@ -380,7 +380,8 @@ def extract_archive(archive: Path, root: Path,
                 else:
                     # A fresh temporary name opened with O_EXCL: a link planted beside the target is
                     # never followed, and a half-written member never carries the final name.
-                    with zf.open(member) as src, replacing(target) as dst:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open_atomic(target, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
                     extracted += 1
                     progress.done += 1
@@ -547,7 +548,7 @@ def _unwrap_zip(path: Path, name: str) -> Path:
             members = [m for m in zf.infolist() if not m.is_dir()]
             if len(members) != 1:
                 raise DownloadError(f"{name}: served as a zip of {len(members)} files, expected one")
-            with zf.open(members[0]) as src, replacing(target) as dst:
+            with zf.open(members[0]) as src, open_atomic(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{name}: served as a broken zip ({exc})") from None

@@ -11,21 +11,24 @@ from typing import IO, Any
 
 
 @contextmanager
-def replacing(path: Path, *, mode: int = 0o666) -> Iterator[IO[bytes]]:
-    """A binary file to fill; on a clean exit it is fsynced and renamed to `path`, else removed.
+def open_atomic(path: Path, mode: str = "w", *, permissions: int = 0o666) -> Iterator[IO[Any]]:
+    """A new file that replaces `path` only when the block ends without an error ("w" text, "wb" bytes).
 
-    The temporary file is created under a fresh unique name with O_EXCL, so a symbolic link
-    planted at any name in the folder is never followed: O_EXCL refuses every existing name,
-    links included. Concurrent writers of one path never write into each other's file; the
-    last rename wins, and the rename replaces a link at `path` itself rather than its target.
-    `mode` passes through the umask, as for any new file (mkstemp would force 0600).
+    The data goes to a temporary file beside `path` (same folder, so the rename is atomic), is fsynced, and is
+    renamed onto `path`: readers see the old file or the whole new one, never a part. An error midway (also a
+    KeyboardInterrupt) leaves the old file as it was and no temporary file behind. The temporary name is unique
+    and opened with O_EXCL (which never follows a planted symlink), so concurrent writers of one path never write
+    into each other's file; the last rename wins, and it replaces a link at `path` itself, never its target.
+    The folder must exist. `permissions` pass through the umask, as for any new file (mkstemp would force 0600).
     """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, permissions)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        text = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, mode, **text) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -38,18 +41,18 @@ def replacing(path: Path, *, mode: int = 0o666) -> Iterator[IO[bytes]]:
         raise
 
 
-def write_atomic(path: Path, content: str | Iterable[str], *, mode: int = 0o666) -> Path:
-    """Write text (one string or an iterable of chunks) to `path` through a temporary file and a rename.
+def write_atomic(path: Path, content: str | Iterable[str], *, permissions: int = 0o666) -> Path:
+    """Write text (one string or an iterable of chunks) to `path` through `open_atomic`, creating its folder.
 
-    Readers see the old file or the whole new one, never a part; a failure midway
-    (also inside the chunk iterator) leaves the old file as it was and no temporary
-    file behind.
+    A failure midway (also inside the chunk iterator) leaves the old file as it was.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     chunks = [content] if isinstance(content, str) else content
-    with replacing(path, mode=mode) as handle:
+    with open_atomic(path, permissions=permissions) as handle:
         for chunk in chunks:
-            handle.write(chunk.encode("utf-8"))
-    return Path(path)
+            handle.write(chunk)
+    return path
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -37,12 +37,19 @@ def test_status_shows_a_lease_past_its_expiry(project: Path) -> None:
 
 
 def test_control_characters_never_reach_the_terminal_raw(project: Path) -> None:
+    from batchseg.ledger import StudyRow
+
+    # What a file name (the dataset's folders) can carry into the ledger: escape sequences, a bell,
+    # a bidi override. The text view shows them escaped; --json keeps them exact.
+    hostile = "/data/\x1b]0;owned\x07\x1b[2Jname\u202ecod.exe"
     ledger = Ledger(load_config(project).db_url)
+    ledger.add_studies([StudyRow("777", series_id="1", input_path=hostile, selection_reason=hostile)])
     claim = ledger.claim(WorkerInfo("host", 1), 60)
-    # What a DICOM tag or a file name can carry into an error message: escape sequences, a bidi override.
-    ledger.fail(claim, "input.bad_dicom", "study x: bad file \x1b]0;owned\x07\x1b[2Jname\u202ecod.exe\rover")
+    ledger.fail(claim, "input.bad_dicom", f"study {claim.study_id}: bad file {hostile}")
     ledger.close()
-    for args in (["--study", claim.study_id], ["--failed"]):
+    for args in (["--study", "777"], ["--study", claim.study_id], ["--failed"]):
         out = batchseg("status", "--project", str(project), *args).stdout
-        assert not any(ch in out for ch in "\x1b\x07\u202e\r"), repr(out)
-        assert "\\x1b[2Jname\\u202ecod.exe" in out
+        assert not any(ch in out for ch in "\x1b\x07\u202e"), repr(out)
+    assert "\\x1b[2Jname\\u202ecod.exe" in batchseg("status", "--project", str(project), "--study", "777").stdout
+    raw = json.loads(batchseg("status", "--project", str(project), "--study", "777", "--json").stdout)
+    assert raw["study"]["input_path"] == hostile

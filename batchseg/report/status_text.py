@@ -6,10 +6,10 @@ return and gives back a string; printing is the CLI's job. `--json` prints those
 from __future__ import annotations
 
 import time
-import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
+from ..errors import printable
 from ..ledger import STATES
 
 
@@ -26,18 +26,8 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def terminal_safe(value: Any) -> str:
-    """`value` as text a terminal shows as it is: control and format characters (escape sequences,
-    carriage returns, bidi overrides), which file names and DICOM tags may carry, become \\x.. escapes."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs")
-                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
-
-
 def table(rows: list[list[str]], header: list[str]) -> str:
-    rows = [[terminal_safe(c) for c in row] for row in rows]
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
@@ -112,17 +102,17 @@ def job_is_active(job: dict[str, Any]) -> bool:
 def format_study(study: dict[str, Any], events: list[dict[str, Any]], *, now: float | None = None) -> str:
     keys = ("study_id", "state", "attempts", "series_id", "selection_reason", "input_path", "error_class",
             "error_message", "log_path")
-    out = [f"{k}: {terminal_safe(study.get(k))}" for k in keys if study.get(k) not in (None, "")]
+    out = [f"{k}: {printable(study.get(k))}" for k in keys if study.get(k) not in (None, "")]
     expires = study.get("lease_expires_at")
     if study.get("state") == "running" and expires is not None:
         late = (time.time() if now is None else now) - expires
         out.append(f"lease: expired {format_duration(late)} ago (at {_clock(expires)}): its worker stopped "
                    "heartbeating" if late > 0 else f"lease: held until {_clock(expires)}")
     if study.get("timings"):
-        out.append("timings: " + ", ".join(f"{terminal_safe(k)} {v:.2f}s" for k, v in study["timings"].items()
+        out.append("timings: " + ", ".join(f"{printable(k)} {v:.2f}s" for k, v in study["timings"].items()
                                            if isinstance(v, (int, float))))
     if study.get("outputs"):
-        out += ["outputs:"] + [f"  {terminal_safe(k)}: {terminal_safe(v)}" for k, v in study["outputs"].items()]
+        out += ["outputs:"] + [f"  {printable(k)}: {printable(v)}" for k, v in study["outputs"].items()]
     rows = [[_clock(e["at"]), e["event"], f"{e['from_state'] or '-'} -> {e['to_state']}",
              worker_of(e), e.get("error_class") or "", e.get("message") or ""] for e in events]
     out += ["", "history:", table(rows, ["when", "event", "transition", "worker", "error", "message"])]
