@@ -157,7 +157,8 @@ def test_sigkill_at_the_tail_of_the_queue_still_ends_with_every_study_done(tmp_p
 def test_an_idle_worker_waits_for_a_lease_that_runs_out(tmp_path: Path) -> None:
     project = noop_project(tmp_path, 2, seed=9, lease_seconds=4, heartbeat_seconds=1)
     ledger = ledger_of(project)
-    dead = ledger.claim(WorkerInfo("gone-host", 999999), 4)   # a worker that died holding a study
+    # A worker that died holding a study; its lease outlasts the live worker's start on a busy machine.
+    dead = ledger.claim(WorkerInfo("gone-host", 999999), 15)
     result = batchseg("work", "--project", str(project), timeout=120)
     assert "waiting for 1 studies other workers hold" in result.stderr
     assert ledger.study(dead.study_id)["state"] == "done", "the expired study was taken over, not left running"
@@ -223,7 +224,7 @@ def test_run_whose_failed_study_is_put_back_by_retry_failed_exits_nonzero(tmp_pa
     project = noop_project(tmp_path, 2, seed=14, max_attempts=1)
     ledger = ledger_of(project)
     first = next(ledger.studies())["study_id"]
-    set_config(project, segmenter_options={"delay": 3.0, "fail_studies": [first]})
+    set_config(project, segmenter_options={"delay": 6.0, "fail_studies": [first]})   # 6 s to act in
     run = subprocess.Popen([sys.executable, "-m", "batchseg", "run", "--project", str(project), "--limit", "2"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

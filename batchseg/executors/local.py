@@ -131,8 +131,9 @@ class _Supervisor:
             if held:
                 self.made_good.add(proc.pid)
                 self.on_event(f"{why} holding study {', '.join(held)}: marked lost (worker.lost)")
-            if self.stopping is None and self._should_replace(code, held):
-                replacement = self.start(self._remaining_quota(proc.pid, held))
+            quota = self._remaining_quota(proc.pid, held) if self.stopping is None else 0
+            if quota != 0 and self._should_replace(code, held):
+                replacement = self.start(quota)
                 self.replaced += 1
                 self.made_good.add(proc.pid)
                 self.on_event(f"{why}: started worker pid {replacement.pid} in its place")
@@ -161,12 +162,16 @@ class _Supervisor:
         return states["pending"] > 0
 
     def _remaining_quota(self, pid: int, held: list[str]) -> int | None:
+        """What a replacement may still take of the dead worker's --limit share (None: no limit)."""
         quota = self.quotas.get(pid)
         if quota is None:
             return None
+        try:
+            claims = self.ledger.claims_by(self.host, pid, self.started_at)
+        except Exception:  # noqa: BLE001 - an unreachable ledger: no replacement rather than too many
+            return 0
         # The dead worker's quota less what it finished; the lost study was not finished.
-        claims = self.ledger.claims_by(self.host, pid, self.started_at)
-        return max(1, quota - max(0, claims - len(held)))
+        return max(0, quota - max(0, claims - len(held)))
 
 
 def run_local(config: Config, *, workers: int, limit: int | None = None,
