@@ -232,8 +232,10 @@ def url_password(url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if not url:
+        return ""
     try:
-        return make_url(url).password or "" if url else ""
+        return make_url(url).password or ""
     except (ArgumentError, ValueError):
         match = _URL_PASSWORD.search(url)
         return match.group("password") if match else ""
