@@ -2,7 +2,7 @@
 
 Instance mask (seg-vert): 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 28 T13,
 26 sacrum (S1); 100+X the disc below vertebra X; 200+X the endplates next to
-disc 100+X. Semantic mask (seg-spine): SEMANTIC_NAMES. See CONTEXT.md §3.
+disc 100+X. Semantic mask (seg-spine): SEMANTIC_NAMES. See docs/architecture.md, "Domain facts".
 
 Disc names depend on which vertebra lies below X, and that depends on the
 transitional vertebrae present. Without knowledge of the mask (`present=None`)

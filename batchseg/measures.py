@@ -6,7 +6,7 @@ so the cost does not grow with the number of labels: no per-label boolean mask
 over the volume is ever built.
 
 Voxel coordinates are (i, j, k) array indices; world coordinates come from the
-NIfTI affine, i.e. RAS+ millimetres (DESIGN.md, "Outputs").
+NIfTI affine, i.e. RAS+ millimetres (docs/architecture.md, "Output layout").
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def measure_file(path: Path, *, labels_anatomical: bool = True) -> Measurements:
 
 
 def lstv_findings(present: list[int], labels_anatomical: bool = True) -> LstvFindings:
-    """LSTV candidates from the set of labels present (CONTEXT.md §3).
+    """LSTV candidates from the set of labels present (labels.py; docs/architecture.md, "Domain facts").
 
     Only evidence the labels can carry: L6 present, T13 present, the count of
     lumbar labels. Label 126 is never read as an S1-S2 disc or sacralization.

@@ -42,7 +42,7 @@ class StudyOutcome:
 
 
 def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
-    """Final location of every output of one study (DESIGN.md, the seed's names)."""
+    """Final location of every output of one study: the seed's names (docs/architecture.md, "Output layout")."""
     return {
         "nifti": out_dir / "nifti" / f"{study}_T2w.nii.gz",
         "vert_mask": out_dir / "segmentations" / f"{study}_seg-vert_msk.nii.gz",

@@ -1,6 +1,6 @@
 """Synthetic RSNA-layout datasets: phantom lumbar spines with known labels.
 
-A dataset looks like the RSNA 2024 Lumbar Spine training split (CONTEXT.md §1):
+A dataset looks like the RSNA 2024 Lumbar Spine training split:
 `{split}_series_descriptions.csv`, `train.csv`, `{split}_label_coordinates.csv`,
 `{split}_images/{study}/{series}/{instance}.dcm`, plus what the real data lacks:
 `ground_truth/{study}_seg-vert_msk.nii.gz` (the phantom's instance labels),
@@ -20,7 +20,7 @@ the structures by counting:
 * Labels are decided at voxel centres, so the ground truth is exactly what the
   image encodes; no partial-volume voxels.
 
-Ground truth labels are SPINEPS's (CONTEXT.md §3): T10-T12 17-19, T13 28,
+Ground truth labels are SPINEPS's (labels.py): T10-T12 17-19, T13 28,
 L1-L5 20-24, L6 25, sacrum 26, disc below vertebra X 100+X.
 
 The ground-truth grid is the one a correct converter (batchseg.dicom) builds

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 class SegmentResult:
     """Files a segmenter wrote for one study, inside the folder it was given."""
 
-    vert_mask: Path                   # instance mask, SPINEPS labels (CONTEXT.md §3)
+    vert_mask: Path                   # instance mask, SPINEPS labels (labels.py)
     spine_mask: Path | None = None    # semantic / subregion mask
     ctd_json: Path | None = None      # the segmenter's own centroid file, as written
     labels_anatomical: bool = True    # False when labels are only a top-to-bottom order
