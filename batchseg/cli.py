@@ -439,24 +439,45 @@ def cancel(ctx: Context) -> None:
 
 # -- single-file tools --------------------------------------------------------------------------
 
-@cli.command()
-@click.argument("seg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the JSON here instead of printing it.")
-@click.option("--unlabelled", is_flag=True, help="Labels are only a top-to-bottom order (no labeling model).")
-def centroids(seg: Path, out: Path | None, unlabelled: bool) -> None:
-    """Centroids, volumes and names of every label in an instance mask (the pipeline's JSON)."""
+_SPINE_OPTION = click.option(
+    "--spine", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+    help="The semantic mask (seg-spine) on the same grid: adds vertebral-body centroids (SPINEPS's ctd points).")
+_UNLABELLED_OPTION = click.option("--unlabelled", is_flag=True,
+                                  help="Labels are only a top-to-bottom order (no labeling model).")
+
+
+def _measure_or_fail(vert: Path, spine: Path | None, unlabelled: bool) -> Any:
     from .measures import measure_file
 
     try:
-        measurements = measure_file(seg, labels_anatomical=not unlabelled)
+        return measure_file(vert, spine=spine, labels_anatomical=not unlabelled)
     except StudyError as exc:
         fail(str(exc))
+
+
+@cli.command()
+@click.argument("seg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_SPINE_OPTION
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON here instead of printing it.")
+@_UNLABELLED_OPTION
+def centroids(seg: Path, spine: Path | None, out: Path | None, unlabelled: bool) -> None:
+    """Centroids (whole label and, with --spine, vertebral body), volumes, pieces and names of an instance mask."""
+    measurements = _measure_or_fail(seg, spine, unlabelled)
     if out:
         write_json(out, measurements.centroids_json())
         click.echo(f"wrote {out}")
     else:
         echo_json(measurements.centroids_json())
+
+
+@cli.command()
+@click.argument("vert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_SPINE_OPTION
+@_UNLABELLED_OPTION
+def lstv(vert: Path, spine: Path | None, unlabelled: bool) -> None:
+    """LSTV findings of an instance mask as JSON: the `lstv` object the pipeline writes into the metadata."""
+    echo_json(_measure_or_fail(vert, spine, unlabelled).lstv_json())
 
 
 @cli.command()
