@@ -511,17 +511,24 @@ def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str) -> None:
 @click.option("--matrix", type=click.IntRange(min=64), default=256, show_default=True,
               help="In-plane size of the sagittal series.")
 @click.option("--no-broken", is_flag=True, help="Only good studies (by default the last three are broken).")
-def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool) -> None:
+@click.option("--variant", "variants", multiple=True, metavar="NAME",
+              help="Phantom variant to cycle through (repeatable; default all: normal, L6, T13, four_lumbar, "
+                   "top_L2, eleven_thoracic, sacral_disc, top_L1, no_sacrum, duplicate_T12).")
+def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool, variants: tuple[str, ...]) -> None:
     """Write a synthetic RSNA-layout dataset with phantom spines and their ground truth."""
-    manifest = _synth(directory, n_studies, seed, matrix, not no_broken)
+    manifest = _synth(directory, n_studies, seed, matrix, not no_broken, variants)
     click.echo(f"wrote {len(manifest.studies)} studies to {manifest.root}; study list {manifest.study_list}")
 
 
-def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool) -> Any:
-    from .synth import synth_dataset
+def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool,
+           variants: tuple[str, ...] = ()) -> Any:
+    from .synth import VARIANTS, synth_dataset
 
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        fail(f"unknown phantom variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     with click.progressbar(length=n_studies, label="synthesizing studies") as bar:
-        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken,
+        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken, variants=variants or None,
                              progress=lambda done: bar.update(done - bar.pos))
 
 

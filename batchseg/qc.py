@@ -14,6 +14,7 @@ names is marked "!" in red (and a caveated disc is named, posterior to it).
 from __future__ import annotations
 
 import colorsys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ ALPHA = 0.45            # overlay opacity
 CAVEAT_COLOR = (255, 60, 60)
 CAVEAT_MARK = " !"
 MARGIN = 3              # pixels kept free at the picture's edges
+STROKE = 2              # black outline around names, so they read on any background
 
 
 def display_axes(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
@@ -45,8 +47,28 @@ def display_axes(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
     return lr, si, ap, bool(dirs[2, si] > 0), bool(dirs[1, ap] > 0)
 
 
+@dataclass(frozen=True)
+class PlacedText:
+    """A name drawn on the picture: its text, its box in picture pixels (x0, y0, x1, y1), what it names."""
+
+    text: str
+    box: tuple[float, float, float, float]
+    label: int
+    caveat: bool
+
+
 def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measurements: Measurements, out: Path,
-                 *, title: str = "") -> None:
+                 *, title: str = "") -> list[PlacedText]:
+    """Write the QC picture to `out`; returns the names drawn on it."""
+    canvas, texts = render_qc(image, affine, mask, measurements, title=title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+    return texts
+
+
+def render_qc(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measurements: Measurements,
+              *, title: str = "") -> tuple[Image.Image, list[PlacedText]]:
     image = np.asarray(image)
     if image.ndim == 4 and image.shape[3] == 1:
         image = image[..., 0]
@@ -83,7 +105,7 @@ def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measur
         rgb[sel] = (1 - ALPHA) * rgb[sel] + ALPHA * np.array(label_color(v), float)
     canvas = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
 
-    font = _font()
+    title_font = _font()
     flagged = set(measurements.lstv.caveat_labels)
     band = TITLE_BAND if (title or flagged) else 0
     if band:
@@ -91,15 +113,6 @@ def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measur
         framed.paste(canvas, (0, band))
         canvas = framed
     draw = ImageDraw.Draw(canvas)
-    if flagged:
-        legend = f"{CAVEAT_MARK.strip()} caveat"
-        lw = draw.textlength(legend, font=font)
-        draw.text((max(MARGIN, width - lw - MARGIN), 4), legend, fill=CAVEAT_COLOR, font=font)
-        width_for_title = width - lw - 3 * MARGIN
-    else:
-        width_for_title = width - 2 * MARGIN
-    if title:
-        draw.text((MARGIN, 4), _fit(draw, title, font, width_for_title), fill=(255, 255, 255), font=font)
 
     def place(point: tuple[float, float, float]) -> tuple[float, float]:
         """Voxel point -> display pixel (x, y) of the picture (the flips and the scale)."""
@@ -115,11 +128,13 @@ def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measur
 
     anatomical = measurements.labels_anatomical
     # Smaller letters only when there are more names than lines of the full size (a whole-spine image).
-    n_names = len(sequence.vertebral) + sum(1 for e in sequence.entries if e.kind == "disc" and e.label in flagged)
-    size = max(10, min(FONT_SIZE, (HEIGHT - 2 * MARGIN) // max(n_names, 1) - 2))
+    n_names = max(len(sequence.vertebral), sum(1 for e in sequence.entries if e.kind == "disc" and e.label in flagged))
+    size = max(10, min(FONT_SIZE, (HEIGHT - 2 * MARGIN) // max(n_names, 1) - 2 * STROKE - 2))
     font = _font(size)
     rank = {v: n + 1 for n, v in enumerate(sorted({e.label for e in sequence.vertebral if e.kind == "vertebra"}))}
-    names: list[tuple[float, float, str, tuple[int, int, int]]] = []     # (y, x right edge or left, text, colour)
+    # (y, x of the text's left edge, text, colour, label): vertebrae anterior to the body, caveated discs posterior.
+    anterior: list[tuple[float, float, str, tuple[int, int, int], int]] = []
+    posterior: list[tuple[float, float, str, tuple[int, int, int], int]] = []
     for e in sequence.entries:
         x, y = place(e.centroid_voxel)
         hit = extent(e.label, y)
@@ -132,23 +147,41 @@ def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measur
             if mark:
                 text = e.name + CAVEAT_MARK
                 x1 = float(hit.max()) if hit.size else x
-                names.append((y, x1 + 6, text, CAVEAT_COLOR))
+                posterior.append((y, x1 + 6, text, CAVEAT_COLOR, e.label))
             continue
         short = e.name if anatomical else ("sacrum" if e.kind == "sacrum" else f"#{rank[e.label]}")
         text = short + (CAVEAT_MARK if mark else "")
         tw = draw.textlength(text, font=font)
         x0 = float(hit.min()) if hit.size else x
-        names.append((y, x0 - 6 - tw, text, CAVEAT_COLOR if mark else label_color(e.label)))
+        anterior.append((y, x0 - 6 - tw, text, CAVEAT_COLOR if mark else label_color(e.label), e.label))
 
-    line = size + 2
-    for (y, tx, text, color), ty in zip(*_spread(names, line)):
-        tw = draw.textlength(text, font=font)
-        tx = float(min(max(tx, MARGIN), max(MARGIN, width - tw - MARGIN)))
-        draw.text((tx, ty + band), text, fill=color, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG")
+    line = size + 2 * STROKE + 2
+    # A picture narrower than its widest name (a thin slab of a field of view) gets a black strip on the right.
+    legend = f"{CAVEAT_MARK.strip()} caveat" if flagged else ""
+    widest = max([draw.textlength(n[2], font=font) + 2 * STROKE + 2 * MARGIN for n in anterior + posterior]
+                 + [draw.textlength(legend, font=title_font) + 2 * MARGIN])
+    if widest > width:
+        wider = Image.new("RGB", (int(np.ceil(widest)), canvas.height), (0, 0, 0))
+        wider.paste(canvas, (0, 0))
+        canvas, width = wider, wider.width
+        draw = ImageDraw.Draw(canvas)
+    if flagged:
+        lw = draw.textlength(legend, font=title_font)
+        draw.text((max(MARGIN, width - lw - MARGIN), 4), legend, fill=CAVEAT_COLOR, font=title_font)
+        width_for_title = width - lw - 3 * MARGIN
+    else:
+        width_for_title = width - 2 * MARGIN
+    if title:
+        draw.text((MARGIN, 4), _fit(draw, title, title_font, width_for_title), fill=(255, 255, 255), font=title_font)
+    placed = []
+    for names in (anterior, posterior):     # each side spread on its own: they never meet
+        for (y, tx, text, color, label), ty in zip(*_spread(names, line)):
+            tw = draw.textlength(text, font=font) + 2 * STROKE
+            tx = float(min(max(tx, MARGIN), max(MARGIN, width - tw - MARGIN))) + STROKE
+            draw.text((tx, ty + band), text, fill=color, font=font, stroke_width=STROKE, stroke_fill=(0, 0, 0))
+            box = draw.textbbox((tx, ty + band), text, font=font, stroke_width=STROKE)
+            placed.append(PlacedText(text, tuple(float(v) for v in box), label, text.endswith(CAVEAT_MARK)))
+    return canvas, placed
 
 
 def _spread(names: list[tuple], line: int) -> tuple[list[tuple], list[float]]:
