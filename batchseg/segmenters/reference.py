@@ -30,7 +30,7 @@ from ..components import label_components
 from ..errors import StudyError
 from ..files import write_json
 from ..synth import INTENSITY_T2, TIER_HALF_WIDTH
-from . import SegmentResult
+from .protocol import SegmentResult
 
 THORACIC, LUMBAR, SACRUM, DISC, REPEAT = 1, 2, 3, 4, 5
 _TIERS = ((THORACIC, "thoracic"), (LUMBAR, "lumbar"), (SACRUM, "sacrum"), (DISC, "disc"), (REPEAT, "repeat_label"))
