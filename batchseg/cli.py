@@ -266,7 +266,16 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
         if study is None:
             fail(f"no study {study_id!r} in the ledger")
         events = ledger.history(study_id)
-        echo_json({"study": study, "history": events}) if as_json else click.echo(format_study(study, events))
+        lstv = None
+        if study["state"] == "done":
+            from .report.model import read_study_files
+
+            # The findings as the study's metadata holds them (None when it cannot be read).
+            lstv = read_study_files(Path(config.out_dir), study_id).lstv
+        if as_json:
+            echo_json({"study": study, "history": events, "lstv": lstv})
+        else:
+            click.echo(format_study(study, events, lstv))
         return
     jobs = _slurm_jobs(config, ledger)
     summary = ledger.summary()

@@ -55,8 +55,8 @@ class LstvFindings:
     sequence: list[str] = field(default_factory=list)       # names top to bottom: vertebrae, sacrum, discs
     thoracolumbar_junction_in_view: bool = False
     lumbosacral_junction_in_view: bool = False
-    l6_present: bool = False
-    t13_present: bool = False
+    l6_present: bool | None = False       # None: labels not anatomical, so unknown
+    t13_present: bool | None = False
     labels_anatomical: bool = True
     caveat_labels: list[int] = field(default_factory=list)  # labels a caveat names (marked on the QC picture)
 
@@ -88,7 +88,7 @@ def assess(sequence: SpineSequence, structures: Sequence[Structure], *,
     if DISC_ABOVE_TOP in by_label:
         top = sequence.label_names.get(DISC_ABOVE_TOP, "")
         notes.append(f"label 126 present ({top}): SPINEPS's class for a disc above the top vertebra, not an S1-S2 "
-                     "disc; never read as sacralization")
+                     "disc, never read as sacralization")
 
     verts = sequence.vertebral
     vlabels = [e.label for e in verts]
@@ -97,15 +97,16 @@ def assess(sequence: SpineSequence, structures: Sequence[Structure], *,
         _order_findings(sequence, caveat, irregular, anatomical=False)
         reason = "labels not anatomical: no labeling model, vertebrae are only numbered top to bottom"
         caveats.insert(0, f"lumbar count not assessable: {reason}")
+        # Unlabelled numbers say nothing about L6 or T13: unknown (null), never "absent".
         return _findings(False, reason, None, "not_assessable", [], caveats, notes, split_labels, sequence,
-                         False, False, False, False, flagged)
+                         False, False, None, None, flagged)
 
     _order_findings(sequence, caveat, irregular, anatomical=True)
     tl, ls, junction_reason = _junctions(verts)
     lumbar = [e for e in verts if e.label in LUMBAR]
 
     # Candidates: evidence in the labels, whatever the field of view (then the count cannot confirm it).
-    unconfirmed = "" if (tl and ls) else f"; the count cannot confirm it ({junction_reason})"
+    unconfirmed = "" if (tl and ls) else f", but the count cannot confirm it ({junction_reason})"
     if l6:
         candidates.append({"pattern": "lumbarization",
                            "evidence": f"L6 (label 25) present: a sixth lumbar-type vertebra{unconfirmed}"})
@@ -114,7 +115,7 @@ def assess(sequence: SpineSequence, structures: Sequence[Structure], *,
     if t13:
         candidates.append({"pattern": "thoracolumbar_t13",
                            "evidence": "T13 (label 28) present: a thirteenth thoracic-type vertebra by the labeling "
-                                       "model; the thoracic count itself is not in view" + unconfirmed})
+                                       "model (the thoracic count itself is not in view)" + unconfirmed})
     eleven = T12 not in vlabels and any(a.label == T11 and b.label == L1 for a, b in zip(verts, verts[1:]))
     if eleven:
         candidates.append({"pattern": "eleven_thoracic",
@@ -143,7 +144,7 @@ def assess(sequence: SpineSequence, structures: Sequence[Structure], *,
 
 def _findings(assessable: bool, reason: str | None, count: int | None, pattern: str, candidates: list[dict],
               caveats: list[str], notes: list[str], split_labels: list[dict], sequence: SpineSequence, tl: bool,
-              ls: bool, l6: bool, t13: bool, flagged: list[int]) -> LstvFindings:
+              ls: bool, l6: bool | None, t13: bool | None, flagged: list[int]) -> LstvFindings:
     return LstvFindings(
         count_assessable=assessable, count_reason=reason, lumbar_count=count, pattern=pattern,
         candidates=candidates, caveats=caveats, notes=notes, split_labels=split_labels, sequence=sequence.names,
@@ -170,7 +171,7 @@ def _junctions(verts: list) -> tuple[bool, bool, str | None]:
         why.append(f"lumbosacral junction (L5/S1) not in view: bottom vertebra {verts[-1].name}, no sacrum below"
                    if last == len(verts) - 1 else
                    f"no sacrum directly below {verts[last].name} ({verts[last + 1].name} is)")
-    return tl, ls, "; ".join(why) or None
+    return tl, ls, " and ".join(why) or None
 
 
 def _rank(label: int) -> int:

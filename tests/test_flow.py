@@ -94,7 +94,14 @@ def test_status_for_people_and_for_one_study(finished: Path, synth_small: Path) 
     manifest = read_manifest(synth_small)
     study = next(s for s, info in manifest["studies"].items() if info["broken"] == "truncated")
     detail = batchseg("status", "--project", str(finished), "--study", study).stdout
-    assert "claimed" in detail and "input.bad_dicom" in detail
+    assert "claimed" in detail and "input.bad_dicom" in detail and "lstv:" not in detail
+    done = next(s for s, info in manifest["studies"].items() if not info["broken"] and info["variant"] == "L6")
+    detail = batchseg("status", "--project", str(finished), "--study", done).stdout
+    assert "lstv:\n  pattern: lumbarization\n  count_assessable: True\n  lumbar_count: 6" in detail
+    assert "  candidates:\n    - lumbarization: L6 (label 25) present" in detail
+    assert "  sequence: T10 | T10/T11 | T11" in detail
+    data = json.loads(batchseg("status", "--project", str(finished), "--study", done, "--json").stdout)
+    assert data["lstv"]["pattern"] == "lumbarization" and data["lstv"]["lumbar_count"] == 6
     batchseg("report", "--project", str(finished), "--csv", str(finished / "studies.csv"))
     assert (finished / "studies.csv").read_text().splitlines()[0].startswith("study_id,")
 

@@ -148,6 +148,7 @@ def test_unlabelled_maps_are_not_assessable(tmp_path: Path) -> None:
     got = _lstv_cli(tmp_path, [2, 102, 3, 103, 4, 104, 5, 105, 6, 106, 26], None, "--unlabelled")
     assert got["pattern"] == "not_assessable" and got["lumbar_count"] is None and got["candidates"] == []
     assert got["count_reason"].startswith("labels not anatomical")
+    assert got["l6_present"] is None and got["t13_present"] is None      # unknown, never "absent"
     assert got["sequence"][:3] == ["unlabelled vertebra #1 from top", "unlabelled disc below vertebra #1",
                                    "unlabelled vertebra #2 from top"]
     assert got["sequence"][-1] == "sacrum"
