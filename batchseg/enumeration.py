@@ -78,9 +78,6 @@ class SpineSequence:
         """Vertebrae and sacrum, top to bottom (discs left out)."""
         return [e for e in self.entries if e.kind != "disc"]
 
-    def index(self, entry: SequenceEntry) -> int:
-        return self.entries.index(entry)
-
     def neighbours(self, i: int) -> tuple[SequenceEntry | None, SequenceEntry | None]:
         """The vertebral entries directly above and below entry i."""
         above = next((e for e in reversed(self.entries[:i]) if e.kind != "disc"), None)

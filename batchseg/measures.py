@@ -182,7 +182,7 @@ def measure(mask: np.ndarray, affine: np.ndarray, *, spine: np.ndarray | None = 
     for s in structures:
         s.anatomical_label = sequence.label_names[s.instance_id]
     sacrum_top = None
-    if any(s.components > 1 and s.kind == "disc" for s in structures) and counts[SACRUM:SACRUM + 1].any():
+    if any(s.components > 1 and s.kind == "disc" for s in structures) and SACRUM < n and counts[SACRUM]:
         # Only to tell a disc inside the sacrum from one above it: the sacrum's topmost voxel along the spine.
         at = lab == SACRUM
         pts = np.stack([c[at] for c in ijk]).astype(float)
