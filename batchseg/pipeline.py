@@ -10,6 +10,7 @@ pipeline never touches the ledger: the caller's `may_publish` does.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import os
 import platform
@@ -23,8 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .dataset import require_id
-from .errors import LedgerUnreachable, SetupError, StudyError
+from .errors import LedgerUnreachable, SetupError, StudyError, printable
 from .files import write_json
 from .segmenters import Segmenter
 
@@ -52,8 +52,8 @@ class StudyOutcome:
 
 
 def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
-    """Final location of every output of one study (DESIGN.md, the seed's names)."""
-    require_id(study, "study")
+    """Final location of every output of one study: the seed's names (docs/architecture.md, "Output layout")."""
+    file_name_part(study)
     return {
         "nifti": out_dir / "nifti" / f"{study}_T2w.nii.gz",
         "vert_mask": out_dir / "segmentations" / f"{study}_seg-vert_msk.nii.gz",
@@ -62,6 +62,7 @@ def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
         "centroids": out_dir / "centroids" / f"{study}_centroids.json",
         "vertebra_labels": out_dir / "centroids" / f"{study}_vertebra_labels.json",
         "qc": out_dir / "qc" / f"{study}_qc.png",
+        "qc_segmenter": out_dir / "qc" / f"{study}_spineps.png",
         "metadata": out_dir / "metadata" / f"{study}_metadata.json",
     }
 
@@ -131,7 +132,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         with timer.stage("segment"):
             result = segmenter.segment(staged["nifti"], staging / "work", sid)
         for name, produced in (("vert_mask", result.vert_mask), ("spine_mask", result.spine_mask),
-                               ("ctd", result.ctd_json)):
+                               ("ctd", result.ctd_json), ("qc_segmenter", result.snapshot)):
             if produced is None:
                 staged.pop(name)
                 final.pop(name)
@@ -140,7 +141,9 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
 
         with timer.stage("measure"):
             labels, label_affine = read_label_map(staged["vert_mask"])
-            measurements = measure(labels, label_affine, labels_anatomical=result.labels_anatomical)
+            # The semantic mask gives the vertebral-body centroids (SPINEPS's ctd points).
+            spine = read_label_map(staged["spine_mask"])[0] if "spine_mask" in staged else None
+            measurements = measure(labels, label_affine, spine=spine, labels_anatomical=result.labels_anatomical)
             write_json(staged["centroids"], measurements.centroids_json())
             write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
 
@@ -184,6 +187,17 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def file_name_part(study: str) -> str:
+    """`study` if it can be part of a file name in the output folders, else StudyError input.bad_id.
+
+    The worker checks ids against the dataset's rule before a study starts; this is the output
+    layout's own guard, for every caller: whatever the ledger holds, nothing leaves its folder.
+    """
+    if not study or study.startswith(".") or any(c in study for c in "/\\\0") or not study.isprintable():
+        raise StudyError("input.bad_id", f"study {printable(study)!r}: not usable as part of a file name")
+    return study
+
+
 def clear_stale_staging(out_dir: Path, sid: str) -> None:
     """Remove staging left by earlier attempts of this study (dead or superseded workers).
 
@@ -197,7 +211,7 @@ def clear_stale_staging(out_dir: Path, sid: str) -> None:
                                       "deletes through it: make it a plain folder")
     if not root.is_dir():
         return
-    for stale in root.glob(f"{require_id(sid, 'study')}-*"):
+    for stale in root.glob(f"{glob.escape(file_name_part(sid))}-*"):
         if stale.is_symlink() or not stale.is_dir():
             stale.unlink(missing_ok=True)
         else:
@@ -220,7 +234,7 @@ def study_lock(out_dir: Path, sid: str, timeout: float) -> Iterator[None]:
     """
     folder = out_dir / LOCKS
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"{require_id(sid, 'study')}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    fd = os.open(folder / f"{file_name_part(sid)}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
         deadline = time.monotonic() + timeout
         while True:
