@@ -254,9 +254,6 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
             return LstvView(NOT_ASSESSABLE, pattern="not_assessable", count_assessable=False, count_reason=reason,
                             caveats=[f"lumbar count not assessable: {reason}"])
         return LstvView(UNKNOWN, notes=["no LSTV findings recorded"])
-    if lstv_field_problems(lstv):
-        # Fields of another type than the pipeline writes: the finding cannot be trusted either way.
-        return LstvView(UNKNOWN, notes=["LSTV findings malformed (see problems): unknown"])
     pattern, assessable = lstv.get("pattern"), lstv.get("count_assessable")
     if pattern not in PATTERNS or not isinstance(assessable, bool):
         return LstvView(UNKNOWN, notes=["LSTV findings without a pattern and count_assessable (an older batchseg, "
