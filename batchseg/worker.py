@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, TypeVar
 
+from .annotations import AnnotationTable, StudyAnnotations, annotation_csv, file_stamp, read_project_annotations
 from .config import Config
 from .dataset import series_folder
 from .errors import SetupError, StudyError, one_line
@@ -127,6 +128,7 @@ class Worker:
         self.stats = WorkerStats()
         self._stop_signal: str | None = None
         self._in_study = False
+        self._annotations: tuple[tuple[int, int] | None, AnnotationTable] | None = None   # (file stamp, table)
 
     # Signals arrive in the main thread between bytecodes. Inside a study we raise at once so
     # the study is released before Slurm's SIGKILL; between studies a flag is enough.
@@ -206,7 +208,8 @@ class Worker:
     def _process(self, claim: Claim) -> None:
         beat = Heartbeat(self.ledger, claim, self.config.heartbeat_seconds, self.config.lease_seconds)
         beat.start()
-        study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt)
+        study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt,
+                           annotations=self._study_annotations(claim))
         log.info("study %s: attempt %d started", claim.study_id, claim.attempt)
         try:
             try:
@@ -245,6 +248,17 @@ class Worker:
         if self.config.dataset_dir is not None and claim.series_id:
             return series_folder(self.config.dataset_dir, self.config.split, claim.study_id, claim.series_id)
         return Path(claim.input_path or "")
+
+    def _study_annotations(self, claim: Claim) -> StudyAnnotations:
+        """The study's level points: the dataset's annotation file is read once per worker (again when it changes)."""
+        dataset = self.config.dataset_dir
+        stamp = file_stamp(annotation_csv(dataset, self.config.split)) if dataset is not None else None
+        if self._annotations is None or self._annotations[0] != stamp:
+            table = read_project_annotations(dataset, self.config.split)
+            for line in table.warnings() if stamp is not None else []:   # an absent file is no news
+                log.warning("level annotations: %s", line)
+            self._annotations = (stamp, table)
+        return self._annotations[1].for_study(claim.study_id, claim.series_id)
 
     def _may_publish(self, claim: Claim, beat: Heartbeat) -> bool:
         """Asked by the pipeline right before it renames outputs into place."""
