@@ -11,6 +11,10 @@ orientation, one size, no conflicting duplicates (several images per position ar
 The slice set is decided from the headers alone; pixels are decoded only for the slices that are used. The output
 keeps the DICOM storage order (i along the row direction, j along the column direction, k along the slice normal)
 and states it in the affine, because the segmenter reorients by itself and every resampling costs accuracy.
+
+`instance_planes` reads only the headers of a series folder and indexes each image's plane (`ImagePlane`) by its
+InstanceNumber tag, so that a pixel named by instance number (RSNA's level annotations) is placed in world space
+through that file's own geometry (`ImagePlane.pixel_to_world`, RAS+ mm, the frame of the NIfTI affine).
 """
 from __future__ import annotations
 
