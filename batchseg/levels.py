@@ -19,8 +19,8 @@ with the discs of the study's ordered sequence (enumeration.py), named from thei
   is level 5, so the annotators' L5/S1 there is offset +1.
 
 Per study (`LevelCheck.to_json`, the metadata's `levels`): `verdict` agree (every placed point at a disc of
-its name), shifted (every point at a disc, each one the same level away: -1 or +1, at least two points),
-disagree, or not_available (no annotation file, no point for the study's series, no point placed, labels
+its name), shifted (every placed point at a disc, each one the same level away: -1 or +1, at least two
+points), disagree, or not_available (no annotation file, no point for the study's series, no point placed, labels
 not anatomical, no disc in the label map). `shift` is the offset that explains the disagreement: the common
 one when shifted, else the +-1 offset a majority of the compared points share, else null.
 
@@ -188,7 +188,7 @@ def summarize_points(details: list[PointResult]) -> LevelCheck:
     shift: int | None = None
     if matched == len(placed):
         verdict = "agree"
-    elif (len(compared) >= 2 and all(d.status == "other_level" for d in compared)
+    elif (len(compared) == len(placed) >= 2 and all(d.status == "other_level" for d in compared)
           and len({d.offset_levels for d in compared}) == 1 and compared[0].offset_levels in (-1, 1)):
         verdict, shift = "shifted", compared[0].offset_levels
     else:
@@ -327,7 +327,7 @@ def lstv_with_levels(lstv: dict[str, Any] | None, levels: dict[str, Any]) -> dic
         if named_otherwise and (pattern in TRANSITIONAL_PATTERNS or verdict == "shifted"):
             shift = levels.get("shift")
             if verdict == "shifted" and isinstance(shift, int):
-                evidence = f"{SOURCE}: SPINEPS's names run {_shift_words(shift)} at every annotated disc: "
+                evidence = f"{SOURCE}: SPINEPS's names run {_shift_words(shift)} at every placed point: "
             else:
                 evidence = (f"{SOURCE}: {len(named_otherwise)} of {levels.get('placed')} annotated discs named "
                             + (f"otherwise (most: shift {shift:+d}): " if isinstance(shift, int) else "otherwise: "))

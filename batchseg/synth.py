@@ -637,7 +637,7 @@ def _dataset(sid: int, series_id: int, inst: int, desc_tag: str, series_number: 
     return ds
 
 
-def _disc_levels(ph: _Phantom) -> list[tuple[_Piece, str]]:
+def _true_disc_levels(ph: _Phantom) -> list[tuple[_Piece, str]]:
     """Each disc of the phantom with its true level: the vertebrae above and below it in the stack (S1 below
     the last, in view or not), or the level the piece states (the disc above the top vertebra)."""
     out = []
@@ -658,7 +658,7 @@ def _label_coordinates(sid: int, series_id: int, ph: _Phantom, geo: _Geometry, *
     inv = np.linalg.inv(geo.affine_lps())
     mid = len(geo.positions) // 2
     rsna = [disc_name(v) for v in _LUMBAR]
-    discs = _disc_levels(ph)
+    discs = _true_disc_levels(ph)
     first = next((n for n, (_, level) in enumerate(discs) if level in rsna), None)
     if first is None:
         return []

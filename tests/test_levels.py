@@ -180,6 +180,13 @@ def test_a_level_without_a_disc_is_reported_not_matched() -> None:
     assert missing.status == "no_disc_here" and missing.distance_long_axis_mm == 36.0 > AT_DISC_MM
     assert (check.verdict, check.matched, check.max_distance_mm) == ("disagree", 4, 36.0)
     assert "no disc at the annotated L3/L4" in check.reason
+    # The other points all one level off, the disc gap among them: a shift, but not every point is at a disc.
+    seq = _sequence([(n, z, 0.0) for n, z in (("T12/L1", 36.0), ("L1/L2", 0.0), ("L2/L3", -36.0),
+                                              ("L4/L5", -108.0))])
+    z = {"L1/L2": 36.0, "L2/L3": 0.0, "L3/L4": -36.0, "L4/L5": -72.0, "L5/S1": -108.0}
+    check = compare(_placed(list(LEVELS), z), seq)
+    assert [d.status for d in check.details].count("no_disc_here") == 1
+    assert (check.verdict, check.shift, check.matched) == ("disagree", -1, 0)
 
 
 def test_unplaced_points_are_reported_not_guessed() -> None:

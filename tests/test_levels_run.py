@@ -214,6 +214,20 @@ def test_a_missing_instance_and_bad_rows(projects: dict) -> None:
         assert "1 of" in text.stderr and "rows skipped" in text.stderr
         refused = batchseg("levels", "--project", str(project), "--study", "12345", check=False)
         assert refused.returncode == 2 and "no study '12345'" in refused.stderr
+        # A mask that is no longer the one the metadata's checksum names is not measured again.
+        mask = project / "results" / "segmentations" / f"{study}_seg-vert_msk.nii.gz"
+        kept = mask.read_bytes()
+        meta_before = (project / "results" / "metadata" / f"{study}_metadata.json").read_bytes()
+        try:
+            mask.write_bytes(kept + b"\0")
+            changed = batchseg("levels", "--project", str(project), "--json", check=False)
+            assert changed.returncode == 1
+            result = json.loads(changed.stdout)
+            [error] = result["summary"]["errors"]
+            assert error["study_id"] == study and "differs from the checksum" in error["error"]
+            assert (project / "results" / "metadata" / f"{study}_metadata.json").read_bytes() == meta_before
+        finally:
+            mask.write_bytes(kept)
     finally:
         path.write_text(original)
         batchseg("levels", "--project", str(project), "--study", study)

@@ -298,8 +298,9 @@ def level_view(levels: dict[str, Any] | None) -> LevelView:
     disagreements = []
     for d in levels.get("details") if isinstance(levels.get("details"), list) else []:
         if isinstance(d, dict) and d.get("status") in ("other_level", "no_disc_here", "not_placed"):
-            where = (f"SPINEPS {d.get('nearest_disc')}, {_number(d.get('distance_long_axis_mm'))} mm along the spine"
-                     if d.get("status") != "not_placed" else f"not placed: {d.get('problem')}")
+            along = _number(d.get("distance_long_axis_mm"))
+            where = (f"SPINEPS {d.get('nearest_disc')}, " + ("?" if along is None else f"{along:.1f}")
+                     + " mm along the spine" if d.get("status") != "not_placed" else f"not placed: {d.get('problem')}")
             disagreements.append(f"{d.get('level')}: {where}"
                                  + (" (no disc at this level)" if d.get("status") == "no_disc_here" else ""))
     return LevelView(levels["verdict"], points=_int(levels.get("points")), matched=_int(levels.get("matched")),
