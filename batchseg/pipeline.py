@@ -1,4 +1,4 @@
-"""One study end to end: convert, segment, measure, QC, metadata, publish.
+"""One study end to end: convert, segment, measure, level check, QC, metadata, publish.
 
 Everything is written into a staging folder under the output root and renamed
 into place at the end, one file at a time, metadata last: a file that exists is
@@ -21,12 +21,15 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import __version__
 from .errors import LedgerUnreachable, SetupError, StudyError, printable
 from .files import write_json
 from .segmenters import Segmenter
+
+if TYPE_CHECKING:
+    from .annotations import StudyAnnotations
 
 STAGING = ".staging"
 LOCKS = ".locks"
@@ -42,6 +45,8 @@ class StudyInput:
     series_id: str | None = None
     attempt: int = 1
     token: str | None = None             # the ledger token of this attempt, recorded in the metadata
+    # The radiologists' level points on this series (annotations.py); None: the run was given none.
+    annotations: StudyAnnotations | None = None
 
 
 @dataclass
@@ -110,6 +115,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
     import nibabel as nib
 
     from .dicom import convert_series
+    from .levels import check_study, lstv_with_levels
     from .measures import measure, read_label_map
     from .qc import write_qc_png
 
@@ -147,6 +153,11 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             write_json(staged["centroids"], measurements.centroids_json())
             write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
 
+        with timer.stage("levels"):
+            # Against the radiologists' level points; reads DICOM headers only (levels.py).
+            levels = check_study(study.annotations, study.series_dir, measurements.sequence,
+                                 series_uid=conversion.series_uid or None).to_json()
+
         with timer.stage("qc"):
             image = nib.load(staged["nifti"])
             write_qc_png(image.get_fdata(dtype="float32"), image.affine, labels, measurements, staged["qc"],
@@ -163,7 +174,8 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             "token": study.token,
             "input": {"series_dir": str(study.series_dir), "conversion": conversion.to_dict()},
             "segmenter": {**segmenter.describe(), **result.info, "labels_anatomical": result.labels_anatomical},
-            "lstv": measurements.lstv_json(),
+            "lstv": lstv_with_levels(measurements.lstv_json(), levels),
+            "levels": levels,
             "structures": len(measurements.structures),
             "versions": _versions(),
             "host": platform.node(),

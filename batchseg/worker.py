@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, TextIO, TypeVar
 
+from .annotations import AnnotationTable, StudyAnnotations, annotation_csv, file_stamp, read_project_annotations
 from .config import Config, mask_passwords
 from .dataset import is_valid_id, printable_id, require_id, series_folder
 from .errors import LedgerUnreachable, SetupError, StudyError, one_line
@@ -187,6 +188,7 @@ class Worker:
         self._stop_signal: str | None = None
         self._in_study = False
         self._holding: str | None = None          # the study claimed and not yet ended, for the give-up line
+        self._annotations: tuple[tuple[int, int] | None, AnnotationTable] | None = None   # (file stamp, table)
 
     # Signals arrive in the main thread between bytecodes. Inside a study we raise at once so
     # the study is released before Slurm's SIGKILL; between studies a flag is enough.
@@ -297,7 +299,7 @@ class Worker:
             # Ids come back from the ledger, which anyone with write access could have edited:
             # checked again before they become a path.
             study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt,
-                               token=claim.token)
+                               token=claim.token, annotations=self._study_annotations(claim))
         except StudyError as error:
             self._record_failure(claim, error)
             return
@@ -343,6 +345,17 @@ class Worker:
             return series_folder(self.config.dataset_dir, self.config.split, claim.study_id, claim.series_id)
         require_id(claim.study_id, "study")
         return Path(claim.input_path or "")
+
+    def _study_annotations(self, claim: Claim) -> StudyAnnotations:
+        """The study's level points: the dataset's annotation file is read once per worker (again when it changes)."""
+        dataset = self.config.dataset_dir
+        stamp = file_stamp(annotation_csv(dataset, self.config.split)) if dataset is not None else None
+        if self._annotations is None or self._annotations[0] != stamp:
+            table = read_project_annotations(dataset, self.config.split)
+            for line in table.warnings() if stamp is not None else []:   # an absent file is no news
+                log.warning("level annotations: %s", line)
+            self._annotations = (stamp, table)
+        return self._annotations[1].for_study(claim.study_id, claim.series_id)
 
     def _may_publish(self, claim: Claim, beat: Heartbeat) -> bool:
         """Asked by the pipeline, under the study's publish lock, right before it renames outputs into place.
