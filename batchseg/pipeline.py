@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from . import __version__
 from .errors import SetupError, StudyError
 from .files import write_json
+from .inputs import StudySource, prepare
 from .segmenters import Segmenter
 
 STAGING = ".staging"
@@ -29,9 +30,10 @@ STAGING = ".staging"
 @dataclass
 class StudyInput:
     study_id: str
-    series_dir: Path
+    source: StudySource               # where the image is: a DICOM folder or listing, or a NIfTI file
     series_id: str | None = None
     attempt: int = 1
+    link_nifti: bool = False          # a NIfTI input is symlinked into place instead of copied
 
 
 @dataclass
@@ -97,7 +99,6 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
     """
     import nibabel as nib
 
-    from .dicom import convert_series
     from .measures import measure, read_label_map
     from .qc import write_qc_png
 
@@ -116,9 +117,8 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         for folder in {p.parent for p in staged.values()}:
             folder.mkdir(parents=True, exist_ok=True)
         with timer.stage("convert"):
-            if not study.series_dir.is_dir():
-                raise StudyError("input.missing", f"study {sid}: series folder {study.series_dir} does not exist")
-            conversion = convert_series(study.series_dir, staged["nifti"], require_plane="sagittal", study=sid)
+            # A DICOM series is converted; a NIfTI input is checked the same way and copied (inputs.py).
+            conversion = prepare(study.source, staged["nifti"], staging, study=sid, link=study.link_nifti)
 
         with timer.stage("segment"):
             result = segmenter.segment(staged["nifti"], staging / "work", sid)
@@ -149,7 +149,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             "study_id": sid,
             "series_id": study.series_id,
             "attempt": study.attempt,
-            "input": {"series_dir": str(study.series_dir), "conversion": conversion.to_dict()},
+            "input": {**study.source.describe(), "conversion": conversion.to_dict()},
             "segmenter": {**segmenter.describe(), **result.info, "labels_anatomical": result.labels_anatomical},
             "lstv": measurements.lstv_json(),
             "structures": len(measurements.structures),

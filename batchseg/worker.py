@@ -20,8 +20,8 @@ from types import FrameType
 from typing import Callable, TypeVar
 
 from .config import Config
-from .dataset import series_folder
 from .errors import SetupError, StudyError, one_line
+from .inputs import locate
 from .ledger import Claim, Ledger, WorkerInfo
 from .pipeline import StudyInput, run_study
 from .segmenters import Segmenter, load_segmenter
@@ -206,13 +206,15 @@ class Worker:
     def _process(self, claim: Claim) -> None:
         beat = Heartbeat(self.ledger, claim, self.config.heartbeat_seconds, self.config.lease_seconds)
         beat.start()
-        study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt)
         log.info("study %s: attempt %d started", claim.study_id, claim.attempt)
         try:
             try:
                 self._in_study = True
                 if self._stop_signal:  # arrived between the claim and here: give the study back now
                     raise Interrupted(self._stop_signal)
+                # Inside the try: a crafted ledger row (an id that cannot be a path) fails the study alone.
+                study = StudyInput(claim.study_id, locate(self.config, claim), claim.series_id, claim.attempt,
+                                   link_nifti=self.config.nifti_input == "link")
                 assert self.segmenter is not None
                 outcome = run_study(study, self.segmenter, self.config.out_dir,
                                     may_publish=lambda: self._may_publish(claim, beat))
@@ -238,13 +240,6 @@ class Worker:
         else:
             log.warning("study %s: finished, but the claim had been taken over; the newer attempt owns it",
                         claim.study_id)
-
-    def _series_dir(self, claim: Claim) -> Path:
-        # From the config, not the path stored at init: a dataset moved or mounted elsewhere since
-        # then is found again by editing one line of batchseg.toml.
-        if self.config.dataset_dir is not None and claim.series_id:
-            return series_folder(self.config.dataset_dir, self.config.split, claim.study_id, claim.series_id)
-        return Path(claim.input_path or "")
 
     def _may_publish(self, claim: Claim, beat: Heartbeat) -> bool:
         """Asked by the pipeline right before it renames outputs into place."""
