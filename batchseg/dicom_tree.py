@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .dataset import DatasetError, Inventory, pick_studies
@@ -154,8 +155,11 @@ def read_header(path: Path) -> dict[str, Any]:
             return {"kind": "unreadable", "why": f"{type(exc).__name__}: {exc}"[:200]}
         return {"kind": "other", "why": "not DICOM"}
     if not (facts.get("study") and facts.get("series") and facts.get("rows") and facts.get("iop")):
-        sop = ds.get("SOPClassUID")
-        what = getattr(sop, "name", None) or str(sop or "") or ("DICOM" if kind == "dicom" else "not DICOM")
+        sop = ds.get("SOPClassUID") or ds.get("file_meta", Dataset()).get("MediaStorageSOPClassUID")
+        if kind == "dicom" and not sop:
+            # The preamble promised DICOM, yet nothing says what the file is: a damaged file, not a stray one.
+            return {"kind": "unreadable", "why": "DICOM preamble but no recognisable content"}
+        what = getattr(sop, "name", None) or str(sop or "not DICOM")
         return {"kind": "other", "why": f"not an image with a position ({what})"}
     return facts
 
@@ -210,9 +214,9 @@ def _facts(ds: pydicom.Dataset) -> dict[str, Any]:
 def _first(ds: Any, keyword: str) -> Any:
     try:
         seq = ds.get(keyword) if ds is not None else None
-        return seq[0] if seq else pydicom.Dataset()
+        return seq[0] if seq else Dataset()
     except Exception:  # noqa: BLE001 - a garbled sequence reads as absent
-        return pydicom.Dataset()
+        return Dataset()
 
 
 def _text(value: Any) -> str:

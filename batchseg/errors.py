@@ -12,7 +12,7 @@ from dataclasses import dataclass
 # pending until its attempts are used up; a permanent one fails it at once,
 # because running bad input again only burns GPU hours.
 ERROR_CLASSES: dict[str, tuple[bool, str]] = {
-    "input.no_series": (False, "the study has no usable Sagittal T2/STIR series"),
+    "input.no_series": (False, "the study has no usable sagittal T2 series or image"),
     "input.missing": (False, "a file or folder the study needs does not exist"),
     "input.bad_dicom": (False, "a DICOM file is truncated, unreadable or lacks pixel data"),
     "input.bad_nifti": (False, "a NIfTI input is truncated, unreadable or holds non-finite voxels"),
