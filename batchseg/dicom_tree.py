@@ -17,15 +17,16 @@ Per study the sagittal T2-weighted series is chosen by rule, and the reason stor
   enhanced file's AcquisitionContrast, then the timings: InversionTime 100-300 ms STIR, >= 1500 ms
   FLAIR, else T1; EchoTime >= 60 ms with RepetitionTime >= 1500 ms T2; TE <= 30 ms with TR <= 1000 ms
   T1; TE <= 30 ms with TR >= 1500 ms PD.
-* among several sagittal T2 candidates: T2 named before STIR named before weighting from timings (the
-  SPINEPS T2w model is trained on T2 turbo spin echo), ORIGINAL before DERIVED images, the most images,
-  the highest SeriesNumber, the highest SeriesInstanceUID.
+* among several sagittal T2 candidates: T2 named before STIR named before weighting from the timings
+  (SPINEPS's model is a T2w model, and STIR's fat suppression changes the image it sees), ORIGINAL
+  before DERIVED images, the most images, the highest SeriesNumber, the highest SeriesInstanceUID.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import stat
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -41,11 +42,11 @@ from .dataset import DatasetError, Inventory, pick_studies
 from .dicom import _sniff as sniff
 from .dicom import plane_of
 from .files import write_atomic
-from .inputs import INVENTORY_DIR, write_listing
+from .inputs import INVENTORY_DIR, listing_path, write_listing
 from .ledger import StudyRow
 
 CACHE_NAME = "dicom_headers.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesDescription",
     "ProtocolName", "SeriesNumber", "ImageType", "Rows", "Columns", "ImageOrientationPatient", "NumberOfFrames",
@@ -128,7 +129,7 @@ def scan_tree(root: Path, cache: HeaderCache, *, exclude: Path | None = None,
                 st = path.stat()
             except OSError:
                 continue                                  # a dangling link, or a file deleted meanwhile
-            if path.is_file():
+            if stat.S_ISREG(st.st_mode):
                 entries.append((path, st.st_size, st.st_mtime_ns))
     for n, (path, size, mtime) in enumerate(entries, start=1):
         scan.files[path.relative_to(root).as_posix()] = cache.header(path, size, mtime)
@@ -204,6 +205,7 @@ def _facts(ds: pydicom.Dataset) -> dict[str, Any]:
         else ([str(image_type)] if image_type else []),
         "rows": _int(ds.get("Rows")),
         "iop": iop if iop is not None and len(iop) == 6 else None,
+        "plane": _plane(iop) if iop is not None and len(iop) == 6 else "unknown",
         "frames": _int(ds.get("NumberOfFrames")) or 1,
         "te": te, "tr": tr, "ti": ti,
         "contrast": _text(ds.get("AcquisitionContrast")),
@@ -306,15 +308,16 @@ def group_series(images: dict[str, dict[str, Any]]) -> dict[str, list[SeriesFact
         members.sort(key=lambda m: (m[1].get("sop") or "", m[0]))
         facts = SeriesFacts(study, series, sorted(rel for rel, _ in members), members[0][1])
         for _, header in members:
-            facts.planes[_plane(header["iop"])] += int(header.get("frames") or 1)
+            facts.planes[header["plane"]] += int(header.get("frames") or 1)
         studies[study].append(facts)
     return studies
 
 
 def _plane(iop: list[float]) -> str:
-    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
-    normal = np.cross(row, col)
-    return plane_of(normal) if np.linalg.norm(normal) > 1e-6 else "unknown"
+    """The plane of the slice normal, computed once when the header is read (and cached with it)."""
+    (a, b, c), (d, e, f) = iop[:3], iop[3:]
+    normal = (b * f - c * e, c * d - a * f, a * e - b * d)
+    return plane_of(np.asarray(normal)) if max(abs(v) for v in normal) > 1e-6 else "unknown"
 
 
 def weighting(series: SeriesFacts) -> tuple[str, str, int]:
@@ -374,23 +377,29 @@ def describe(series: SeriesFacts) -> str:
     return f"{series.name} ({series.plane} {weight}: {how}; {series.images} images)"
 
 
-def choose_series(study: str, series: list[SeriesFacts]) -> tuple[SeriesFacts | None, str]:
-    """The study's sagittal T2-weighted series and why; None and what it had when there is none."""
-    candidates = []
+def candidates(series: list[SeriesFacts]) -> list[tuple[int, SeriesFacts]]:
+    """(tier, series) of every sagittal T2-like series that could be chosen."""
+    out = []
     for s in series:
         weight, _, tier = weighting(s)
         if (s.plane == "sagittal" and weight in T2_LIKE and not s.localizer and s.images >= 2
                 and s.first.get("modality") in ("MR", "")):
-            candidates.append((tier, s))
+            out.append((tier, s))
+    return out
+
+
+def choose_series(study: str, series: list[SeriesFacts]) -> tuple[SeriesFacts | None, str]:
+    """The study's sagittal T2-weighted series and why; None and what it had when there is none."""
+    pool = candidates(series)
     found = "; ".join(describe(s) for s in series)
-    if not candidates:
+    if not pool:
         return None, f"study {study}: no sagittal T2 series among {len(series)}: {found}"
-    _, best = max(candidates, key=lambda c: (-c[0], not c[1].derived, c[1].images, c[1].first.get("number") or 0,
+    _, best = max(pool, key=lambda c: (-c[0], not c[1].derived, c[1].images, c[1].first.get("number") or 0,
                                                  c[1].series))
-    if len(candidates) == 1:
+    if len(pool) == 1:
         return best, f"{describe(best)}; the only sagittal T2 series of {len(series)}"
-    listing = "; ".join(describe(s) for _, s in candidates)
-    return best, (f"{len(candidates)} sagittal T2 series: {listing}; chose {best.name}: T2 named before STIR "
+    listing = "; ".join(describe(s) for _, s in pool)
+    return best, (f"{len(pool)} sagittal T2 series: {listing}; chose {best.name}: T2 named before STIR "
                   "before timings, original before derived, then most images, highest series number")
 
 
@@ -421,7 +430,10 @@ def build_inventory(dataset: Path, project_dir: Path, *, study_list: list[str] |
         chosen, reason = choose_series(study, series)
         if chosen is None:
             return StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason)
-        listing = write_listing(project_dir, study, chosen.series, dataset, chosen.files)
+        # Every candidate's listing is kept current: a ledger row keeps the series an earlier init chose.
+        for _, candidate in candidates(series):
+            write_listing(project_dir, study, candidate.series, dataset, candidate.files)
+        listing = listing_path(project_dir, study, chosen.series)
         return StudyRow(study_id=study, series_id=chosen.series,
                         series_description=chosen.first.get("description") or chosen.first.get("protocol") or None,
                         input_path=str(listing), selection_reason=reason)

@@ -3,9 +3,11 @@
 Three kinds of source, whatever the dataset layout:
 
 * `dicom_folder`: a folder holding the series (RSNA, a manifest row naming a folder): converted.
-* `dicom_files`: a series listing written by `init` (`<project>/inventory/series/<study>.json`) naming the
-  series' files, which may be spread over any folders (a PACS export, a manifest folder holding several
-  series). The files are symlinked into one folder in the study's staging folder and converted there.
+* `dicom_files`: a series listing written by `init` (`<project>/inventory/series/<study>/<hash>.json`, one per
+  study and SeriesInstanceUID) naming the series' files, which may be spread over any folders (a PACS export,
+  a manifest folder holding several series). The files are symlinked into one folder in the study's staging
+  folder and converted there. The listing is found from the ledger row's series id, so a worker converts the
+  series its row names even when a later `init` would choose another.
 * `nifti`: a NIfTI file (BIDS, a manifest row naming one): checked, then copied or linked (nifti_input.py).
 
 Paths come from the project's config where they can, so a dataset moved or mounted elsewhere is found
@@ -13,6 +15,7 @@ again by editing `dataset` in batchseg.toml; ids are checked again before they b
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -50,16 +53,17 @@ class StudyRef(Protocol):
     input_path: str | None
 
 
-def listing_path(project_dir: Path, study_id: str) -> Path:
-    """Where `init` writes the series listing of a study whose files it found itself."""
-    return Path(project_dir) / INVENTORY_DIR / "series" / f"{study_id}.json"
+def listing_path(project_dir: Path, study_id: str, series_uid: str) -> Path:
+    """Where `init` lists the files of one series of a study (named by a hash: a UID may hold anything)."""
+    name = hashlib.sha256(series_uid.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return Path(project_dir) / INVENTORY_DIR / "series" / study_id / f"{name}.json"
 
 
 def write_listing(project_dir: Path, study_id: str, series_uid: str, root: Path, files: list[str]) -> Path:
-    """Write (or leave as it is, when unchanged) the listing of one study's chosen series."""
+    """Write (or leave as it is, when unchanged) the listing of one series' files, relative to `root`."""
     from .files import write_json
 
-    path = listing_path(project_dir, study_id)
+    path = listing_path(project_dir, study_id, series_uid)
     listing = {"study_id": study_id, "series_instance_uid": series_uid, "root": str(root), "files": sorted(files)}
     try:
         if json.loads(path.read_text(encoding="utf-8")) == listing:
@@ -87,15 +91,16 @@ def locate(config: Config, study: StudyRef) -> StudySource:
 
         return StudySource("nifti", study_folder(config.dataset_dir, sid) / series)
     if config.layout == "dicom":
-        return StudySource("dicom_files", listing_path(config.project_dir, sid), root=config.dataset_dir)
+        return StudySource("dicom_files", listing_path(config.project_dir, sid, series or ""), root=config.dataset_dir)
     # manifest: the paths were resolved at init (they may be anywhere).
     if series:
-        return StudySource("dicom_files", listing_path(config.project_dir, sid))
+        return StudySource("dicom_files", listing_path(config.project_dir, sid, series))
     path = Path(study.input_path or "")
     return StudySource("nifti" if is_nifti_name(path) else "dicom_folder", path)
 
 
-def prepare(source: StudySource, out_nifti: Path, staging: Path, *, study: str, link: bool = False) -> Report:
+def prepare(source: StudySource, out_nifti: Path, staging: Path, *, study: str, series: str | None = None,
+            link: bool = False) -> Report:
     """Make `out_nifti` (the study's staged NIfTI) from its source; raises StudyError."""
     from .dicom import convert_series
     from .nifti_input import place_nifti
@@ -104,21 +109,29 @@ def prepare(source: StudySource, out_nifti: Path, staging: Path, *, study: str, 
         return place_nifti(source.path, out_nifti, link=link, study=study)
     folder = source.path
     if source.kind == "dicom_files":
-        folder = _link_listed_files(source, staging / "dicom", study)
+        folder = _link_listed_files(source, staging / "dicom", study, series)
     elif not folder.is_dir():
         raise StudyError("input.missing", f"study {study}: series folder {folder} does not exist")
     return convert_series(folder, out_nifti, require_plane="sagittal", study=study)
 
 
-def _link_listed_files(source: StudySource, folder: Path, study: str) -> Path:
+def _link_listed_files(source: StudySource, folder: Path, study: str, series: str | None) -> Path:
     """One folder of symlinks to the listed files, named after their paths so messages can name them."""
     try:
         listing: dict[str, Any] = json.loads(source.path.read_text(encoding="utf-8"))
         files = [str(f) for f in listing["files"]]
         root = source.root or Path(listing["root"])
+        listed_series = listing["series_instance_uid"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StudyError("input.missing", f"study {study}: the series listing {source.path} cannot be read "
-                                          f"({exc}); run `batchseg init` again") from exc
+                                          f"({type(exc).__name__}: {exc}); run `batchseg init` again") from exc
+    if series is not None and listed_series != series:
+        raise StudyError("input.missing", f"study {study}: the series listing {source.path} is of series "
+                                          f"{listed_series}, not {series}; run `batchseg init` again")
+    outside = [f for f in files if Path(f).is_absolute() or ".." in Path(f).parts]
+    if outside:
+        raise StudyError("input.bad_id", f"study {study}: the series listing {source.path} names a file outside "
+                                         f"{root} ({printable_id(outside[0])}); run `batchseg init` again")
     gone = [f for f in files if not (root / f).is_file()]
     if gone:
         raise StudyError("input.missing", f"study {study}: {len(gone)} of {len(files)} files of the series are gone "

@@ -259,3 +259,29 @@ def test_pixels_are_never_read(tree: Path, tmp_path: Path, monkeypatch: pytest.M
     build("dicom", tree, tmp_path / "p")
     assert calls and all(c.get("stop_before_pixels") and c.get("specific_tags") for c in calls)
     assert np.all([len(c["specific_tags"]) < 30 for c in calls])
+
+
+def test_a_worker_converts_the_series_its_ledger_row_names(tmp_path: Path) -> None:
+    """A later init that would choose another series leaves the ledger's choice, and the worker follows the row."""
+    from tests.conftest import batchseg, status_json
+
+    data = tmp_path / "export"
+    first = write_series(data / "one", make_volume(5, 16, 16), file_names="uid")
+    project = tmp_path / "p"
+    batchseg("init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop")
+    study = str(pydicom.dcmread(first.paths[0]).StudyInstanceUID)
+    second = write_series(data / "two", make_volume(7, 16, 16), file_names="uid")   # more slices: a better choice
+    for path in second.paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study
+        ds.SeriesNumber = 2
+        ds.save_as(path)
+    for n, path in enumerate(first.paths):                                            # and the first one moves
+        path.rename(data / f"moved_{n}")
+    again = batchseg("init", "--project", str(project), "--dataset", str(data)).stdout
+    assert "chose #2" in again and "1 already there" in again
+    batchseg("run", "--project", str(project))
+    assert status_json(project)["states"]["done"] == 1
+    metadata = json.loads((project / "results" / "metadata" / f"{study}_metadata.json").read_text())
+    assert metadata["series_id"] == str(pydicom.dcmread(data / "moved_0").SeriesInstanceUID)
+    assert len(metadata["input"]["conversion"]["slices_used"]) == 5

@@ -159,3 +159,14 @@ def test_a_crafted_ledger_row_fails_as_bad_id_and_reaches_no_path(synth_small: P
     failures = {g["error_class"]: g for g in status_json(project)["failures"]}
     assert set(failures) == {"input.bad_id"} and failures["input.bad_id"]["count"] == 2
     assert not (project / "results" / "nifti").exists() or not any((project / "results" / "nifti").iterdir())
+
+
+@pytest.mark.parametrize("layout", ["bids", "manifest", "dicom"])
+def test_the_synth_command_writes_each_layout(tmp_path: Path, layout: str) -> None:
+    out = batchseg("synth", str(tmp_path / "d"), "--layout", layout, "--studies", "2", "--matrix", "64",
+                   "--no-broken").stdout
+    dataset = tmp_path / "d" / ("manifest.csv" if layout == "manifest" else "")
+    assert f"({layout} layout)" in out and f"batchseg init --dataset {dataset}".rstrip("/") in out
+    studies = (tmp_path / "d" / "study_ids.txt").read_text().split()
+    assert len(studies) == 2 and set(read_manifest(tmp_path / "d")["studies"]) == set(studies)
+    assert not list(tmp_path.glob(".d-rsna-*")), "the RSNA form it was written from is gone"
