@@ -1,11 +1,11 @@
 """The study inventory: study ids, study lists, dataset CSVs and the RSNA 2024 layout.
 
-RSNA layout (CONTEXT.md §1): `<split>_series_descriptions.csv` (study_id, series_id,
-series_description) and `<split>_images/<study>/<series>/<instance>.dcm`. The
-series type comes from the CSV only: the DICOM SeriesDescription tag is
-de-identified. The other layouts (bids.py, manifest.py, dicom_tree.py) share the
-id rule, the CSV reader and the study-list rule kept here; inventory.py picks the
-layout.
+RSNA layout (the Kaggle competition's; docs/architecture.md, "Domain facts"):
+`<split>_series_descriptions.csv` (study_id, series_id, series_description) and
+`<split>_images/<study>/<series>/<instance>.dcm`. The series type comes from the
+CSV only: the DICOM SeriesDescription tag is de-identified. The other layouts
+(bids.py, manifest.py, dicom_tree.py) share the id rule, the CSV reader and the
+study-list rule kept here; inventory.py picks the layout.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pydicom
@@ -53,19 +53,22 @@ class LayoutDataset:
 
 
 def synth_layout(root: Path, layout: str, n_studies: int = 8, seed: int = 0, *, matrix: int = 256,
-                 broken: bool = True, progress: Callable[[int], None] | None = None) -> LayoutDataset:
+                 broken: bool = True, variants: Sequence[str] | None = None,
+                 progress: Callable[[int], None] | None = None) -> LayoutDataset:
     """`synth_dataset`'s phantoms written in `layout` under `root`."""
     if layout not in LAYOUT_NAMES:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_NAMES)}")
     root = Path(root)
     if layout == "rsna":
-        made = synth_dataset(root, n_studies, seed, matrix=matrix, broken=broken, progress=progress)
+        made = synth_dataset(root, n_studies, seed, matrix=matrix, broken=broken, variants=variants,
+                             progress=progress)
         ids = {str(s.study_id): str(s.study_id) for s in made.studies}
         return LayoutDataset("rsna", root, root, made.study_list, ids)
     _check_empty(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{root.name}-rsna-", dir=root.parent) as tmp:
-        synth_dataset(Path(tmp) / "rsna", n_studies, seed, matrix=matrix, broken=broken, progress=progress)
+        synth_dataset(Path(tmp) / "rsna", n_studies, seed, matrix=matrix, broken=broken, variants=variants,
+                      progress=progress)
         return write_layout(Path(tmp) / "rsna", root, layout)
 
 
