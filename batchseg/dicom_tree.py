@@ -3,7 +3,7 @@
 One header read per file (pydicom, stop before the pixels, only the tags below), cached in the project
 (`<project>/inventory/dicom_headers.json`, keyed by path, size and mtime, so a second `init` reads only
 new or changed files). Files are grouped by StudyInstanceUID, then SeriesInstanceUID, never by folder
-(CONTEXT.md §7); a study's id is its StudyInstanceUID. DICOMDIR files are ignored, and so is every
+(docs/architecture.md, "Domain facts"); a study's id is its StudyInstanceUID. DICOMDIR files are ignored, and so is every
 file that is not a DICOM image (counted; files with the DICOM preamble that cannot be read are named).
 
 Per study the sagittal T2-weighted series is chosen by rule, and the reason stored:
@@ -141,7 +141,8 @@ def scan_tree(root: Path, cache: HeaderCache, *, exclude: Path | None = None,
 def read_header(path: Path) -> dict[str, Any]:
     """The facts of one file that choosing a series needs; {"kind": "other"|"unreadable", "why": ...} otherwise."""
     try:
-        kind = sniff(path)
+        with open(path, "rb") as handle:
+            kind = sniff(handle.read(132))
     except OSError as exc:
         return {"kind": "unreadable", "why": f"cannot be opened ({exc.strerror or exc})"}
     if kind == "other":

@@ -5,9 +5,9 @@ Three kinds of source, whatever the dataset layout:
 * `dicom_folder`: a folder holding the series (RSNA, a manifest row naming a folder): converted.
 * `dicom_files`: a series listing written by `init` (`<project>/inventory/series/<study>/<hash>.json`, one per
   study and SeriesInstanceUID) naming the series' files, which may be spread over any folders (a PACS export,
-  a manifest folder holding several series). The files are symlinked into one folder in the study's staging
-  folder and converted there. The listing is found from the ledger row's series id, so a worker converts the
-  series its row names even when a later `init` would choose another.
+  a manifest folder holding several series), converted as one series (`dicom.convert_series(files=...)`).
+  The listing is found from the ledger row's series id, so a worker converts the series its row names even
+  when a later `init` would choose another.
 * `nifti`: a NIfTI file (BIDS, a manifest row naming one): checked, then copied or linked (nifti_input.py).
 
 Paths come from the project's config where they can, so a dataset moved or mounted elsewhere is found
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,7 +98,7 @@ def locate(config: Config, study: StudyRef) -> StudySource:
     return StudySource("nifti" if is_nifti_name(path) else "dicom_folder", path)
 
 
-def prepare(source: StudySource, out_nifti: Path, staging: Path, *, study: str, series: str | None = None,
+def prepare(source: StudySource, out_nifti: Path, *, study: str, series: str | None = None,
             link: bool = False) -> Report:
     """Make `out_nifti` (the study's staged NIfTI) from its source; raises StudyError."""
     from .dicom import convert_series
@@ -107,16 +106,16 @@ def prepare(source: StudySource, out_nifti: Path, staging: Path, *, study: str, 
 
     if source.kind == "nifti":
         return place_nifti(source.path, out_nifti, link=link, study=study)
-    folder = source.path
     if source.kind == "dicom_files":
-        folder = _link_listed_files(source, staging / "dicom", study, series)
-    elif not folder.is_dir():
-        raise StudyError("input.missing", f"study {study}: series folder {folder} does not exist")
-    return convert_series(folder, out_nifti, require_plane="sagittal", study=study)
+        root, files = _listed_files(source, study, series)
+        return convert_series(root, out_nifti, require_plane="sagittal", study=study, series_uid=series, files=files)
+    if not source.path.is_dir():
+        raise StudyError("input.missing", f"study {study}: series folder {source.path} does not exist")
+    return convert_series(source.path, out_nifti, require_plane="sagittal", study=study)
 
 
-def _link_listed_files(source: StudySource, folder: Path, study: str, series: str | None) -> Path:
-    """One folder of symlinks to the listed files, named after their paths so messages can name them."""
+def _listed_files(source: StudySource, study: str, series: str | None) -> tuple[Path, list[Path]]:
+    """(root, the series' files) from a listing, every file checked to be there and inside the root."""
     try:
         listing: dict[str, Any] = json.loads(source.path.read_text(encoding="utf-8"))
         files = [str(f) for f in listing["files"]]
@@ -137,12 +136,7 @@ def _link_listed_files(source: StudySource, folder: Path, study: str, series: st
         raise StudyError("input.missing", f"study {study}: {len(gone)} of {len(files)} files of the series are gone "
                                           f"from {root} (first: {gone[0]}); run `batchseg init` again if the "
                                           "files moved")
-    folder.mkdir(parents=True, exist_ok=True)
-    for n, rel in enumerate(files):
-        # The index keeps names unique; the path (folders joined by '~') says which file it was.
-        name = f"{n:05d}~{rel.replace('/', '~')}"
-        os.symlink((root / rel).resolve(), folder / (name if len(name) <= 200 else name[:100] + "~" + name[-99:]))
-    return folder
+    return root, [root / f for f in files]
 
 
 def _check_id(study: str, value: str, *, rsna: bool = False) -> None:

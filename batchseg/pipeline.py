@@ -119,7 +119,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             folder.mkdir(parents=True, exist_ok=True)
         with timer.stage("convert"):
             # A DICOM series is converted; a NIfTI input is checked the same way and copied (inputs.py).
-            conversion = prepare(study.source, staged["nifti"], staging, study=sid, series=study.series_id,
+            conversion = prepare(study.source, staged["nifti"], study=sid, series=study.series_id,
                                  link=study.link_nifti)
 
         with timer.stage("segment"):
