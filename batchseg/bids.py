@@ -1,7 +1,7 @@
 """BIDS datasets: `sub-<label>[/ses-<label>]/anat/*_T2w.nii[.gz]`, one study per subject and session.
 
-Study id `sub-<label>` or `sub-<label>_ses-<label>` (BIDS labels are alphanumeric; docs/architecture.md, "Domain facts"). Candidates
-are the T2w images of the study's `anat/` folder whose file name carries the same subject (and session)
+Study id `sub-<label>` or `sub-<label>_ses-<label>` (BIDS labels are alphanumeric; docs/architecture.md,
+"Domain facts"). Candidates are the T2w images of the study's `anat/` folder whose file name carries the same subject (and session)
 entities, with any other entities (`acq-sag`, `run-2`, ...). Chosen: a sagittal one (slice axis by
 nifti_input's rule, read from the header alone) with the most slices, then the last name in sort
 order (a later run); the reason names every candidate.

@@ -206,7 +206,8 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
         for row in pending[:SHOWN_REASONS]:
             click.echo(f"  study {row.study_id}: {row.selection_reason}")
         if len(pending) > SHOWN_REASONS:
-            click.echo(f"  ... and {len(pending) - SHOWN_REASONS} more (`batchseg status --study ID` shows each reason)")
+            click.echo(f"  ... and {len(pending) - SHOWN_REASONS} more "
+                       "(`batchseg status --study ID` shows each reason)")
     click.echo(f"ledger {config.db_url}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
     click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
     ledger.close()

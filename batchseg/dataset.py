@@ -214,9 +214,11 @@ def pick_studies(found: Mapping[str, T], study_list: list[str] | None, limit: in
         seen.add(study)
         if not id_ok(study):
             shown = printable_id(study)
-            rows.append(StudyRow(study_id=shown, skip_class="input.bad_id", skip_message=f"study {shown!r}: {id_rule}"))
+            rows.append(StudyRow(study_id=shown, skip_class="input.bad_id",
+                                 skip_message=f"study {shown!r}: {id_rule}"))
         elif study not in found:
-            rows.append(StudyRow(study_id=study, skip_class="input.no_series", skip_message=f"study {study}: not in {source}"))
+            rows.append(StudyRow(study_id=study, skip_class="input.no_series",
+                                 skip_message=f"study {study}: not in {source}"))
         else:
             rows.append(make_row(study, found[study]))
     return rows

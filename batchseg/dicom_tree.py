@@ -3,8 +3,8 @@
 One header read per file (pydicom, stop before the pixels, only the tags below), cached in the project
 (`<project>/inventory/dicom_headers.json`, keyed by path, size and mtime, so a second `init` reads only
 new or changed files). Files are grouped by StudyInstanceUID, then SeriesInstanceUID, never by folder
-(docs/architecture.md, "Domain facts"); a study's id is its StudyInstanceUID. DICOMDIR files are ignored, and so is every
-file that is not a DICOM image (counted; files with the DICOM preamble that cannot be read are named).
+(docs/architecture.md, "Domain facts"); a study's id is its StudyInstanceUID. DICOMDIR files are ignored,
+and so is every file that is not a DICOM image (counted; files with the DICOM preamble that cannot be read are named).
 
 Per study the sagittal T2-weighted series is chosen by rule, and the reason stored:
 

@@ -30,7 +30,7 @@ ERROR_CLASSES: dict[str, tuple[bool, str]] = {
     "worker.timeout": (True, "the study ran past its time limit"),
     "internal": (True, "an unexpected error inside batchseg"),
     # Dataset-level problems stop `init` before any study is added.
-    "dataset.csv": (False, "a dataset CSV is missing or lacks a required column"),
+    "dataset.csv": (False, "a dataset CSV is missing, not readable UTF-8 CSV, or lacks a required column"),
     "dataset.study_list": (False, "the study list cannot be read"),
     "dataset.layout": (False, "the dataset is missing or is not in the layout asked for"),
 }

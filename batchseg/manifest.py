@@ -49,7 +49,8 @@ def build_inventory(csv_path: Path, project_dir: Path, *, study_list: list[str] 
         line, path, series = entries[0]
         where = f"{csv_path.name} line {line}"
         if not path:
-            return StudyRow(study_id=study, skip_class="input.no_series", skip_message=f"study {study}: no path ({where})")
+            return StudyRow(study_id=study, skip_class="input.no_series",
+                            skip_message=f"study {study}: no path ({where})")
         source = (csv_path.parent / path).resolve()
         if not series:
             kind = "NIfTI" if is_nifti_name(source) else None
@@ -68,7 +69,8 @@ def _series_row(study: str, folder: Path, series: str, where: str, project_dir: 
     """The files of one series of a folder that may hold several."""
     if not folder.is_dir():
         return StudyRow(study_id=study, skip_class="input.missing",
-                        skip_message=f"study {study}: {folder} is not a folder, so it holds no series {series} ({where})")
+                        skip_message=f"study {study}: {folder} is not a folder, so it holds no series {series} "
+                                     f"({where})")
     found = [s for group in group_series(scan_tree(folder, cache).images()).values() for s in group]
     chosen = next((s for s in found if s.series == series), None)
     if chosen is None:
