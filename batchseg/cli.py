@@ -298,16 +298,17 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
         if study is None:
             fail(f"no study {study_id!r} in the ledger")
         events = ledger.history(study_id)
-        lstv = None
+        lstv = levels = None
         if study["state"] == "done":
             from .report.model import read_study_files
 
             # The findings as the study's metadata holds them (None when it cannot be read).
-            lstv = read_study_files(Path(config.out_dir), study_id).lstv
+            files = read_study_files(Path(config.out_dir), study_id)
+            lstv, levels = files.lstv, files.levels
         if as_json:
-            echo_json({"study": study, "history": events, "lstv": lstv})
+            echo_json({"study": study, "history": events, "lstv": lstv, "levels": levels})
         else:
-            click.echo(format_study(study, events, lstv))
+            click.echo(format_study(study, events, lstv, levels))
         return
     jobs = _slurm_jobs(config, ledger)
     summary = ledger.summary()
@@ -367,6 +368,45 @@ def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json:
         click.echo(f"wrote {path}", err=as_json)
     if as_json:
         echo_json(report_json(built))
+
+
+@cli.command("levels")
+@project_options
+@click.option("--study", "study_id", default=None, help="Only this study (it must be done).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"studies": [{"study_id", "levels"}, ...], "summary": {...}} for scripts.')
+def levels_command(ctx: Context, study_id: str | None, as_json: bool) -> None:
+    """Check done studies' disc levels against the dataset's <split>_label_coordinates.csv, again.
+
+    Runs no model: the masks are measured again, the annotated points placed through the series' DICOM
+    headers. Rewrites only each study's metadata (its `levels`, and the level check's caveat and
+    candidate in `lstv`), atomically. Exit 1 when a study could not be checked.
+    """
+    from .annotations import read_project_annotations
+    from .relevel import recheck_studies
+    from .report.status_text import format_levels_run
+
+    config = ctx.config()
+    ledger = ctx.ledger(config)
+    if study_id is not None:
+        row = ledger.study(study_id)
+        if row is None:
+            fail(f"no study {study_id!r} in the ledger")
+        if row["state"] != "done":
+            fail(f"study {study_id} is {row['state']}: only done studies have outputs to check")
+        rows = [row]
+    else:
+        rows = list(ledger.studies("done"))
+    ledger.close()
+    table = read_project_annotations(config.dataset_dir, config.split)
+    results, summary = recheck_studies(config.out_dir, rows, table, dataset=config.dataset_dir, split=config.split)
+    if as_json:
+        echo_json({"studies": [r.to_json() for r in results], "summary": summary})
+    else:
+        for line in table.warnings() if table.usable else []:
+            click.echo(f"warning: {line}", err=True)
+        click.echo(format_levels_run([r.to_json() for r in results], summary))
+    sys.exit(1 if summary["errors"] else 0)
 
 
 @cli.command("retry-failed")

@@ -41,6 +41,10 @@ class StudySource:
 
 
 class Report(Protocol):
+    """What making the NIfTI reports (dicom.ConversionReport, nifti_input.NiftiReport)."""
+
+    series_uid: str
+
     def to_dict(self) -> dict: ...
 
 

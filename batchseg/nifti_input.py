@@ -65,6 +65,7 @@ class NiftiReport:
     slice_axis: int
     dtype: str
     placed: str                     # copied | linked | compressed
+    series_uid: str = ""            # a NIfTI input names no DICOM series
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,4 +1,4 @@
-"""One study end to end: convert, segment, measure, QC, metadata, publish.
+"""One study end to end: convert, segment, measure, level check, QC, metadata, publish.
 
 Everything is written into a staging folder under the output root and renamed
 into place at the end, one file at a time, metadata last: a file that exists is
@@ -16,13 +16,16 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import __version__
 from .errors import SetupError, StudyError
 from .files import write_json
 from .inputs import StudySource, prepare
 from .segmenters import Segmenter
+
+if TYPE_CHECKING:
+    from .annotations import StudyAnnotations
 
 STAGING = ".staging"
 
@@ -34,6 +37,8 @@ class StudyInput:
     series_id: str | None = None
     attempt: int = 1
     link_nifti: bool = False          # a NIfTI input is symlinked into place instead of copied
+    # The radiologists' level points on this series (annotations.py); None: the run was given none.
+    annotations: StudyAnnotations | None = None
 
 
 @dataclass
@@ -100,6 +105,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
     """
     import nibabel as nib
 
+    from .levels import check_study, lstv_with_levels
     from .measures import measure, read_label_map
     from .qc import write_qc_png
 
@@ -140,6 +146,13 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             write_json(staged["centroids"], measurements.centroids_json())
             write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
 
+        with timer.stage("levels"):
+            # Against the radiologists' level points; reads DICOM headers only (levels.py).
+            # The points are placed through the series' own files: an RSNA series folder (no other layout has points).
+            folder = study.source.path if study.source.kind == "dicom_folder" else None
+            levels = check_study(study.annotations, folder, measurements.sequence,
+                                 series_uid=conversion.series_uid or None).to_json()
+
         with timer.stage("qc"):
             image = nib.load(staged["nifti"])
             write_qc_png(image.get_fdata(dtype="float32"), image.affine, labels, measurements, staged["qc"],
@@ -155,7 +168,8 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             "attempt": study.attempt,
             "input": {**study.source.describe(), "conversion": conversion.to_dict()},
             "segmenter": {**segmenter.describe(), **result.info, "labels_anatomical": result.labels_anatomical},
-            "lstv": measurements.lstv_json(),
+            "lstv": lstv_with_levels(measurements.lstv_json(), levels),
+            "levels": levels,
             "structures": len(measurements.structures),
             "versions": _versions(),
             "host": platform.node(),
