@@ -102,6 +102,7 @@ def test_metadata_says_where_the_input_came_from(layout_run: tuple[str, Path, Pa
         metadata = json.loads((project / "results" / "metadata" / f"{study}_metadata.json").read_text())
         kinds.add(metadata["input"]["kind"])
         assert Path(metadata["input"]["path"]).exists()
+        assert metadata["levels"]["verdict"] == "not_available" and layout in metadata["levels"]["reason"]
     assert kinds == {"bids": {"nifti"}, "manifest": {"nifti", "dicom_folder", "dicom_files"},
                      "dicom": {"dicom_files"}}[layout]
 
