@@ -13,7 +13,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from batchseg.dicom_tree import HeaderCache, SeriesFacts, cache_path, choose_series, scan_tree, weighting
+from batchseg.dicom_tree import (HeaderCache, SeriesFacts, cache_path, choose_series, group_series, scan_tree,
+                                 weighting)
 from batchseg.inventory import build
 from batchseg.synth_layouts import synth_layout
 from tests.dicom_factory import AXIAL, SAGITTAL, make_volume, write_series
@@ -285,3 +286,18 @@ def test_a_worker_converts_the_series_its_ledger_row_names(tmp_path: Path) -> No
     metadata = json.loads((project / "results" / "metadata" / f"{study}_metadata.json").read_text())
     assert metadata["series_id"] == str(pydicom.dcmread(data / "moved_0").SeriesInstanceUID)
     assert len(metadata["input"]["conversion"]["slices_used"]) == 5
+
+
+def test_real_enhanced_files_are_read_from_their_functional_groups() -> None:
+    """dcm_qa_enh and dicom2nifti's enhanced files (tests/data/enhanced): plane, frames and timings come out."""
+    root = Path(__file__).parent / "data" / "enhanced"
+    cache = HeaderCache(None)
+    images = scan_tree(root, cache).images()
+    philips = images["dicom2nifti/philips_enhanced_anatomical/IM-0001-0170-0001.dcm"]
+    assert (philips["plane"], philips["frames"], philips["te"]) == ("sagittal", 8, 3.133)
+    assert images["dcm_qa_enh/Siemens_XA10/6_1.dcm"]["plane"] == "axial"
+    assert images["dcm_qa_enh/Siemens_XA10/6_1.dcm"]["tr"] == 500.0          # from the shared groups' timing
+    series = [s for group in group_series(images).values() for s in group]
+    sagittal = [s for s in series if s.plane == "sagittal"]
+    assert len(sagittal) == 1 and weighting(sagittal[0])[0] == "T1"          # a short-TE, short-TR gradient echo
+    assert all(choose_series(s.study, [s])[0] is None for s in series)
