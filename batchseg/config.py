@@ -22,6 +22,7 @@ from .files import write_atomic
 from .segmenters.names import SEGMENTER_NAMES
 
 CONFIG_NAME = "batchseg.toml"
+LAYOUTS = ("rsna", "bids", "manifest", "dicom")
 PROJECT_ENV = "BATCHSEG_PROJECT"
 DB_ENV = "BATCHSEG_DB"            # --db from the environment: how an override reaches workers
 
@@ -57,6 +58,8 @@ class ContainerConfig:
 class Config:
     project_dir: Path
     dataset: str = ""
+    layout: str = "rsna"           # rsna | bids | manifest | dicom (README "Dataset layouts")
+    nifti_input: str = "copy"      # copy | link: how a NIfTI input reaches results/nifti/
     studies_file: str = ""
     split: str = "train"
     out: str = "results"
@@ -119,6 +122,10 @@ class Config:
             raise ConfigError("workers must be at least 1")
         if self.db_retry_seconds < 0:
             raise ConfigError("db_retry_seconds must be 0 or more")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+        if self.nifti_input not in ("copy", "link"):
+            raise ConfigError(f"nifti_input must be 'copy' or 'link', not {self.nifti_input!r}")
         if self.split not in ("train", "test"):
             raise ConfigError(f"split must be 'train' or 'test', not {self.split!r}")
         if self.container.runtime not in ("none", "apptainer", "singularity"):

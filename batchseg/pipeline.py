@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from . import __version__
 from .errors import LedgerUnreachable, SetupError, StudyError, printable
 from .files import write_json
+from .inputs import StudySource, prepare
 from .segmenters import Segmenter
 
 if TYPE_CHECKING:
@@ -41,9 +42,10 @@ FAULT_ENV = "BATCHSEG_FAULT_STOP_AT"
 @dataclass
 class StudyInput:
     study_id: str
-    series_dir: Path
+    source: StudySource               # where the image is: a DICOM folder or listing, or a NIfTI file
     series_id: str | None = None
     attempt: int = 1
+    link_nifti: bool = False          # a NIfTI input is symlinked into place instead of copied
     token: str | None = None             # the ledger token of this attempt, recorded in the metadata
     # The radiologists' level points on this series (annotations.py); None: the run was given none.
     annotations: StudyAnnotations | None = None
@@ -114,7 +116,6 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
     """
     import nibabel as nib
 
-    from .dicom import convert_series
     from .levels import check_study, lstv_with_levels
     from .measures import measure, read_label_map
     from .qc import write_qc_png
@@ -131,9 +132,9 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         for folder in {p.parent for p in staged.values()}:
             folder.mkdir(parents=True, exist_ok=True)
         with timer.stage("convert"):
-            if not study.series_dir.is_dir():
-                raise StudyError("input.missing", f"study {sid}: series folder {study.series_dir} does not exist")
-            conversion = convert_series(study.series_dir, staged["nifti"], require_plane="sagittal", study=sid)
+            # A DICOM series is converted; a NIfTI input is checked the same way and copied (inputs.py).
+            conversion = prepare(study.source, staged["nifti"], study=sid, series=study.series_id,
+                                 link=study.link_nifti)
 
         with timer.stage("segment"):
             result = segmenter.segment(staged["nifti"], staging / "work", sid)
@@ -155,7 +156,9 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
 
         with timer.stage("levels"):
             # Against the radiologists' level points; reads DICOM headers only (levels.py).
-            levels = check_study(study.annotations, study.series_dir, measurements.sequence,
+            # The points are placed through the series' own files: an RSNA series folder (no other layout has points).
+            folder = study.source.path if study.source.kind == "dicom_folder" else None
+            levels = check_study(study.annotations, folder, measurements.sequence,
                                  series_uid=conversion.series_uid or None).to_json()
 
         with timer.stage("qc"):
@@ -172,7 +175,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             "series_id": study.series_id,
             "attempt": study.attempt,
             "token": study.token,
-            "input": {"series_dir": str(study.series_dir), "conversion": conversion.to_dict()},
+            "input": {**study.source.describe(), "conversion": conversion.to_dict()},
             "segmenter": {**segmenter.describe(), **result.info, "labels_anatomical": result.labels_anatomical},
             "lstv": lstv_with_levels(measurements.lstv_json(), levels),
             "levels": levels,

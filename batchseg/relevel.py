@@ -123,7 +123,9 @@ def recheck_study(out_dir: Path, study_id: str, annotations: StudyAnnotations, *
 def _series_dir(meta: dict[str, Any], dataset: Path | None, split: str, study_id: str,
                 series_id: str | None) -> Path | None:
     """The folder the run converted (its metadata says), else where the project's dataset keeps the series."""
-    recorded = (meta.get("input") or {}).get("series_dir") if isinstance(meta.get("input"), dict) else None
+    given = meta.get("input") if isinstance(meta.get("input"), dict) else {}
+    # The metadata says {"kind": "dicom_folder", "path": ...} (inputs.StudySource); older runs said series_dir.
+    recorded = given.get("path") if given.get("kind") == "dicom_folder" else given.get("series_dir")
     if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
         return Path(recorded)
     if dataset is not None and series_id:

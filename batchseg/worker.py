@@ -23,9 +23,10 @@ from typing import Callable, TextIO, TypeVar
 
 from .annotations import AnnotationTable, StudyAnnotations, annotation_csv, file_stamp, read_project_annotations
 from .config import Config, mask_passwords
-from .dataset import is_valid_id, printable_id, require_id, series_folder
+from .dataset import is_valid_id, printable_id
 from .errors import LedgerUnreachable, SetupError, StudyError, one_line
 from .files import write_atomic
+from .inputs import locate
 from .ledger import Claim, Ledger, WorkerInfo
 from .pipeline import StudyInput, run_study
 from .segmenters import Segmenter, load_segmenter
@@ -295,14 +296,6 @@ class Worker:
         return options
 
     def _process(self, claim: Claim) -> None:
-        try:
-            # Ids come back from the ledger, which anyone with write access could have edited:
-            # checked again before they become a path.
-            study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt,
-                               token=claim.token, annotations=self._study_annotations(claim))
-        except StudyError as error:
-            self._record_failure(claim, error)
-            return
         beat = Heartbeat(self.ledger, claim, self.config.heartbeat_seconds, self.config.lease_seconds)
         beat.start()
         log.info("study %s: attempt %d started", claim.study_id, claim.attempt)
@@ -311,6 +304,10 @@ class Worker:
                 self._in_study = True
                 if self._stop_signal:  # arrived between the claim and here: give the study back now
                     raise Interrupted(self._stop_signal)
+                # Inside the try: a crafted ledger row (an id that cannot be a path) fails the study alone.
+                study = StudyInput(claim.study_id, locate(self.config, claim), claim.series_id, claim.attempt,
+                                   link_nifti=self.config.nifti_input == "link",
+                                   annotations=self._study_annotations(claim), token=claim.token)
                 assert self.segmenter is not None
                 outcome = run_study(study, self.segmenter, self.config.out_dir,
                                     may_publish=lambda: self._may_publish(claim, beat),
@@ -338,16 +335,13 @@ class Worker:
             log.warning("study %s: finished, but the claim had been taken over; the newer attempt owns it",
                         claim.study_id)
 
-    def _series_dir(self, claim: Claim) -> Path:
-        # From the config, not the path stored at init: a dataset moved or mounted elsewhere since
-        # then is found again by editing one line of batchseg.toml.
-        if self.config.dataset_dir is not None and claim.series_id:
-            return series_folder(self.config.dataset_dir, self.config.split, claim.study_id, claim.series_id)
-        require_id(claim.study_id, "study")
-        return Path(claim.input_path or "")
-
     def _study_annotations(self, claim: Claim) -> StudyAnnotations:
         """The study's level points: the dataset's annotation file is read once per worker (again when it changes)."""
+        if self.config.layout != "rsna":
+            # Level points come with the RSNA layout only (<split>_label_coordinates.csv).
+            return AnnotationTable(Path(f"{self.config.split}_label_coordinates.csv"),
+                                   error=f"the level check reads RSNA level annotations; this project's dataset "
+                                         f"layout is {self.config.layout}").for_study(claim.study_id, claim.series_id)
         dataset = self.config.dataset_dir
         stamp = file_stamp(annotation_csv(dataset, self.config.split)) if dataset is not None else None
         if self._annotations is None or self._annotations[0] != stamp:
