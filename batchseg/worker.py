@@ -33,6 +33,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # The next study must fit in the time left with this factor and slack to spare.
 BUDGET_FACTOR = 1.5
 BUDGET_SLACK_SECONDS = 30.0
+# Under a deadline, the median study time is asked of the ledger at most this often (it moves slowly).
+EXPECTED_REFRESH_SECONDS = 60.0
 
 
 class Interrupted(BaseException):
@@ -127,6 +129,7 @@ class Worker:
         self.stats = WorkerStats()
         self._stop_signal: str | None = None
         self._in_study = False
+        self._expected: tuple[float, float | None] | None = None   # (when asked, median study seconds)
 
     # Signals arrive in the main thread between bytecodes. Inside a study we raise at once so
     # the study is released before Slurm's SIGKILL; between studies a flag is enough.
@@ -154,10 +157,19 @@ class Worker:
         if self.max_studies is not None and handled >= self.max_studies:
             self.stats.stop_reason = f"quota of {self.max_studies} studies reached"
             return False
-        if not has_time_for_another(self.deadline, expected_study_seconds(self.ledger), time.time()):
+        if not has_time_for_another(self.deadline, self._expected_seconds(), time.time()):
             self.stats.stop_reason = "time budget: not enough time left for another study"
             return False
         return True
+
+    def _expected_seconds(self) -> float | None:
+        """The median study time, only when a deadline needs it, and cached for a minute."""
+        if self.deadline is None:
+            return None
+        now = time.monotonic()
+        if self._expected is None or now - self._expected[0] >= EXPECTED_REFRESH_SECONDS:
+            self._expected = (now, expected_study_seconds(self.ledger))
+        return self._expected[1]
 
     def _loop(self) -> None:
         problem = preflight(self.config)
