@@ -54,6 +54,9 @@ def project_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+STATUS_STUDIES_SHOWN = 3   # studies named per error class in the `status` table
+
+
 def fail(message: str, code: int = 2) -> None:
     click.echo(f"batchseg: {message}", err=True)
     sys.exit(code)
@@ -211,8 +214,9 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
     live = _LiveLine()
     click.echo(f"running {workers} worker(s) on {config.project_dir} (segmenter {config.segmenter}); "
                f"logs in {config.logs_dir}")
+    # The progress line reads counters, not rows: it costs the same in a ledger of any size.
     result = run_local(config, workers=workers, limit=limit,
-                       on_tick=lambda: live.show(progress_line(ledger.summary())))
+                       on_tick=lambda: live.show(progress_line(ledger.summary(studies_per_group=0))))
     live.end()
     handled = ledger.states_of_claimed_since(result.started_at)
     failed = [sid for sid, state in handled.items() if state == "failed"]
@@ -269,7 +273,9 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
         echo_json({"study": study, "history": events}) if as_json else click.echo(format_study(study, events))
         return
     jobs = _slurm_jobs(config, ledger)
-    summary = ledger.summary()
+    # The table names three studies per error class (a fourth tells it to write "..."); --failed and --json
+    # list them all.
+    summary = ledger.summary(studies_per_group=None if show_failed or as_json else STATUS_STUDIES_SHOWN + 1)
     if jobs:
         summary["slurm_jobs"] = jobs
     if as_json:

@@ -102,7 +102,8 @@ Index("ix_studies_seq", studies.c.seq)
 # Failed and skipped studies by error class, for the failure groups (a partial index: claims never touch it).
 # Literal SQL, not parameters: SQLite uses a partial index only for a query that repeats its condition verbatim.
 IS_PROBLEM = studies.c.state.in_([literal_column("'failed'"), literal_column("'skipped'")])
-Index("ix_studies_problems", studies.c.state, studies.c.error_class, studies.c.seq,
+# study_id too: listing a group's studies reads the index alone.
+Index("ix_studies_problems", studies.c.state, studies.c.error_class, studies.c.seq, studies.c.study_id,
       sqlite_where=IS_PROBLEM, postgresql_where=IS_PROBLEM)
 
 history = Table(
@@ -228,7 +229,9 @@ RECENT_DURATIONS = (
     .order_by(history.c.at.desc()).limit(bindparam("p_limit")))
 _PROBLEM_ROWS = select(studies.c.study_id, studies.c.state, studies.c.error_class, studies.c.error_message,
                        studies.c.log_path).where(IS_PROBLEM)
-PROBLEMS = _PROBLEM_ROWS.order_by(studies.c.seq)
+# Every failed and skipped study, group by group in queue order: the index's own order, from the index alone.
+PROBLEMS = (select(studies.c.state, studies.c.error_class, studies.c.study_id).where(IS_PROBLEM)
+            .order_by(studies.c.state, studies.c.error_class, studies.c.seq))
 PROBLEM_GROUP = (_PROBLEM_ROWS.where(studies.c.state == bindparam("p_state"),
                                      studies.c.error_class == bindparam("p_class"))
                  .order_by(studies.c.seq).limit(bindparam("p_limit")))
@@ -764,14 +767,19 @@ class Ledger:
             groups[(state, error_class)] = {"error_class": error_class, "count": n, "studies": [], "example": "",
                                             "log": None}
 
+        for (state, error_class), group in groups.items():
+            query = PROBLEM_GROUP_UNKNOWN if error_class == "unknown" else PROBLEM_GROUP
+            limit = 1 if per_group is None else max(per_group, 1)
+            rows = conn.execute(query, {"p_state": state, "p_class": error_class, "p_limit": limit}).all()
+            if rows:   # the first in queue order speaks for the group: its message and log
+                group["example"], group["log"] = rows[0].error_message or "", rows[0].log_path
+            group["studies"] = [r.study_id for r in rows[:per_group]] if per_group is not None else []
         if per_group is None:
-            for r in conn.execute(PROBLEMS):
-                group = groups.get((r.state, r.error_class or "unknown"))
+            for state, error_class, study_id in conn.execute(PROBLEMS):
+                group = groups.get((state, error_class or "unknown"))
                 if group is not None:
-                    if not group["studies"]:   # the first in queue order speaks for the group
-                        group["example"], group["log"] = r.error_message or "", r.log_path
-                    group["studies"].append(r.study_id)
-            return groups
+                    group["studies"].append(study_id)
+        return groups
         for (state, error_class), group in groups.items():
             query = PROBLEM_GROUP_UNKNOWN if error_class == "unknown" else PROBLEM_GROUP
             rows = conn.execute(query, {"p_state": state, "p_class": error_class,

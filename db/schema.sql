@@ -76,7 +76,7 @@ CREATE TABLE studies (
 	PRIMARY KEY (study_id)
 );
 
-CREATE INDEX ix_studies_problems ON studies (state, error_class, seq) WHERE state IN ('failed', 'skipped');
+CREATE INDEX ix_studies_problems ON studies (state, error_class, seq, study_id) WHERE state IN ('failed', 'skipped');
 
 CREATE INDEX ix_studies_seq ON studies (seq);
 
@@ -94,36 +94,54 @@ CREATE TABLE submissions (
 	PRIMARY KEY (id)
 );
 
-DROP TRIGGER IF EXISTS counts_studies_insert;
+DROP TRIGGER IF EXISTS counts_state_insert;
 
-CREATE TRIGGER counts_studies_insert AFTER INSERT ON studies BEGIN
+CREATE TRIGGER counts_state_insert AFTER INSERT ON studies BEGIN
   INSERT INTO counts (name, n) SELECT 'state:' || NEW.state, 1 WHERE true ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
-  INSERT INTO counts (name, n) SELECT NEW.state || ':' || coalesce(NEW.error_class, 'unknown'), 1 WHERE NEW.state IN ('failed', 'skipped') ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
 END;
 
-DROP TRIGGER IF EXISTS counts_studies_update;
+DROP TRIGGER IF EXISTS counts_group_insert;
 
-CREATE TRIGGER counts_studies_update AFTER UPDATE OF state, error_class ON studies
-WHEN OLD.state IS NOT NEW.state OR OLD.error_class IS NOT NEW.error_class BEGIN
+CREATE TRIGGER counts_group_insert AFTER INSERT ON studies WHEN NEW.state IN ('failed', 'skipped') BEGIN
+  INSERT INTO counts (name, n) SELECT NEW.state || ':' || coalesce(NEW.error_class, 'unknown'), 1 WHERE true ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
+END;
+
+DROP TRIGGER IF EXISTS counts_state_update;
+
+CREATE TRIGGER counts_state_update AFTER UPDATE OF state ON studies WHEN OLD.state IS NOT NEW.state BEGIN
   INSERT INTO counts (name, n) SELECT 'state:' || OLD.state, -1 WHERE true ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
   INSERT INTO counts (name, n) SELECT 'state:' || NEW.state, 1 WHERE true ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
+END;
+
+DROP TRIGGER IF EXISTS counts_group_update;
+
+CREATE TRIGGER counts_group_update AFTER UPDATE OF state, error_class ON studies WHEN (OLD.state IN ('failed', 'skipped') OR NEW.state IN ('failed', 'skipped')) AND (OLD.state IS NOT NEW.state OR OLD.error_class IS NOT NEW.error_class) BEGIN
   INSERT INTO counts (name, n) SELECT OLD.state || ':' || coalesce(OLD.error_class, 'unknown'), -1 WHERE OLD.state IN ('failed', 'skipped') ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
   INSERT INTO counts (name, n) SELECT NEW.state || ':' || coalesce(NEW.error_class, 'unknown'), 1 WHERE NEW.state IN ('failed', 'skipped') ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
 END;
 
-DROP TRIGGER IF EXISTS counts_studies_delete;
+DROP TRIGGER IF EXISTS counts_state_delete;
 
-CREATE TRIGGER counts_studies_delete AFTER DELETE ON studies BEGIN
+CREATE TRIGGER counts_state_delete AFTER DELETE ON studies BEGIN
   INSERT INTO counts (name, n) SELECT 'state:' || OLD.state, -1 WHERE true ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
-  INSERT INTO counts (name, n) SELECT OLD.state || ':' || coalesce(OLD.error_class, 'unknown'), -1 WHERE OLD.state IN ('failed', 'skipped') ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
 END;
 
-DROP TRIGGER IF EXISTS counts_history_insert;
+DROP TRIGGER IF EXISTS counts_group_delete;
 
-CREATE TRIGGER counts_history_insert AFTER INSERT ON history
-WHEN NEW.event = 'claimed' OR (NEW.event IN ('failed', 'lost') AND NEW.to_state = 'pending') BEGIN
-  INSERT INTO counts (name, n) SELECT 'claims', 1 WHERE NEW.event = 'claimed' ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
-  INSERT INTO counts (name, n) SELECT 'retried', 1 WHERE NEW.event IN ('failed', 'lost') AND NOT EXISTS (SELECT 1 FROM history h WHERE h.study_id = NEW.study_id AND h.id < NEW.id AND h.event IN ('failed', 'lost') AND h.to_state = 'pending') ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
+CREATE TRIGGER counts_group_delete AFTER DELETE ON studies WHEN OLD.state IN ('failed', 'skipped') BEGIN
+  INSERT INTO counts (name, n) SELECT OLD.state || ':' || coalesce(OLD.error_class, 'unknown'), -1 WHERE true ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
+END;
+
+DROP TRIGGER IF EXISTS counts_claims;
+
+CREATE TRIGGER counts_claims AFTER INSERT ON history WHEN NEW.event = 'claimed' BEGIN
+  INSERT INTO counts (name, n) SELECT 'claims', 1 WHERE true ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
+END;
+
+DROP TRIGGER IF EXISTS counts_retried;
+
+CREATE TRIGGER counts_retried AFTER INSERT ON history WHEN NEW.event IN ('failed', 'lost') AND NEW.to_state = 'pending' BEGIN
+  INSERT INTO counts (name, n) SELECT 'retried', 1 WHERE NOT EXISTS (SELECT 1 FROM history h WHERE h.study_id = NEW.study_id AND h.id < NEW.id AND h.event IN ('failed', 'lost') AND h.to_state = 'pending') ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
 END;
 
 -- PostgreSQL
@@ -201,7 +219,7 @@ CREATE TABLE studies (
 	PRIMARY KEY (study_id)
 );
 
-CREATE INDEX ix_studies_problems ON studies (state, error_class, seq) WHERE state IN ('failed', 'skipped');
+CREATE INDEX ix_studies_problems ON studies (state, error_class, seq, study_id) WHERE state IN ('failed', 'skipped');
 
 CREATE INDEX ix_studies_seq ON studies (seq);
 
