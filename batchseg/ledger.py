@@ -201,13 +201,15 @@ COMPLETE = update(studies).where(*_HELD).values(
     outputs=bindparam("p_outputs"), timings=bindparam("p_timings"))
 RELEASE = update(studies).where(*_HELD).values(
     state="pending", token=None, lease_expires_at=None, attempts=studies.c.attempts - 1, updated_at=bindparam("p_now"))
-# The running studies are a short range of ix_studies_state_seq, whatever the ledger's size.
-EXPIRED = select(studies.c.study_id, studies.c.token).where(
+_ATTEMPT = (studies.c.attempts, studies.c.claimed_at, studies.c.worker_host, studies.c.worker_pid,
+            studies.c.slurm_job_id, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
+            studies.c.slurm_restart_count)
+# The running studies are a short range of ix_studies_state_seq, whatever the ledger's size. The attempt's
+# columns come along: ending it needs them, and the fenced UPDATE decides whether it is still this attempt.
+EXPIRED = select(studies.c.study_id, studies.c.token, *_ATTEMPT).where(
     studies.c.state == "running", studies.c.lease_expires_at < bindparam("p_now"))
 HELD_ATTEMPT = (
-    select(studies.c.attempts, studies.c.claimed_at, studies.c.worker_host, studies.c.worker_pid,
-           studies.c.slurm_job_id, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
-           studies.c.slurm_restart_count)
+    select(*_ATTEMPT)
     .where(*_HELD)
     .with_for_update()  # PostgreSQL: a racing fail/lost on the same attempt waits, then finds nothing
 )
@@ -558,9 +560,9 @@ class Ledger:
 
     def _expire_leases(self, tx: Transaction, now: float) -> list[str]:
         expired = tx.execute(EXPIRED, {"p_now": now}).fetchall()
-        return [sid for sid, token in expired
+        return [sid for sid, token, *attempt in expired
                 if self._end_attempt(tx, sid, token, "lost", "worker.lost",
-                                     "lease expired: the worker stopped sending heartbeats", now)]
+                                     "lease expired: the worker stopped sending heartbeats", now, attempt=attempt)]
 
     def expire_leases(self) -> list[str]:
         """Send studies whose lease ran out back to the queue (or to failed); returns their ids."""
@@ -610,9 +612,11 @@ class Ledger:
 
     def _end_attempt(self, tx: Transaction, study_id: str, token: str, event_name: str, error_class: str,
                      message: str, now: float, *, log_path: str | None = None,
-                     worker: WorkerInfo | None = None) -> str:
+                     worker: WorkerInfo | None = None, attempt: list[Any] | None = None) -> str:
+        """End the attempt `token` holds (fenced: '' when it no longer holds it); `attempt` is its _ATTEMPT
+        columns when the caller has read them already."""
         held = {"p_study": study_id, "p_token": token}
-        row = tx.execute(HELD_ATTEMPT, held).fetchone()
+        row = attempt if attempt is not None else tx.execute(HELD_ATTEMPT, held).fetchone()
         if row is None:
             return ""
         attempts, claimed_at, host, pid, job, array_job, array_task, restarts = row

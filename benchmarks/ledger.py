@@ -21,24 +21,10 @@ from typing import Any
 from unittest import mock
 
 from batchseg import ledger as ledger_module
-from batchseg.ledger_counts import FOLD
+from batchseg.ledger_counts import FOLD as LEDGER_FOLD
+from plain_sql import CLAIM, COMPLETE, EXPIRED, FOLD, HISTORY
 
-# The plain scripts' SQL, written out by hand: what batchseg's hot path sends, without batchseg.
-EXPIRED = "SELECT study_id, token FROM studies WHERE state = 'running' AND lease_expires_at < {p}"
-CLAIM = (
-    "UPDATE studies SET state = 'running', token = {p}, attempts = attempts + 1, claimed_at = {p}, "
-    "heartbeat_at = {p}, lease_expires_at = {p}, worker_host = {p}, worker_pid = {p}, slurm_job_id = {p}, "
-    "slurm_array_job_id = {p}, slurm_array_task_id = {p}, slurm_restart_count = {p}, error_class = NULL, "
-    "error_message = NULL, log_path = NULL, updated_at = {p} "
-    "WHERE study_id = (SELECT study_id FROM studies WHERE state = 'pending' ORDER BY seq LIMIT 1{lock}) "
-    "AND state = 'pending' RETURNING study_id, attempts, series_id, input_path")
-HISTORY = ("INSERT INTO history (study_id, token, event, from_state, to_state, at, host, pid, slurm_job_id, "
-           "slurm_array_job_id, slurm_array_task_id, slurm_restart_count, cuda_visible_devices, error_class, "
-           "message, duration) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
-COMPLETE = ("UPDATE studies SET state = 'done', token = NULL, lease_expires_at = NULL, finished_at = {p}, "
-            "updated_at = {p}, outputs = {p}, timings = {p} "
-            "WHERE study_id = {p} AND token = {p} AND state = 'running'")
-
+assert FOLD == LEDGER_FOLD, "plain_sql.FOLD must be the statement batchseg's claims run"
 
 def _open_ledger(url: str, network: bool) -> "ledger_module.Ledger":
     with mock.patch.object(ledger_module, "filesystem_type", lambda _p: "nfs" if network else "ext4"):
