@@ -303,33 +303,46 @@ def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
 @cli.command()
 @project_options
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the HTML report here (default: <project>/report.html; with --json, only when given).")
+              help="Write the HTML report here (default: <project>/report.html, unless only --csv or --json "
+                   "is asked for).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write one row per study as CSV (state, errors, LSTV findings, output paths).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+              help="Write one row per study as CSV (state, errors, LSTV findings, output paths); alone, no HTML.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (every study).")
 @click.option("--embed", is_flag=True, help="Inline QC thumbnails in the HTML (a file that travels alone).")
-def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool) -> None:
+@click.option("--all-rows", "all_rows", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Studies the HTML lists in its long tables (every study, skipped, not assessed, unknown; "
+                   "default 3000). Failures, LSTV candidates and caveats are always listed in full; the CSV "
+                   "always has every study.")
+def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool,
+           all_rows: int | None) -> None:
     """A review report: progress, failures, skipped studies, LSTV candidates, every study."""
     from .report.csv_rows import write_csv
     from .report.html_page import write_html
-    from .report.model import collect_report, report_json
+    from .report.model import ALL_ROWS, collect_report, report_json
 
     config = ctx.config()
     ledger = ctx.ledger(config)
     jobs = _slurm_jobs(config, ledger)
-    built = collect_report(config, ledger, slurm_jobs=jobs)
-    ledger.close()
-    if html_path is None and not as_json:
+    if html_path is None and not as_json and csv_path is None:
         html_path = config.project_dir / "report.html"
-    for path, writer in ((html_path, lambda p: write_html(built, p, embed=embed)),
-                         (csv_path, lambda p: write_csv(built, p))):
-        if path is None:
-            continue
+    # One pass over the ledger: the CSV is written as the studies stream by.
+    try:
+        built = collect_report(config, ledger, slurm_jobs=jobs, all_rows=ALL_ROWS if all_rows is None else all_rows,
+                               keep_all=as_json,
+                               consume=(lambda entries: write_csv(entries, csv_path)) if csv_path else None)
+    except OSError as exc:
+        if csv_path is None:
+            raise
+        fail(f"cannot write {csv_path}: {exc}", code=1)
+    ledger.close()
+    if csv_path is not None:
+        click.echo(f"wrote {csv_path}", err=as_json)
+    if html_path is not None:
         try:
-            writer(path)
+            write_html(built, html_path, embed=embed)
         except OSError as exc:
-            fail(f"cannot write {path}: {exc}", code=1)
-        click.echo(f"wrote {path}", err=as_json)
+            fail(f"cannot write {html_path}: {exc}", code=1)
+        click.echo(f"wrote {html_path}", err=as_json)
     if as_json:
         echo_json(report_json(built))
 

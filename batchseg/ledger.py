@@ -229,6 +229,23 @@ DONE_WINDOW = select(func.count(), func.min(history.c.at), func.max(history.c.at
 RECENT_DURATIONS = (
     select(history.c.duration).where(history.c.event == "done", history.c.duration.is_not(None))
     .order_by(history.c.at.desc()).limit(bindparam("p_limit")))
+# The report's stream: every study in queue order with the seconds all its attempts took (one aggregate over the
+# history, joined in the database), and the error classes of the attempts that failed or were lost (few).
+REPORT_PAGE = 2000
+_ATTEMPT_SECONDS = (
+    select(history.c.study_id, func.sum(history.c.duration).label("attempt_seconds"))
+    .where(history.c.event.in_(("done", "failed", "lost", "released")))
+    .group_by(history.c.study_id)
+    .subquery())
+REPORT_STUDIES = (
+    select(studies.c.study_id, studies.c.series_id, studies.c.state, studies.c.attempts, studies.c.error_class,
+           studies.c.error_message, studies.c.log_path, studies.c.timings, studies.c.worker_host,
+           studies.c.worker_pid, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
+           _ATTEMPT_SECONDS.c.attempt_seconds)
+    .select_from(studies.outerjoin(_ATTEMPT_SECONDS, _ATTEMPT_SECONDS.c.study_id == studies.c.study_id))
+    .order_by(studies.c.seq))
+ATTEMPT_ERRORS = (select(history.c.study_id, history.c.error_class)
+                  .where(history.c.event.in_(("failed", "lost"))).order_by(history.c.id))
 _PROBLEM_ROWS = select(studies.c.study_id, studies.c.state, studies.c.error_class, studies.c.error_message,
                        studies.c.log_path).where(IS_PROBLEM)
 # Every failed and skipped study, group by group in queue order: the index's own order, from the index alone.
@@ -697,6 +714,28 @@ class Ledger:
             rows = conn.execute(query).all()
         for row in rows:
             yield _decode(dict(row._mapping))
+
+    def report_rows(self, page_size: int = REPORT_PAGE) -> Iterator[dict[str, Any]]:
+        """Every study in queue order, streamed, with what `report` says of its attempts.
+
+        One read transaction (one snapshot); the studies come through a streaming cursor (server-side on
+        PostgreSQL), `page_size` rows at a time, so memory does not grow with the ledger. Each row holds the
+        REPORT_STUDIES columns (`timings` decoded): `attempt_seconds` is the sum of every attempt's claim-to-
+        outcome seconds (None when no attempt ended), and `attempt_errors` the error classes of its failed or
+        lost attempts in order. The worker columns are the last claim's (every claim writes them).
+        """
+        with self.reader.begin() as conn:
+            errors: dict[str, list[str]] = {}
+            for study_id, error_class in conn.execute(ATTEMPT_ERRORS):
+                errors.setdefault(study_id, []).append(error_class or "unknown")
+            result = conn.execution_options(stream_results=True, yield_per=page_size).execute(REPORT_STUDIES)
+            keys = tuple(result.keys())
+            for row in result:
+                study = dict(zip(keys, row))
+                if study["timings"]:
+                    study["timings"] = json.loads(study["timings"])
+                study["attempt_errors"] = errors.pop(study["study_id"], [])
+                yield study
 
     def history(self, study_id: str | None = None) -> list[dict[str, Any]]:
         query = select(history).order_by(history.c.id)

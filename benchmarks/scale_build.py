@@ -153,7 +153,7 @@ def plan(studies: list[tuple[str, list[tuple[str, str]]]], data: Path, rng: rand
                                + (cls, f"study {study}: {cls} happened here", 25.0))
                 t += 3600
             log = f"/scratch/project/logs/studies/{study}_attempt{len(classes)}_0badc0de.log"
-            study_rows.append(base + ("failed", len(classes), None, t - 3600, t - 3575, None) + who(t)[:6]
+            study_rows.append(base + ("failed", len(classes), None, t - 3600, t - 3575, None) + who(t - 3600)[:6]
                               + (classes[-1], f"study {study}: {classes[-1]} happened here", log, None, None,
                                  added, t - 3575, t - 3575))
             continue
