@@ -199,48 +199,51 @@ def init(dataset: Path, url: str) -> None:
     print(f"{len(by_study)} studies listed, {len(studies)} added, {len(known)} already there")
 
 
+REPORT_ERRORS = "SELECT study_id, error_class FROM history WHERE event IN ('failed', 'lost') ORDER BY id"
+REPORT_STUDIES = (
+    "SELECT s.study_id, s.series_id, s.state, s.attempts, s.error_class, s.error_message, s.log_path, s.timings, "
+    "s.worker_host, s.worker_pid, s.slurm_array_job_id, s.slurm_array_task_id, a.attempt_seconds FROM studies s "
+    "LEFT OUTER JOIN (SELECT study_id, sum(duration) AS attempt_seconds FROM history "
+    "WHERE event IN ('done', 'failed', 'lost', 'released') GROUP BY study_id) a ON a.study_id = s.study_id "
+    "ORDER BY s.seq")
+
+
 def report_csv(url: str, results: Path, out: Path) -> None:
-    """Every study in queue order with its attempts from the history and its done files, one CSV row each."""
+    """Every study in queue order with its attempts and its done files, one CSV row each (the report's SQL)."""
     db = Db(url)
     db.begin(write=False)
+    errors: dict[str, list[str]] = {}
+    for sid, error_class in db.rows(REPORT_ERRORS):
+        errors.setdefault(sid, []).append(error_class or "unknown")
     # PostgreSQL: a server-side cursor, so rows come in batches, not all at once.
     cur = db.conn.cursor(name="studies") if db.pg else db.conn.cursor()
-    cur.execute("SELECT study_id, series_id, state, attempts, error_class, error_message, log_path, timings "
-                "FROM studies ORDER BY seq")
-    hist = db.conn.cursor()
-    page_size = 2000
+    cur.execute(REPORT_STUDIES)
+    metadata, centroids = str(results / "metadata"), str(results / "centroids")
     with open(out, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(("study_id", "series_id", "state", "attempts", "error_class", "error_message", "log_path",
-                         "seconds", "attempt_seconds", "attempt_errors", "lumbar_count", "candidates", "vertebrae"))
+                         "seconds", "attempt_seconds", "attempt_errors", "worker", "lumbar_count", "candidates",
+                         "vertebrae"))
         while True:
-            page = cur.fetchmany(page_size)
+            page = cur.fetchmany(2000)
             if not page:
                 break
-            marks = ", ".join([db.p] * len(page))
-            hist.execute(f"SELECT study_id, event, error_class, duration FROM history WHERE study_id IN ({marks}) "
-                         "AND event IN ('claimed', 'done', 'failed', 'lost', 'released') ORDER BY id",
-                         tuple(r[0] for r in page))
-            events: dict[str, list[tuple]] = {}
-            for sid, event, error_class, duration in hist.fetchall():
-                events.setdefault(sid, []).append((event, error_class, duration))
-            for sid, series, state, attempts, error_class, message, log, timings in page:
-                evs = events.get(sid, [])
-                seconds = sum(d for _, _, d in evs if d is not None)
-                errors = "; ".join(c or "unknown" for e, c, _ in evs if e in ("failed", "lost"))
+            for sid, series, state, attempts, error_class, message, log, timings, host, pid, job, task, secs in page:
                 lumbar = candidates = vertebrae = ""
                 if state == "done":
                     try:
-                        with open(results / "metadata" / f"{sid}_metadata.json", encoding="utf-8") as f:
-                            lstv = json.load(f).get("lstv") or {}
-                        with open(results / "centroids" / f"{sid}_vertebra_labels.json", encoding="utf-8") as f:
-                            vertebrae = " ".join(json.load(f).values())
+                        with open(f"{metadata}/{sid}_metadata.json", "rb") as f:
+                            lstv = json.loads(f.read()).get("lstv") or {}
+                        with open(f"{centroids}/{sid}_vertebra_labels.json", "rb") as f:
+                            vertebrae = "; ".join(json.loads(f.read()).values())
                         lumbar, candidates = lstv.get("lumbar_count", ""), "; ".join(lstv.get("candidates") or [])
                     except OSError:
                         pass
+                worker = f"{job}_{task}@{host}" if job else (f"{host}:{pid}" if host else "")
                 writer.writerow((sid, series, state, attempts, error_class, message, log,
-                                 json.loads(timings).get("total") if timings else "", round(seconds, 3), errors,
-                                 lumbar, candidates, vertebrae))
+                                 json.loads(timings).get("total") if timings else "",
+                                 round(secs, 3) if secs is not None else "", "; ".join(errors.get(sid, [])),
+                                 worker, lumbar, candidates, vertebrae))
     db.commit()
 
 

@@ -89,6 +89,12 @@ def plan(studies: list[tuple[str, list[tuple[str, str]]]], data: Path, rng: rand
         task = int(t) % 997
         return (host_names[task % 64], 1000 + task, str(5_000_000 + task), "4990000", str(task), 0, "0")
 
+    def attempt(study: str, tok: str, t: float, end: str, to_state: str, seconds: float,
+                error_class: str | None = None, message: str | None = None) -> None:
+        """The claimed row and the row that ended the attempt `seconds` later."""
+        history.append((study, tok, "claimed", "pending", "running", t) + who(t) + (None, None, None))
+        history.append((study, tok, end, "running", to_state, t + seconds) + who(t) + (error_class, message, seconds))
+
     for seq, (study, series) in enumerate(studies, 1):
         t2 = [s for s, d in series if d == "Sagittal T2/STIR"]
         added = start - 3600 + seq * 1e-3
@@ -112,9 +118,7 @@ def plan(studies: list[tuple[str, list[tuple[str, str]]]], data: Path, rng: rand
             if not running and rng.random() < 0.005:
                 t = start + rng.random() * 29 * 86400
                 tok = f"{rng.getrandbits(128):032x}"
-                history.append((study, tok, "claimed", "pending", "running", t) + who(t) + (None, None, None))
-                history.append((study, tok, "failed", "running", "pending", t + 30) + who(t)
-                               + ("segment.oom", f"study {study}: CUDA out of memory", 30.0))
+                attempt(study, tok, t, "failed", "pending", 30.0, "segment.oom", f"study {study}: CUDA out of memory")
                 extra_seq += 1
                 study_rows.append(base[:1] + (extra_seq,) + base[2:] + ("pending", 1, None, t, t + 30, None)
                                   + who(t)[:6] + ("segment.oom", f"study {study}: CUDA out of memory", None, None,
@@ -147,10 +151,8 @@ def plan(studies: list[tuple[str, list[tuple[str, str]]]], data: Path, rng: rand
             classes = [rng.choice(ERRORS_RETRY)] * 3 if retry else [rng.choice(ERRORS_PERMANENT)]
             for i, cls in enumerate(classes):
                 tok = f"{rng.getrandbits(128):032x}"
-                history.append((study, tok, "claimed", "pending", "running", t) + who(t) + (None, None, None))
                 end = "failed" if i == len(classes) - 1 else "pending"
-                history.append((study, tok, "failed", "running", end, t + 25) + who(t)
-                               + (cls, f"study {study}: {cls} happened here", 25.0))
+                attempt(study, tok, t, "failed", end, 25.0, cls, f"study {study}: {cls} happened here")
                 t += 3600
             log = f"/scratch/project/logs/studies/{study}_attempt{len(classes)}_0badc0de.log"
             study_rows.append(base + ("failed", len(classes), None, t - 3600, t - 3575, None) + who(t - 3600)[:6]
@@ -161,29 +163,23 @@ def plan(studies: list[tuple[str, list[tuple[str, str]]]], data: Path, rng: rand
         if before < 0.05:
             tok = f"{rng.getrandbits(128):032x}"
             cls = rng.choice(ERRORS_RETRY)
-            history.append((study, tok, "claimed", "pending", "running", t) + who(t) + (None, None, None))
-            history.append((study, tok, "failed", "running", "pending", t + 20) + who(t)
-                           + (cls, f"study {study}: {cls} the first time", 20.0))
+            attempt(study, tok, t, "failed", "pending", 20.0, cls, f"study {study}: {cls} the first time")
             attempts += 1
             t += 600
         elif before < 0.06:
             tok = f"{rng.getrandbits(128):032x}"
-            history.append((study, tok, "claimed", "pending", "running", t) + who(t) + (None, None, None))
-            history.append((study, tok, "lost", "running", "pending", t + 900) + who(t)
-                           + ("worker.lost", "lease expired: the worker stopped sending heartbeats", 900.0))
+            attempt(study, tok, t, "lost", "pending", 900.0, "worker.lost",
+                    "lease expired: the worker stopped sending heartbeats")
             attempts += 1
             t += 1200
         elif before < 0.065:
             tok = f"{rng.getrandbits(128):032x}"
-            history.append((study, tok, "claimed", "pending", "running", t) + who(t) + (None, None, None))
-            history.append((study, tok, "released", "running", "pending", t + 50) + who(t)
-                           + (None, "released on SIGUSR1", 50.0))
+            attempt(study, tok, t, "released", "pending", 50.0, None, "released on SIGUSR1")
             t += 300
         tok = f"{rng.getrandbits(128):032x}"
         seconds = 18.0 + 10 * rng.random()
         attempts += 1
-        history.append((study, tok, "claimed", "pending", "running", t) + who(t) + (None, None, None))
-        history.append((study, tok, "done", "running", "done", t + seconds) + who(t) + (None, None, seconds))
+        attempt(study, tok, t, "done", "done", seconds)
         outputs = {name: f"/scratch/project/results/{name}/{study}_{name}" for name in OUTPUTS}
         timings = {"convert": 0.4, "segment": round(seconds - 1.0, 4), "measure": 0.05, "qc": 0.1,
                    "publish": 0.01, "total": round(seconds - 0.3, 4)}
