@@ -13,7 +13,8 @@ from .model import OUTPUT_NAMES, StudyEntry
 # Columns of the per-study CSV, in order; researchers load it with pandas.
 CSV_FIELDS = ("study_id", "series_id", "state", "attempts", "error_class", "error_message", "log_path",
               "seconds", "attempt_seconds", "attempt_errors", "worker", "segmenter", "labels_anatomical",
-              "lstv_status", "lumbar_count", "l6_present", "t13_present", "candidates", "lstv_notes",
+              "lstv_status", "pattern", "count_assessable", "count_reason", "lumbar_count", "l6_present",
+              "t13_present", "candidates", "lstv_caveats", "lstv_notes",
               "vertebrae", "problems", *OUTPUT_NAMES)
 
 
@@ -35,9 +36,10 @@ def csv_values(s: StudyEntry) -> list[str]:
              s.attempt_seconds, s.attempt_errors, s.worker, s.segmenter, s.labels_anatomical]
     if lstv is None:
         # Blank, not false, wherever nothing was assessed: a blank cell reads as NaN in pandas.
-        cells += ["", None, None, None, None, None]
+        cells += ["", None, None, None, None, None, None, None, None, None]
     else:
-        cells += [lstv.status, lstv.lumbar_count, lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.notes]
+        cells += [lstv.status, lstv.pattern, lstv.count_assessable, lstv.count_reason, lstv.lumbar_count,
+                  lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes]
     cells += [s.vertebrae, s.problems]
     cells += [outputs.get(name) for name in OUTPUT_NAMES] if outputs else [None] * len(OUTPUT_NAMES)
     return [_cell(v) for v in cells]

@@ -8,9 +8,11 @@ shows in full (every failure, LSTV candidate, caveat and problem with a study's 
 lists, only the first `all_rows` studies; `build_report` does the same for entries already at hand.
 `report_json` is the `--json` form. The page and the table are drawn by `html_page` and `csv_rows`.
 
-LSTV findings are candidates for review, never diagnoses. A study whose labels are
-not anatomical is "not assessed", never "no candidate"; label 126 (the disc above
-the topmost vertebra) is never read as an S1-S2 disc or as sacralization.
+LSTV findings are candidates for review, never diagnoses. A study whose lumbar count
+is not assessable (a junction out of view, labels not anatomical, irregular labels) is
+"not assessable", never "no candidate"; label 126 (the disc above the topmost vertebra)
+is never read as an S1-S2 disc or as sacralization. "With caveats" holds only studies
+whose findings carry a caveat (lstv.py: caveats apart from informational notes).
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from .status_text import worker_of
 # The names of one study's outputs (nifti, vert_mask, ..., metadata), in the pipeline's order.
 OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
 
-# LSTV status words: "no candidate" is the only one that means "assessed and nothing found".
-CANDIDATE, NO_CANDIDATE, NOT_ASSESSED, UNKNOWN = "candidate", "no candidate", "not assessed", "unknown"
+# LSTV status words: "no candidate" is the only one that means "counted and nothing found".
+CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN = "candidate", "no candidate", "not assessable", "unknown"
 
 # The page lists at most this many studies in each long table (every study, not assessed, findings unknown,
 # skipped); `report --all-rows N` changes it. The CSV always has every study.
@@ -55,11 +57,16 @@ class StudyFiles:
 class LstvView:
     """One study's LSTV findings as the report shows them; None means unknown, never False."""
 
-    status: str                       # candidate | no candidate | not assessed | unknown
-    lumbar_count: int | None = None
+    status: str                       # candidate | no candidate | not assessable | unknown
+    pattern: str | None = None        # lstv.PATTERNS
+    count_assessable: bool | None = None
+    count_reason: str | None = None
+    lumbar_count: int | None = None   # only when the count is assessable
     l6_present: bool | None = None
     t13_present: bool | None = None
-    candidates: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)          # "pattern: evidence"
+    candidate_patterns: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -118,7 +125,7 @@ class Report:
     lstv_totals: dict[str, int]             # done studies per LSTV status
     candidates: list[StudyEntry]            # every LSTV candidate
     caveat_studies: list[StudyEntry]        # every "no candidate" with a note that limits it
-    not_assessed: list[StudyEntry]          # the first `all_rows` (lstv_totals has them all)
+    not_assessable: list[StudyEntry]        # the first `all_rows` (lstv_totals has them all)
     unknown: list[StudyEntry]               # the first `all_rows` (lstv_totals has them all)
     failed: list[StudyEntry]                # every failed study
     skipped_studies: list[StudyEntry]       # the first `all_rows` (states has them all)
@@ -129,18 +136,18 @@ class Report:
     studies: list[StudyEntry] | None = None  # every study, when asked for (`report --json`); else None
 
     def lstv_counts(self) -> dict[str, int]:
-        return {status: self.lstv_totals.get(status, 0) for status in (CANDIDATE, NO_CANDIDATE, NOT_ASSESSED, UNKNOWN)}
+        return {status: self.lstv_totals.get(status, 0) for status in (CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN)}
 
     def candidate_kinds(self) -> dict[str, int]:
-        """How many studies carry each kind of candidate (a study may carry several)."""
+        """How many studies carry each candidate pattern (a study may carry several)."""
         kinds: dict[str, int] = {}
         for s in self.candidates:
-            for c in s.lstv.candidates if s.lstv else []:
+            for c in dict.fromkeys(s.lstv.candidate_patterns if s.lstv else []):
                 kinds[c] = kinds.get(c, 0) + 1
         return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def caveats(self) -> list[StudyEntry]:
-        """Assessed without a candidate, but with something that limits the finding (e.g. no sacrum)."""
+        """Counted without a candidate, but with a caveat on how to read it (a label in pieces, say)."""
         return self.caveat_studies
 
 
@@ -153,7 +160,7 @@ class ReportBuilder:
         self.everything: list[StudyEntry] | None = [] if keep_all else None
         self.shown: list[StudyEntry] = []
         self.lstv_totals: dict[str, int] = {}
-        self.lists: dict[str, list[StudyEntry]] = {k: [] for k in (CANDIDATE, "caveat", NOT_ASSESSED, UNKNOWN,
+        self.lists: dict[str, list[StudyEntry]] = {k: [] for k in (CANDIDATE, "caveat", NOT_ASSESSABLE, UNKNOWN,
                                                                     "failed", "skipped", "problems")}
         self.segmenters: dict[str, str] = {}
         self.versions: set[str] = set()
@@ -181,12 +188,12 @@ class ReportBuilder:
             self.lstv_totals[status] = self.lstv_totals.get(status, 0) + 1
         if status == CANDIDATE:
             self._keep(CANDIDATE, s, all_of_them=True)
-        elif status in (NOT_ASSESSED, UNKNOWN):
+        elif status in (NOT_ASSESSABLE, UNKNOWN):
             self._keep(status, s)
-        elif status == NO_CANDIDATE and s.lstv and s.lstv.notes:
+        elif status == NO_CANDIDATE and s.lstv and s.lstv.caveats:
             self._keep("caveat", s, all_of_them=True)
         # A candidate's problems show in its own row, an unknown study's are why it is unknown.
-        if s.problems and status in (NO_CANDIDATE, NOT_ASSESSED):
+        if s.problems and status in (NO_CANDIDATE, NOT_ASSESSABLE):
             self._keep("problems", s, all_of_them=True)
         return s
 
@@ -220,7 +227,7 @@ class ReportBuilder:
             lstv_totals=dict(self.lstv_totals),
             candidates=self.lists[CANDIDATE],
             caveat_studies=self.lists["caveat"],
-            not_assessed=self.lists[NOT_ASSESSED],
+            not_assessable=self.lists[NOT_ASSESSABLE],
             unknown=self.lists[UNKNOWN],
             failed=self.lists["failed"],
             skipped_studies=self.lists["skipped"],
@@ -326,24 +333,56 @@ def collect_report(config: Any, ledger: Any, *, now: float | None = None,
 # -- building (pure) --------------------------------------------------------------------------------
 
 def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> LstvView:
-    """The report's view of a metadata `lstv` block: unassessed or unknown findings are never negatives."""
-    if labels_anatomical is False or (lstv is not None and lstv.get("assessed") is False):
-        notes = [n for n in (lstv or {}).get("notes", []) if isinstance(n, str)]
-        if not any(n.startswith("not assessed") for n in notes):
-            notes.insert(0, "not assessed: labels not anatomical")
-        return LstvView(NOT_ASSESSED, notes=notes)
+    """The report's view of a metadata `lstv` object: not assessable or unknown findings are never negatives.
+
+    Every field is type-checked: an odd or older metadata file gives "unknown", never a crash or a negative.
+    """
+    from ..lstv import PATTERNS
+
     if lstv is None:
+        if labels_anatomical is False:
+            reason = "labels not anatomical: no labeling model, vertebrae are only numbered top to bottom"
+            return LstvView(NOT_ASSESSABLE, pattern="not_assessable", count_assessable=False, count_reason=reason,
+                            caveats=[f"lumbar count not assessable: {reason}"])
         return LstvView(UNKNOWN, notes=["no LSTV findings recorded"])
-    candidates = [str(c) for c in lstv.get("candidates") or []]
-    count = lstv.get("lumbar_count")
+    pattern, assessable = lstv.get("pattern"), lstv.get("count_assessable")
+    if pattern not in PATTERNS or not isinstance(assessable, bool):
+        return LstvView(UNKNOWN, notes=["LSTV findings without a pattern and count_assessable (an older batchseg, "
+                                        "without field-of-view checks): run the study again"])
+    candidates, kinds = [], []
+    for c in lstv.get("candidates") if isinstance(lstv.get("candidates"), list) else []:
+        if isinstance(c, dict) and isinstance(c.get("pattern"), str):
+            kinds.append(c["pattern"])
+            candidates.append(f"{c['pattern']}: {c.get('evidence')}" if isinstance(c.get("evidence"), str)
+                              else c["pattern"])
+    count, reason, caveats = lstv.get("lumbar_count"), lstv.get("count_reason"), _texts(lstv.get("caveats"))
+    if assessable and labels_anatomical is False:
+        # The segmenter says its labels are only an order: no count made from them stands.
+        assessable, pattern, candidates, kinds = False, "not_assessable", [], []
+        reason = "labels not anatomical: no labeling model, vertebrae are only numbered top to bottom"
+        caveats = [f"lumbar count not assessable: {reason}", *caveats]
+    known = labels_anatomical is not False
     return LstvView(
-        CANDIDATE if candidates else NO_CANDIDATE,
-        lumbar_count=count if isinstance(count, int) else None,
-        l6_present=bool(lstv.get("l6_present")),
-        t13_present=bool(lstv.get("t13_present")),
+        CANDIDATE if candidates else (NO_CANDIDATE if assessable else NOT_ASSESSABLE),
+        pattern=pattern,
+        count_assessable=assessable,
+        count_reason=reason if isinstance(reason, str) and not assessable else None,
+        lumbar_count=count if assessable and isinstance(count, int) and not isinstance(count, bool) else None,
+        l6_present=_flag(lstv.get("l6_present")) if known else None,
+        t13_present=_flag(lstv.get("t13_present")) if known else None,
         candidates=candidates,
-        notes=[str(n) for n in lstv.get("notes") or []],
+        candidate_patterns=kinds,
+        caveats=caveats,
+        notes=_texts(lstv.get("notes")),
     )
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _texts(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 @lru_cache(maxsize=1)
@@ -450,7 +489,7 @@ def build_report(summary: dict[str, Any], entries: Iterable[StudyEntry], *, proj
 # -- the --json form ------------------------------------------------------------------------------
 
 # Report fields that hold entries for the page; the JSON has every study in `studies` instead.
-_PAGE_LISTS = ("shown", "candidates", "caveat_studies", "not_assessed", "unknown", "failed", "skipped_studies",
+_PAGE_LISTS = ("shown", "candidates", "caveat_studies", "not_assessable", "unknown", "failed", "skipped_studies",
                "file_problems")
 
 
@@ -465,7 +504,9 @@ def report_json(report: Report) -> dict[str, Any]:
     data["lstv_counts"] = report.lstv_counts()
     data["lstv_candidate_kinds"] = report.candidate_kinds()
     data["lstv_candidates"] = [s.study_id for s in report.candidates]
-    data["lstv_not_assessed"] = [s.study_id for s in report.studies if s.lstv and s.lstv.status == NOT_ASSESSED]
+    data["lstv_not_assessable"] = [s.study_id for s in report.studies
+                                   if s.lstv and s.lstv.status == NOT_ASSESSABLE]
+    data["lstv_with_caveats"] = [s.study_id for s in report.caveat_studies]
     return data
 
 
