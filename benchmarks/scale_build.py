@@ -16,13 +16,14 @@ ledger's API one claim at a time would take hours at 1M. The mix, of all studies
   0.5% after a release) · failed 3% (2.4% permanent at once, 0.6% retryable until attempts ran out) ·
   pending 19% (0.5% of them after a retryable failure, at the back of the queue) · running 0.02%, plus 64
   running studies whose lease ran out (a claim must expire them). The done studies finished over 30 days,
-  the last hour's at ~1000 studies/h. Of the done studies' result files, 4% are LSTV candidates, 2% carry a
-  caveat, 0.5% have labels that are not anatomical.
+  the last hour's at ~1000 studies/h. Of the done studies' result files (the findings made by batchseg's own
+  measure() on small label maps), 4% are LSTV candidates, 2% carry a caveat, 0.5% are not assessable.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import random
@@ -188,7 +189,7 @@ def plan(studies: list[tuple[str, list[tuple[str, str]]]], data: Path, rng: rand
                              t + seconds))
         kind_roll = rng.random()
         done.append((study, "candidate" if kind_roll < 0.04 else "caveat" if kind_roll < 0.06
-                     else "unassessed" if kind_roll < 0.065 else "normal"))
+                     else "unassessable" if kind_roll < 0.065 else "normal"))
     return study_rows, history, done
 
 
@@ -237,29 +238,45 @@ def write_pg(url: str, study_rows: list[tuple], history: list[tuple]) -> None:
         conn.execute("VACUUM ANALYZE history")
 
 
+@functools.lru_cache(maxsize=None)
+def _measured(kind: str) -> tuple[dict, dict]:
+    """(lstv findings, vertebra labels) exactly as batchseg's measure() writes them, for a stacked-box spine of
+    this kind: normal (T10-L5, S1), candidate (an L6), caveat (normal with a stray fragment of L3), unassessable
+    (T12-L5, no sacrum in view)."""
+    import numpy as np
+
+    from batchseg.measures import measure
+
+    def spine(vertebrae: list[int]) -> list[int]:
+        return [x for i, v in enumerate(vertebrae) for x in ((v, 100 + v) if i + 1 < len(vertebrae) else (v,))]
+
+    labels = {"normal": spine([17, 18, 19, 20, 21, 22, 23, 24]) + [26],
+              "caveat": spine([17, 18, 19, 20, 21, 22, 23, 24]) + [26],
+              "candidate": spine([17, 18, 19, 20, 21, 22, 23, 24, 25]) + [26],
+              "unassessable": spine([19, 20, 21, 22, 23, 24])}[kind]
+    heights = [16 if v == 26 else 3 if v > 100 else 8 for v in labels]
+    volume = np.zeros((20, 12, sum(heights) + 4), np.int16)
+    z = 2
+    for v, h in zip(labels, heights):
+        volume[4:16, 2:10, z:z + h] = v
+        z += h
+    if kind == "caveat":
+        volume[0:2, 0:2, 0:2] = 22
+    affine = np.array([[0.0, -1.0, 0.0, 6.0], [-1.0, 0.0, 0.0, 10.0], [0.0, 0.0, -2.0, 80.0], [0.0, 0.0, 0.0, 1.0]])
+    found = measure(volume, affine)
+    return found.lstv_json(), found.vertebra_labels_json()
+
+
 def findings(study: str, kind: str) -> tuple[dict, dict]:
     """(metadata, vertebra labels) as the pipeline writes them for one done study."""
-    labels = {str(i): name for i, name in zip(range(17, 25), ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"))}
-    labels["26"] = "S1"
-    lstv = {"assessed": True, "lumbar_count": 5, "l6_present": False, "t13_present": False, "candidates": [],
-            "notes": []}
-    anatomical = True
-    if kind == "candidate":
-        labels["25"] = "L6"
-        lstv.update(lumbar_count=6, l6_present=True, candidates=["L6 present (lumbarization candidate)"])
-    elif kind == "caveat":
-        del labels["26"]
-        lstv["notes"] = ["no sacrum in the field of view: a sacralized L5 cannot be told from a normal one"]
-    elif kind == "unassessed":
-        anatomical = False
-        lstv = {"assessed": False, "notes": ["not assessed: labels not anatomical"]}
+    lstv, labels = _measured(kind)
     meta = {
         "study_id": study, "series_id": "1", "attempt": 1,
         "input": {"series_dir": f"/data/rsna/train_images/{study}/1",
                   "conversion": {"shape": [17, 512, 512], "spacing": [0.6, 0.6, 4.5], "orientation": "PIR",
                                  "slices_used": list(range(1, 18)), "slices_dropped": [], "warnings": []}},
-        "segmenter": {"name": "spineps", "version": "2.1.3", "labels_anatomical": anatomical, "note": ""},
-        "lstv": lstv, "structures": 22,
+        "segmenter": {"name": "spineps", "version": "2.1.3", "labels_anatomical": True, "note": ""},
+        "lstv": lstv, "structures": len(labels),
         "versions": {"batchseg": "0.1.0", "python": "3.11.7", "numpy": "1.26.4", "nibabel": "5.4.2",
                      "pydicom": "3.0.2"},
         "host": "gpu001", "started_at": 1.7e9,
