@@ -136,7 +136,6 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     (with --recheck-skipped, skipped studies the dataset can now serve become pending).
     """
     from .dataset import DatasetError, build_inventory, load_study_list
-    from .ledger import Ledger
 
     folder = Path(ctx.project_option or os.getcwd()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,17 +151,21 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     for key, value in (("segmenter", segmenter), ("split", split), ("db", ctx.db_option)):
         if value is not None:
             setattr(config, key, value)
+    ledger = None
+    known: frozenset[str] = frozenset()
+    if (folder / CONFIG_NAME).exists() and not recheck_skipped:
+        # Again: a study the ledger has keeps its row whatever the dataset says, so it is not looked at again
+        # (a million of them cost more than the CSV). --recheck-skipped looks at every study.
+        ledger = _open_ledger(config)
+        known = frozenset(ledger.study_ids())
     try:
         study_list = load_study_list(config.path(config.studies_file)) if config.studies_file else None
-        inventory = build_inventory(dataset, split=config.split, study_list=study_list, limit=limit)
+        inventory = build_inventory(dataset, split=config.split, study_list=study_list, limit=limit, known=known)
     except DatasetError as exc:
         fail(f"{exc.error_class}: {exc.message}")
     # The ledger opens before the config is written: a bad --db URL must not be saved.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ledger = Ledger.for_config(config)
-    for w in caught:
-        click.echo(f"warning: {w.message}", err=True)
+    if ledger is None:
+        ledger = _open_ledger(config)
     write_config(config)
     config.logs_dir.mkdir(exist_ok=True)
     added = ledger.add_studies(inventory.rows)
@@ -172,16 +175,35 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         click.echo(f"warning: {warning}", err=True)
     pending, skipped = inventory.pending, inventory.skipped
     click.echo(f"project {config.project_dir}")
-    click.echo(f"dataset {dataset.resolve()} ({inventory.csv_path.name}): {len(inventory.rows)} studies listed, "
-               f"{len(pending)} with a Sagittal T2/STIR series, {len(skipped)} skipped")
+    listed = len(inventory.rows) + inventory.known
+    if inventory.known:
+        click.echo(f"dataset {dataset.resolve()} ({inventory.csv_path.name}): {listed} studies listed, "
+                   f"{inventory.known} already in the ledger (not looked at again); new: {len(pending)} with a "
+                   f"Sagittal T2/STIR series, {len(skipped)} skipped")
+    else:
+        click.echo(f"dataset {dataset.resolve()} ({inventory.csv_path.name}): {listed} studies listed, "
+                   f"{len(pending)} with a Sagittal T2/STIR series, {len(skipped)} skipped")
     for row in skipped:
         click.echo(f"  skipped {row.study_id}: {row.skip_class}: {row.skip_message}")
     several = [r for r in pending if r.selection_reason and not r.selection_reason.startswith("the only")]
     for row in several:
         click.echo(f"  study {row.study_id}: {row.selection_reason}")
-    click.echo(f"ledger {config.db_url}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
+    click.echo(f"ledger {config.db_url}: {len(added.added)} added, {inventory.known + len(added.existing)} already "
+               "there (kept as they were)")
     click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
     ledger.close()
+
+
+def _open_ledger(config: Config) -> Any:
+    """The project's ledger, its warnings (a network filesystem) shown as one line each."""
+    from .ledger import Ledger
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ledger = Ledger.for_config(config)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    return ledger
 
 
 # -- running ------------------------------------------------------------------------------------

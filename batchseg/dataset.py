@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Container
 
 import numpy as np
 
@@ -20,8 +20,7 @@ from .errors import StudyError
 from .ledger import StudyRow
 
 SAGITTAL_T2 = "Sagittal T2/STIR"
-# Ids become folder names: only plain decimal numbers ever reach a path.
-ID_PATTERN = re.compile(r"^[0-9]{1,20}$")
+# Ids become folder names: only plain decimal numbers (ASCII digits, 1 to 20 of them) ever reach a path.
 SERIES_COLUMNS = ("study_id", "series_id", "series_description")
 
 
@@ -30,7 +29,8 @@ class DatasetError(StudyError):
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
+    # Not a regex: init checks three million ids.
+    return value.isascii() and value.isdigit() and len(value) <= 20
 
 
 def printable_id(value: str) -> str:
@@ -50,6 +50,7 @@ class Inventory:
     rows: list[StudyRow]
     csv_path: Path
     warnings: list[str] = field(default_factory=list)
+    known: int = 0     # listed studies already in the ledger, left out of `rows`
 
     @property
     def pending(self) -> list[StudyRow]:
@@ -160,8 +161,11 @@ def find_series_csv(dataset: Path, split: str) -> Path:
 
 
 def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str] | None = None,
-                    limit: int | None = None) -> Inventory:
-    """One StudyRow per study: the listed ones (or every study in the CSV), pending or skipped with a reason."""
+                    limit: int | None = None, known: Container[str] = frozenset()) -> Inventory:
+    """One StudyRow per study: the listed ones (or every study in the CSV), pending or skipped with a reason.
+
+    Studies in `known` (already in the ledger, which keeps them as they are) are counted, not looked at.
+    """
     dataset = Path(dataset).resolve()
     csv_path = find_series_csv(dataset, split)
     table, warnings = read_series_table(csv_path)
@@ -172,11 +176,15 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
         wanted = wanted[:limit]
     rows: list[StudyRow] = []
     seen: set[str] = set()
+    already = 0
     for raw in wanted:
         study = raw.strip()
         if study in seen:
             continue
         seen.add(study)
+        if study in known:
+            already += 1
+            continue
         if not is_valid_id(study):
             shown = printable_id(study)
             rows.append(StudyRow(study_id=shown, skip_class="input.bad_id",
@@ -193,4 +201,4 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
         # The same path as series_folder() gives (ids are plain numbers, checked above).
         rows.append(StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
                              input_path=os.path.join(images, study, chosen.series_id), selection_reason=reason))
-    return Inventory(rows=rows, csv_path=csv_path, warnings=warnings)
+    return Inventory(rows=rows, csv_path=csv_path, warnings=warnings, known=already)

@@ -236,7 +236,8 @@ def report_csv(url: str, results: Path, out: Path) -> None:
                             lstv = json.loads(f.read()).get("lstv") or {}
                         with open(f"{centroids}/{sid}_vertebra_labels.json", "rb") as f:
                             vertebrae = "; ".join(json.loads(f.read()).values())
-                        lumbar, candidates = lstv.get("lumbar_count", ""), "; ".join(lstv.get("candidates") or [])
+                        lumbar = lstv.get("lumbar_count", "")
+                        candidates = "; ".join(str(c.get("pattern")) for c in lstv.get("candidates") or [])
                     except OSError:
                         pass
                 worker = f"{job}_{task}@{host}" if job else (f"{host}:{pid}" if host else "")

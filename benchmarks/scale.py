@@ -200,7 +200,7 @@ def claims(url: str, n: int) -> None:
 def summary(url: str) -> None:
     """Ledger.summary as status calls it, and the progress line as `run` calls it each second (ms, in-process)."""
     from batchseg.ledger import Ledger
-    from batchseg.report import progress_line
+    from batchseg.report.status_text import progress_line
 
     ledger = Ledger(url)
     ledger.summary(studies_per_group=4)   # warm: the first query of a process reads the schema
