@@ -781,7 +781,8 @@ class Ledger:
 
         Counts come from the counters and the failure groups from a partial index, so the cost does not
         grow with the ledger. Each group lists its studies in queue order: all of them, or the first
-        `studies_per_group` (its `count` is always the whole group's).
+        `studies_per_group` (its `count` is always the whole group's); with 0, no study row is read at all
+        (no studies, no example, no log: what `run`'s progress line needs).
         """
         now = time.time()
         with self.reader.begin() as conn:
@@ -820,27 +821,20 @@ class Ledger:
         for state, error_class, n in ledger_counts.problem_groups(counted):
             groups[(state, error_class)] = {"error_class": error_class, "count": n, "studies": [], "example": "",
                                             "log": None}
-
+        if per_group == 0:   # counts only (the progress line): no row is read
+            return groups
         for (state, error_class), group in groups.items():
             query = PROBLEM_GROUP_UNKNOWN if error_class == "unknown" else PROBLEM_GROUP
-            limit = 1 if per_group is None else max(per_group, 1)
+            limit = 1 if per_group is None else per_group
             rows = conn.execute(query, {"p_state": state, "p_class": error_class, "p_limit": limit}).all()
             if rows:   # the first in queue order speaks for the group: its message and log
                 group["example"], group["log"] = rows[0].error_message or "", rows[0].log_path
-            group["studies"] = [r.study_id for r in rows[:per_group]] if per_group is not None else []
+            group["studies"] = [r.study_id for r in rows] if per_group is not None else []
         if per_group is None:
             for state, error_class, study_id in conn.execute(PROBLEMS):
                 group = groups.get((state, error_class or "unknown"))
                 if group is not None:
                     group["studies"].append(study_id)
-        return groups
-        for (state, error_class), group in groups.items():
-            query = PROBLEM_GROUP_UNKNOWN if error_class == "unknown" else PROBLEM_GROUP
-            rows = conn.execute(query, {"p_state": state, "p_class": error_class,
-                                        "p_limit": max(per_group, 1)}).all()
-            if rows:
-                group["example"], group["log"] = rows[0].error_message or "", rows[0].log_path
-            group["studies"] = [r.study_id for r in rows[:per_group]]
         return groups
 
 

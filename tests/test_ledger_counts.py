@@ -96,7 +96,7 @@ def test_summary_lists_a_few_studies_per_group_when_asked(ledger: Ledger) -> Non
     few = ledger.summary(studies_per_group=3)["skipped"][0]
     assert few["count"] == 10 and few["studies"] == ["0", "1", "2"] and few["example"] == "study 0: none"
     none = ledger.summary(studies_per_group=0)["skipped"][0]
-    assert none["count"] == 10 and none["studies"] == [] and none["example"] == "study 0: none"
+    assert none["count"] == 10 and none["studies"] == [] and none["example"] == "" and none["log"] is None
 
 
 def _as_made_by_the_first_release(path: Path) -> None:
