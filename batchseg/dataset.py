@@ -45,6 +45,10 @@ class Series:
     description: str
 
 
+# The series of a study that was not looked at (read_series_table's `skip`): shared, never filled.
+NOT_READ: list[Series] = []
+
+
 @dataclass
 class Inventory:
     rows: list[StudyRow]
@@ -91,8 +95,11 @@ def load_study_list(path: Path) -> list[str]:
     raise DatasetError("dataset.study_list", f"{path}: unknown study list type {suffix!r}; use .npy, .csv or .txt")
 
 
-def read_series_table(csv_path: Path) -> tuple[dict[str, list[Series]], list[str]]:
-    """study id -> its series, from `<split>_series_descriptions.csv`; rows with bad ids become warnings."""
+def read_series_table(csv_path: Path, skip: Container[str] = frozenset()) -> tuple[dict[str, list[Series]], list[str]]:
+    """study id -> its series, from `<split>_series_descriptions.csv`; rows with bad ids become warnings.
+
+    A study in `skip` (one the ledger has) is listed with NOT_READ instead of its series.
+    """
     try:
         handle = csv_path.open(newline="")
     except OSError as exc:
@@ -122,6 +129,9 @@ def read_series_table(csv_path: Path) -> tuple[dict[str, list[Series]], list[str
             if not (is_valid_id(study) and is_valid_id(series)):
                 warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
                                 f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
+                continue
+            if study in skip:
+                table.setdefault(study, NOT_READ)
                 continue
             description = row[i_description].strip()
             table[study].append(Series(series, descriptions.setdefault(description, description)))
@@ -168,7 +178,7 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
     """
     dataset = Path(dataset).resolve()
     csv_path = find_series_csv(dataset, split)
-    table, warnings = read_series_table(csv_path)
+    table, warnings = read_series_table(csv_path, skip=known)
     images_dir = dataset / f"{split}_images"
     images = str(images_dir)   # joined as text: a Path per study was a third of init's time
     wanted = study_list if study_list is not None else sorted(table, key=int)

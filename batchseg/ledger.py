@@ -17,6 +17,7 @@ lease expiry) touches index entries only and runs on the driver's connection
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -483,6 +484,11 @@ class Ledger:
         """
         result = AddResult()
         now = time.time()
+        rows = iter(rows)
+        first = next(rows, None)
+        if first is None:   # nothing to add: no need to read a million ids
+            return result
+        rows = itertools.chain((first,), rows)
         with self.engine.begin() as conn:
             cursor = conn.connection.cursor()
             try:
