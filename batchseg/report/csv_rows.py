@@ -42,7 +42,8 @@ def csv_values(s: StudyEntry) -> list[str]:
                   lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes]
     cells += [s.vertebrae, s.problems]
     cells += [outputs.get(name) for name in OUTPUT_NAMES] if outputs else [None] * len(OUTPUT_NAMES)
-    return [_cell(v) for v in cells]
+    # Text and blanks (most cells) without a call each: a million rows pass through here.
+    return [v if v.__class__ is str else "" if v is None else _cell(v) for v in cells]
 
 
 def render_csv(entries: Iterable[StudyEntry]) -> Iterator[str]:
