@@ -1,11 +1,11 @@
 """Claim+complete cycles per second of the ledger, with several processes at once, next to plain SQL.
 
-    python benchmarks/ledger.py [--studies 4000] [--procs 1,4,8] [--pg URL]
+    python benchmarks/ledger.py [--studies 4000] [--procs 1,4,8] [--pg URL] [--repeat 3]
 
 For each (backend, processes) it runs the same work twice on a fresh ledger made by batchseg: once through
 `Ledger.claim` / `Ledger.complete`, once as a plain sqlite3 or psycopg script that sends the same SQL (the same
 transactions, statements and locking; the ledger's triggers fire for both). It prints cycles/s of each, their
-ratio, and whether any study was claimed twice.
+ratio (medians of --repeat alternating runs), and whether any study was claimed twice.
 SQLite runs in WAL mode (local disk) and in the rollback-journal mode used on network filesystems.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=4000)
     parser.add_argument("--procs", default="1,4,8")
     parser.add_argument("--pg", default="", help="PostgreSQL URL (its tables are dropped and recreated)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (batchseg, plain) pair; medians shown")
     args = parser.parse_args()
     print(f"{'backend':36s} {'procs':>5s} {'batchseg':>10s} {'plain SQL':>10s} {'ratio':>6s}  double claims")
     for procs in (int(p) for p in args.procs.split(",")):
@@ -152,15 +154,18 @@ def main() -> None:
         if args.pg:
             backends.append(("postgresql SKIP LOCKED", False, _plain_psycopg_worker))
         for label, network, plain in backends:
-            rates, doubles = [], 0
-            for target in (_batchseg_worker, plain):
-                with tempfile.TemporaryDirectory() as tmp:
-                    url = args.pg if "postgresql" in label else f"sqlite:///{Path(tmp) / 'l.sqlite'}"
-                    if "postgresql" in label:
-                        _fresh_pg(url)
-                    rate, twice = run(url, args.studies, procs, network, target)
-                rates.append(rate)
-                doubles += twice
+            found: dict[Any, list[float]] = {_batchseg_worker: [], plain: []}
+            doubles = 0
+            for _ in range(args.repeat):   # alternating, so both see the same machine; the median of each
+                for target in found:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        url = args.pg if "postgresql" in label else f"sqlite:///{Path(tmp) / 'l.sqlite'}"
+                        if "postgresql" in label:
+                            _fresh_pg(url)
+                        rate, twice = run(url, args.studies, procs, network, target)
+                    found[target].append(rate)
+                    doubles += twice
+            rates = [statistics.median(v) for v in found.values()]
             print(f"{label:36s} {procs:5d} {rates[0]:8.0f}/s {rates[1]:8.0f}/s {rates[0] / rates[1]:5.2f}x  "
                   f"{doubles}", flush=True)
     print(f"(cycles per second: one claim and one done each; ratio = batchseg / plain; machine load "
