@@ -14,9 +14,13 @@ from typing import Any, Callable
 import click
 
 from . import __version__
-from .config import CONFIG_NAME, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
+from .config import CONFIG_NAME, LAYOUTS, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
 from .errors import StudyError, one_line, printable
 from .files import write_json
+
+
+LAYOUT_CHOICES = list(LAYOUTS)
+SHOWN_REASONS = 20      # init prints the series choice of this many studies (every one stays in the ledger)
 
 
 class Context:
@@ -116,26 +120,32 @@ def cli() -> None:
 
 @cli.command()
 @project_options
-@click.option("--dataset", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="RSNA 2024 layout: <split>_series_descriptions.csv and <split>_images/.")
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="The dataset: an RSNA 2024 folder, a BIDS folder, a manifest CSV or a tree of DICOM files.")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
+              help="How to read --dataset (default: the project's, else detected; the choice is printed).")
 @click.option("--studies", "studies_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Study list: .npy (int array, like valid_id.npy), .csv (study_id column) or .txt.")
 @click.option("--limit", type=click.IntRange(min=1), help="Take only the first N studies of the list.")
 @click.option("--out", default=None, help="Output folder (default: <project>/results).")
 @click.option("--segmenter", type=click.Choice(["spineps", "reference", "noop"]), default=None,
               help="spineps (the real model), reference (synthetic phantoms only) or noop (plumbing check).")
-@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Which half of the dataset.")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Which half of an RSNA dataset.")
 @click.option("--models", "models_dir", default=None, help="SPINEPS weights folder (SPINEPS_SEGMENTOR_MODELS).")
+@click.option("--link/--copy", "link", default=None,
+              help="NIfTI inputs (.nii.gz) reach results/nifti/ as a symlink instead of a copy (default: copy).")
 @click.option("--recheck-skipped", is_flag=True,
               help="Skipped studies whose series the dataset now has go back to pending.")
-def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | None, out: str | None,
-         segmenter: str | None, split: str | None, models_dir: str | None, recheck_skipped: bool) -> None:
+def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | None, limit: int | None,
+         out: str | None, segmenter: str | None, split: str | None, models_dir: str | None, link: bool | None,
+         recheck_skipped: bool) -> None:
     """Fill the ledger from the dataset (one row per study) and write batchseg.toml.
 
     Running it again adds new studies and keeps every existing state and history
     (with --recheck-skipped, skipped studies the dataset can now serve become pending).
     """
-    from .dataset import DatasetError, build_inventory, load_study_list
+    from .dataset import DatasetError, load_study_list
+    from .inventory import build, choose_layout
 
     folder = Path(ctx.project_option or os.getcwd()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,6 +153,7 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         config = load_config(folder) if (folder / CONFIG_NAME).exists() else Config(project_dir=folder)
     except ConfigError as exc:
         fail(str(exc))
+    saved_dataset = config.dataset_dir if (folder / CONFIG_NAME).exists() else None
     # Paths typed on the command line mean what they mean in the shell they were typed in.
     typed_paths = {"dataset": dataset, "studies_file": studies_file, "out": out, "models_dir": models_dir}
     for key, value in typed_paths.items():
@@ -151,6 +162,9 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     for key, value in (("segmenter", segmenter), ("split", split), ("db", ctx.db_option)):
         if value is not None:
             setattr(config, key, value)
+    if link is not None:
+        config.nifti_input = "link" if link else "copy"
+    live = _LiveLine()
     ledger = None
     known: frozenset[str] = frozenset()
     if (folder / CONFIG_NAME).exists() and not recheck_skipped:
@@ -159,10 +173,18 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         ledger = _open_ledger(config)
         known = frozenset(ledger.study_ids())
     try:
+        chosen = choose_layout(layout, dataset.resolve(), split=config.split,
+                               saved=config.layout if saved_dataset == dataset.resolve() else None)
+        config.layout = chosen.layout
+        click.echo(f"layout {chosen.layout} ({chosen.why})")
         study_list = load_study_list(config.path(config.studies_file)) if config.studies_file else None
-        inventory = build_inventory(dataset, split=config.split, study_list=study_list, limit=limit, known=known)
+        inventory = build(config.layout, dataset, folder, split=config.split, study_list=study_list, limit=limit,
+                          progress=lambda n, total: live.show(f"DICOM tree inventory: {n}/{total} files"),
+                          known=known)
     except DatasetError as exc:
+        live.end()
         fail(f"{exc.error_class}: {exc.message}")
+    live.end()
     # The ledger opens before the config is written: a bad --db URL must not be saved.
     if ledger is None:
         ledger = _open_ledger(config)
@@ -175,19 +197,30 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         click.echo(f"warning: {warning}", err=True)
     pending, skipped = inventory.pending, inventory.skipped
     click.echo(f"project {config.project_dir}")
+    duplicates = f", {inventory.duplicates} duplicate row(s) read once" if inventory.duplicates else ""
+    read = "" if inventory.source == dataset.resolve() else f" ({inventory.source.name})"
     listed = len(inventory.rows) + inventory.known
     if inventory.known:
-        click.echo(f"dataset {dataset.resolve()} ({inventory.csv_path.name}): {listed} studies listed, "
-                   f"{inventory.known} already in the ledger (not looked at again); new: {len(pending)} with a "
-                   f"Sagittal T2/STIR series, {len(skipped)} skipped")
+        click.echo(f"dataset {dataset.resolve()}{read}: {listed} studies listed, {inventory.known} already in the "
+                   f"ledger (not looked at again); new: {len(pending)} with {inventory.wanted}, {len(skipped)} "
+                   f"skipped{duplicates}")
     else:
-        click.echo(f"dataset {dataset.resolve()} ({inventory.csv_path.name}): {listed} studies listed, "
-                   f"{len(pending)} with a Sagittal T2/STIR series, {len(skipped)} skipped")
+        click.echo(f"dataset {dataset.resolve()}{read}: {listed} studies listed, "
+                   f"{len(pending)} with {inventory.wanted}, {len(skipped)} skipped{duplicates}")
+    for note in inventory.notes:
+        click.echo(f"  {note}")
     for row in skipped:
         click.echo(f"  skipped {row.study_id}: {row.skip_class}: {row.skip_message}")
     several = [r for r in pending if r.selection_reason and not r.selection_reason.startswith("the only")]
-    for row in several:
-        click.echo(f"  study {row.study_id}: {row.selection_reason}")
+    if inventory.layout == "rsna":
+        for row in several:
+            click.echo(f"  study {row.study_id}: {row.selection_reason}")
+    else:
+        for row in pending[:SHOWN_REASONS]:
+            click.echo(f"  study {row.study_id}: {row.selection_reason}")
+        if len(pending) > SHOWN_REASONS:
+            click.echo(f"  ... and {len(pending) - SHOWN_REASONS} more "
+                       "(`batchseg status --study ID` shows each reason)")
     click.echo(f"ledger {config.db_url}: {len(added.added)} added, {inventory.known + len(added.existing)} already "
                "there (kept as they were)")
     click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
@@ -292,16 +325,17 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
         if study is None:
             fail(f"no study {study_id!r} in the ledger")
         events = ledger.history(study_id)
-        lstv = None
+        lstv = levels = None
         if study["state"] == "done":
             from .report.model import read_study_files
 
             # The findings as the study's metadata holds them (None when it cannot be read).
-            lstv = read_study_files(Path(config.out_dir), study_id).lstv
+            files = read_study_files(Path(config.out_dir), study_id)
+            lstv, levels = files.lstv, files.levels
         if as_json:
-            echo_json({"study": study, "history": events, "lstv": lstv})
+            echo_json({"study": study, "history": events, "lstv": lstv, "levels": levels})
         else:
-            click.echo(format_study(study, events, lstv))
+            click.echo(format_study(study, events, lstv, levels))
         return
     jobs = _slurm_jobs(config, ledger)
     # The table names three studies per error class (a fourth tells it to write "..."); --failed and --json
@@ -376,6 +410,45 @@ def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json:
         click.echo(f"wrote {html_path}", err=as_json)
     if as_json:
         echo_json(report_json(built))
+
+
+@cli.command("levels")
+@project_options
+@click.option("--study", "study_id", default=None, help="Only this study (it must be done).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"studies": [{"study_id", "levels"}, ...], "summary": {...}} for scripts.')
+def levels_command(ctx: Context, study_id: str | None, as_json: bool) -> None:
+    """Check done studies' disc levels against the dataset's <split>_label_coordinates.csv, again.
+
+    Runs no model: the masks are measured again, the annotated points placed through the series' DICOM
+    headers. Rewrites only each study's metadata (its `levels`, and the level check's caveat and
+    candidate in `lstv`), atomically. Exit 1 when a study could not be checked.
+    """
+    from .annotations import read_project_annotations
+    from .relevel import recheck_studies
+    from .report.status_text import format_levels_run
+
+    config = ctx.config()
+    ledger = ctx.ledger(config)
+    if study_id is not None:
+        row = ledger.study(study_id)
+        if row is None:
+            fail(f"no study {study_id!r} in the ledger")
+        if row["state"] != "done":
+            fail(f"study {study_id} is {row['state']}: only done studies have outputs to check")
+        rows = [row]
+    else:
+        rows = list(ledger.studies("done"))
+    ledger.close()
+    table = read_project_annotations(config.dataset_dir, config.split)
+    results, summary = recheck_studies(config.out_dir, rows, table, dataset=config.dataset_dir, split=config.split)
+    if as_json:
+        echo_json({"studies": [r.to_json() for r in results], "summary": summary})
+    else:
+        for line in table.warnings() if table.usable else []:
+            click.echo(f"warning: {line}", err=True)
+        click.echo(format_levels_run([r.to_json() for r in results], summary))
+    sys.exit(1 if summary["errors"] else 0)
 
 
 @cli.command("retry-failed")
@@ -577,22 +650,27 @@ def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str, series_uid: s
 @click.option("--variant", "variants", multiple=True, metavar="NAME",
               help="Phantom variant to cycle through (repeatable; default all: normal, L6, T13, four_lumbar, "
                    "top_L2, eleven_thoracic, sacral_disc, top_L1, no_sacrum, duplicate_T12).")
-def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool, variants: tuple[str, ...]) -> None:
-    """Write a synthetic RSNA-layout dataset with phantom spines and their ground truth."""
-    manifest = _synth(directory, n_studies, seed, matrix, not no_broken, variants)
-    click.echo(f"wrote {len(manifest.studies)} studies to {manifest.root}; study list {manifest.study_list}")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default="rsna", show_default=True,
+              help="Write the phantoms as an RSNA dataset, a BIDS dataset, a manifest or a PACS-style DICOM tree.")
+def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool, variants: tuple[str, ...],
+          layout: str) -> None:
+    """Write a synthetic dataset (RSNA layout by default) with phantom spines and their ground truth."""
+    made = _synth(directory, n_studies, seed, matrix, not no_broken, variants, layout)
+    click.echo(f"wrote {len(made.ids)} studies to {made.root} ({made.layout} layout); study list {made.study_list}")
+    click.echo(f"next: batchseg init --dataset {made.dataset} --studies {made.study_list} --segmenter reference")
 
 
 def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool,
-           variants: tuple[str, ...] = ()) -> Any:
-    from .synth import VARIANTS, synth_dataset
+           variants: tuple[str, ...] = (), layout: str = "rsna") -> Any:
+    from .synth import VARIANTS
+    from .synth_layouts import synth_layout
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         fail(f"unknown phantom variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     with click.progressbar(length=n_studies, label="synthesizing studies") as bar:
-        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken, variants=variants or None,
-                             progress=lambda done: bar.update(done - bar.pos))
+        return synth_layout(directory, layout, n_studies, seed, matrix=matrix, broken=broken,
+                            variants=variants or None, progress=lambda done: bar.update(done - bar.pos))
 
 
 @cli.command()
@@ -604,9 +682,9 @@ def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool
 def demo(click_ctx: click.Context, directory: Path, n_studies: int, workers: int, matrix: int) -> None:
     """Synthetic dataset in DIR/data, a project in DIR, init, run, status: the whole flow in one command."""
     directory = directory.resolve()
-    manifest = _synth(directory / "data", n_studies, 0, matrix, True)
+    made = _synth(directory / "data", n_studies, 0, matrix, True)
     common = ["--project", str(directory)]
-    for args in (["init", "--dataset", str(manifest.root), "--studies", str(manifest.study_list),
+    for args in (["init", "--dataset", str(made.dataset), "--studies", str(made.study_list),
                   "--segmenter", "reference"],
                  ["run", "--workers", str(workers)]):
         click.echo(f"\n$ batchseg {' '.join(args[:1] + common + args[1:])}")
@@ -617,10 +695,13 @@ def demo(click_ctx: click.Context, directory: Path, n_studies: int, workers: int
                 raise
     click.echo(f"\n$ batchseg status --project {directory}")
     cli.main(args=["status", *common], standalone_mode=False)
-    broken = ", ".join(f"{s.study_id} ({s.broken})" for s in manifest.studies if s.broken)
+    from .synth import read_manifest
+
+    broken = ", ".join(f"{sid} ({info['broken']})" for sid, info in read_manifest(made.root)["studies"].items()
+                       if info["broken"])
     click.echo(f"\nbroken on purpose, so failed or skipped as they should be: {broken}")
     click.echo(f"outputs: {directory / 'results'}  (nifti/, segmentations/, centroids/, metadata/, qc/)")
-    click.echo(f"ground truth: {manifest.root / 'ground_truth'}")
+    click.echo(f"ground truth: {made.root / 'ground_truth'}")
 
 
 # -- SPINEPS weights ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .files import write_atomic
 from .segmenters.names import SEGMENTER_NAMES
 
 CONFIG_NAME = "batchseg.toml"
+LAYOUTS = ("rsna", "bids", "manifest", "dicom")
 PROJECT_ENV = "BATCHSEG_PROJECT"
 
 
@@ -55,6 +56,8 @@ class ContainerConfig:
 class Config:
     project_dir: Path
     dataset: str = ""
+    layout: str = "rsna"           # rsna | bids | manifest | dicom (README "Dataset layouts")
+    nifti_input: str = "copy"      # copy | link: how a NIfTI input reaches results/nifti/
     studies_file: str = ""
     split: str = "train"
     out: str = "results"
@@ -112,6 +115,10 @@ class Config:
             raise ConfigError("lease_seconds must be at least three heartbeats long")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+        if self.nifti_input not in ("copy", "link"):
+            raise ConfigError(f"nifti_input must be 'copy' or 'link', not {self.nifti_input!r}")
         if self.split not in ("train", "test"):
             raise ConfigError(f"split must be 'train' or 'test', not {self.split!r}")
         if self.container.runtime not in ("none", "apptainer", "singularity"):

@@ -1,18 +1,21 @@
-"""The study inventory: RSNA 2024 layout, study lists and series selection.
+"""The study inventory: study ids, study lists, dataset CSVs and the RSNA 2024 layout.
 
-Layout (the Kaggle competition's; docs/architecture.md, "Domain facts"):
+RSNA layout (the Kaggle competition's; docs/architecture.md, "Domain facts"):
 `<split>_series_descriptions.csv` (study_id, series_id, series_description) and
 `<split>_images/<study>/<series>/<instance>.dcm`. The series type comes from the
-CSV only: the DICOM SeriesDescription tag is de-identified.
+CSV only: the DICOM SeriesDescription tag is de-identified. The other layouts
+(bids.py, manifest.py, dicom_tree.py) share the id rule, the CSV reader and the
+study-list rule kept here; inventory.py picks the layout.
 """
 from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Container
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 
@@ -20,8 +23,14 @@ from .errors import StudyError
 from .ledger import StudyRow
 
 SAGITTAL_T2 = "Sagittal T2/STIR"
-# Ids become folder names: only plain decimal numbers (ASCII digits, 1 to 20 of them) ever reach a path.
+# Ids become file and folder names. Every id is a label of letters, digits, '.', '_' and '-' that starts
+# with a letter or digit and holds no '..': never a path separator, a parent folder, a hidden file or an
+# option. That admits BIDS ids (sub-X_ses-Y), DICOM UIDs and a manifest's names.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# RSNA's ids (and every id of the RSNA layout) are plain decimal numbers, as they always were.
+RSNA_ID_PATTERN = re.compile(r"[0-9]{1,20}")
 SERIES_COLUMNS = ("study_id", "series_id", "series_description")
+T = TypeVar("T")
 
 
 class DatasetError(StudyError):
@@ -29,7 +38,13 @@ class DatasetError(StudyError):
 
 
 def is_valid_id(value: str) -> bool:
-    # Not a regex: init checks three million ids.
+    """May this id become a file or folder name? (fullmatch: a trailing newline is not allowed either)"""
+    return bool(ID_PATTERN.fullmatch(value)) and ".." not in value
+
+
+def is_rsna_id(value: str) -> bool:
+    """A plain decimal number, the only id the RSNA layout has (RSNA_ID_PATTERN; not a regex here: init checks
+    three million of them)."""
     return value.isascii() and value.isdigit() and len(value) <= 20
 
 
@@ -51,10 +66,16 @@ NOT_READ: list[Series] = []
 
 @dataclass
 class Inventory:
+    """What `init` found: one row per study, and what to tell the user about the dataset."""
+
     rows: list[StudyRow]
-    csv_path: Path
+    layout: str                   # rsna | bids | manifest | dicom
+    source: Path                  # what was read: the series CSV, the manifest, the dataset folder
+    wanted: str                   # what a pending study has, for the summary ("a Sagittal T2/STIR series")
     warnings: list[str] = field(default_factory=list)
-    known: int = 0     # listed studies already in the ledger, left out of `rows`
+    notes: list[str] = field(default_factory=list)    # facts for the summary (header reads, the cache)
+    duplicates: int = 0           # identical CSV rows read once
+    known: int = 0                # listed studies already in the ledger, left out of `rows` (RSNA layout)
 
     @property
     def pending(self) -> list[StudyRow]:
@@ -79,12 +100,8 @@ def load_study_list(path: Path) -> list[str]:
                                    f"{path}: expected a 1-D integer array, found {array.dtype} {array.shape}")
             return [str(int(v)) for v in array]
         if suffix == ".csv":
-            # utf-8-sig: Excel starts its CSVs with a byte order mark, which would hide the study_id header.
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle)
-                if "study_id" not in (reader.fieldnames or []):
-                    raise DatasetError("dataset.study_list", f"{path}: no study_id column")
-                return [row["study_id"].strip() for row in reader if (row.get("study_id") or "").strip()]
+            _, rows = read_csv(path, ("study_id",), error_class="dataset.study_list")
+            return [row["study_id"] for _, row in rows if row["study_id"]]
         if suffix in (".txt", ".lst", ""):
             lines = path.read_text(encoding="utf-8-sig").splitlines()
             return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -95,47 +112,92 @@ def load_study_list(path: Path) -> list[str]:
     raise DatasetError("dataset.study_list", f"{path}: unknown study list type {suffix!r}; use .npy, .csv or .txt")
 
 
-def read_series_table(csv_path: Path, skip: Container[str] = frozenset()) -> tuple[dict[str, list[Series]], list[str]]:
-    """study id -> its series, from `<split>_series_descriptions.csv`; rows with bad ids become warnings.
+def read_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset.csv",
+             ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(columns, [(line number, row)]) of a CSV; DatasetError (`error_class`) naming the file otherwise.
 
-    A study in `skip` (one the ledger has) is listed with NOT_READ instead of its series.
+    UTF-8 with or without a byte order mark (Excel writes one, and it would hide the first column's
+    name), every field stripped; an encoding or csv-module error is one line naming the file and line.
     """
+    columns, rows = iter_csv(path, required, error_class=error_class)
+    return columns, [(line, dict(zip(columns, fields))) for line, fields in rows]
+
+
+def iter_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset.csv",
+             ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """read_csv's rules, streamed: (columns, an iterator of (line number, the row's stripped fields in column
+    order)). A short row's missing fields are empty, extra fields dropped. Nothing is held: three million
+    rows as dicts were most of init's time and memory."""
+    path = Path(path)
     try:
-        handle = csv_path.open(newline="")
+        handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
-        raise DatasetError("dataset.csv", f"{csv_path}: cannot open: {exc.strerror}") from None
+        raise DatasetError(error_class, f"{path}: cannot open: {exc.strerror or exc}") from None
+    reader = csv.reader(handle)
+    try:
+        columns = [c.strip() for c in next(reader, [])]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        handle.close()
+        raise _csv_error(path, reader, exc, error_class) from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        handle.close()
+        raise DatasetError(error_class, f"{path}: missing column(s) {', '.join(missing)}")
+    width = len(columns)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        with handle:
+            try:
+                for fields in reader:
+                    if not fields:   # a blank line is no row (as DictReader had it)
+                        continue
+                    if len(fields) != width:
+                        fields = (fields + [""] * width)[:width]
+                    yield reader.line_num, [f.strip() for f in fields]
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise _csv_error(path, reader, exc, error_class) from None
+
+    return columns, rows()
+
+
+def _csv_error(path: Path, reader: Any, exc: Exception, error_class: str) -> DatasetError:
+    if isinstance(exc, UnicodeDecodeError):
+        return DatasetError(error_class, f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot "
+                                         "be decoded); save it as UTF-8")
+    return DatasetError(error_class, f"{path} line {reader.line_num}: not a readable CSV ({exc})")
+
+
+def read_series_table(csv_path: Path, skip: Container[str] = frozenset(),
+                      ) -> tuple[dict[str, list[Series]], list[str], int]:
+    """(study id -> its series, warnings, duplicate rows) from `<split>_series_descriptions.csv`.
+
+    Rows with bad ids become warnings; a row repeated word for word is read once and counted. A study in
+    `skip` (one the ledger has) is listed with NOT_READ instead of its series.
+    """
+    columns, rows = iter_csv(csv_path, SERIES_COLUMNS)
+    i_study, i_series, i_description = (columns.index(c) for c in SERIES_COLUMNS)
     table: dict[str, list[Series]] = defaultdict(list)
     warnings: list[str] = []
-    # One string per distinct description (RSNA has three) instead of one per row: a million studies
-    # have three million rows.
+    duplicates = 0
+    # One string per distinct description (RSNA has three) instead of one per row: a million studies have
+    # three million rows.
     descriptions: dict[str, str] = {}
-    with handle:
-        # csv.reader, not DictReader: a dict per row was most of the time and memory of reading the CSV.
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        missing = [c for c in SERIES_COLUMNS if c not in header]
-        if missing:
-            raise DatasetError("dataset.csv", f"{csv_path.name}: missing column(s) {', '.join(missing)}")
-        i_study, i_series, i_description = (header.index(c) for c in SERIES_COLUMNS)
-        width = len(header)
-        line = 1
-        for row in reader:
-            if not row:   # a blank line is no row (as DictReader had it)
-                continue
-            line += 1
-            if len(row) < width:   # a short row: its missing fields are empty
-                row = row + [""] * (width - len(row))
-            study, series = row[i_study].strip(), row[i_series].strip()
-            if not (is_valid_id(study) and is_valid_id(series)):
-                warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
-                                f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
-                continue
-            if study in skip:
-                table.setdefault(study, NOT_READ)
-                continue
-            description = row[i_description].strip()
-            table[study].append(Series(series, descriptions.setdefault(description, description)))
-    return table, warnings
+    for line, fields in rows:
+        study, series, description = fields[i_study], fields[i_series], fields[i_description]
+        if not (is_rsna_id(study) and is_rsna_id(series)):
+            warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
+                            f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
+            continue
+        if study in skip:
+            table.setdefault(study, NOT_READ)
+            continue
+        listed = table[study]
+        # A duplicate repeats a row of the same study: its few rows are the only ones to look at.
+        if any(s.series_id == series and s.description == description for s in listed):
+            duplicates += 1
+            continue
+        listed.append(Series(series, descriptions.setdefault(description, description)))
+    return table, warnings, duplicates
 
 
 def count_slices(series_dir: Path) -> int:
@@ -170,18 +232,26 @@ def find_series_csv(dataset: Path, split: str) -> Path:
     return Path(dataset) / f"{split}_series_descriptions.csv"
 
 
-def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str] | None = None,
-                    limit: int | None = None, known: Container[str] = frozenset()) -> Inventory:
-    """One StudyRow per study: the listed ones (or every study in the CSV), pending or skipped with a reason.
+def pick_studies(found: Mapping[str, T], study_list: list[str] | None, limit: int | None, *, source: str,
+                 make_row: Callable[[str, T], StudyRow], id_ok: Callable[[str], bool] = is_valid_id,
+                 id_rule: str = "not a safe study id (letters, digits, '.', '_', '-'; no '..')",
+                 order: Callable[[str], object] = str) -> list[StudyRow]:
+    """One row per wanted study: the listed ones (or every study found, in `order`), each once.
 
-    Studies in `known` (already in the ledger, which keeps them as they are) are counted, not looked at.
+    An id that breaks the rule is skipped as input.bad_id and never reaches a path; a listed study the
+    dataset lacks is skipped as input.no_series; every other one becomes `make_row(id, found[id])`.
     """
-    dataset = Path(dataset).resolve()
-    csv_path = find_series_csv(dataset, split)
-    table, warnings = read_series_table(csv_path, skip=known)
-    images_dir = dataset / f"{split}_images"
-    images = str(images_dir)   # joined as text: a Path per study was a third of init's time
-    wanted = study_list if study_list is not None else sorted(table, key=int)
+    return pick_new_studies(found, study_list, limit, source=source, make_row=make_row, id_ok=id_ok,
+                            id_rule=id_rule, order=order)[0]
+
+
+def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit: int | None, *, source: str,
+                     make_row: Callable[[str, T], StudyRow], id_ok: Callable[[str], bool] = is_valid_id,
+                     id_rule: str = "not a safe study id (letters, digits, '.', '_', '-'; no '..')",
+                     order: Callable[[str], object] = str,
+                     known: Container[str] = frozenset()) -> tuple[list[StudyRow], int]:
+    """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known)."""
+    wanted = study_list if study_list is not None else sorted(found, key=order)
     if limit is not None:
         wanted = wanted[:limit]
     rows: list[StudyRow] = []
@@ -194,21 +264,39 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
         seen.add(study)
         if study in known:
             already += 1
-            continue
-        if not is_valid_id(study):
+        elif not id_ok(study):
             shown = printable_id(study)
             rows.append(StudyRow(study_id=shown, skip_class="input.bad_id",
-                                 skip_message=f"study {shown!r}: not a plain decimal study id"))
-            continue
-        if study not in table:
+                                 skip_message=f"study {shown!r}: {id_rule}"))
+        elif study not in found:
             rows.append(StudyRow(study_id=study, skip_class="input.no_series",
-                                 skip_message=f"study {study}: not in {csv_path.name}"))
-            continue
-        chosen, reason = select_series(study, table[study], images_dir)
+                                 skip_message=f"study {study}: not in {source}"))
+        else:
+            rows.append(make_row(study, found[study]))
+    return rows, already
+
+
+def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str] | None = None,
+                    limit: int | None = None, known: Container[str] = frozenset()) -> Inventory:
+    """RSNA layout: one StudyRow per study (the listed ones, or every study in the CSV), pending or skipped.
+
+    Studies in `known` (already in the ledger, which keeps them as they are) are counted, not looked at.
+    """
+    dataset = Path(dataset).resolve()
+    csv_path = find_series_csv(dataset, split)
+    table, warnings, duplicates = read_series_table(csv_path, skip=known)
+    images_dir = dataset / f"{split}_images"
+    images = str(images_dir)   # joined as text: a Path per study was a third of init's time
+
+    def row(study: str, series: list[Series]) -> StudyRow:
+        chosen, reason = select_series(study, series, images_dir)
         if chosen is None:
-            rows.append(StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason))
-            continue
+            return StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason)
         # The same path as series_folder() gives (ids are plain numbers, checked above).
-        rows.append(StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
-                             input_path=os.path.join(images, study, chosen.series_id), selection_reason=reason))
-    return Inventory(rows=rows, csv_path=csv_path, warnings=warnings, known=already)
+        return StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
+                        input_path=os.path.join(images, study, chosen.series_id), selection_reason=reason)
+
+    rows, already = pick_new_studies(table, study_list, limit, source=csv_path.name, make_row=row, id_ok=is_rsna_id,
+                                     id_rule="not a plain decimal study id", order=int, known=known)
+    return Inventory(rows=rows, layout="rsna", source=csv_path, wanted=f"a {SAGITTAL_T2} series",
+                     warnings=warnings, duplicates=duplicates, known=already)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
-from .dataset import SAGITTAL_T2, DatasetError, Series, is_valid_id, printable_id, read_series_table
+from .dataset import SAGITTAL_T2, DatasetError, Series, is_rsna_id, printable_id, read_series_table
 from .errors import one_line
 from .files import write_atomic
 
@@ -118,7 +118,7 @@ def check_studies(ids: Iterable[str]) -> list[str]:
     bad: list[str] = []
     for raw in ids:
         study = raw.strip()
-        if not is_valid_id(study):
+        if not is_rsna_id(study):
             bad.append(repr(printable_id(study)))
         elif study not in cleaned:
             cleaned.append(study)
@@ -314,7 +314,7 @@ def download_studies(source: "KaggleSource", root: Path, *, competition: str = C
         raise DownloadError(f"could not fetch {name}: {why}")
     series_csv = root / SPLIT_CSVS[split][0]
     try:
-        table, warnings = read_series_table(series_csv)
+        table, warnings, _ = read_series_table(series_csv)
     except DatasetError as exc:
         raise DownloadError(f"{exc.error_class}: {exc.message}") from None
     chosen = check_studies(studies) if studies is not None else sorted(table, key=int)

@@ -1,4 +1,4 @@
-"""One study end to end: convert, segment, measure, QC, metadata, publish.
+"""One study end to end: convert, segment, measure, level check, QC, metadata, publish.
 
 Everything is written into a staging folder under the output root and renamed
 into place at the end, one file at a time, metadata last: a file that exists is
@@ -16,12 +16,16 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import __version__
 from .errors import SetupError, StudyError
 from .files import write_json
+from .inputs import StudySource, prepare
 from .segmenters import Segmenter
+
+if TYPE_CHECKING:
+    from .annotations import StudyAnnotations
 
 STAGING = ".staging"
 
@@ -29,9 +33,12 @@ STAGING = ".staging"
 @dataclass
 class StudyInput:
     study_id: str
-    series_dir: Path
+    source: StudySource               # where the image is: a DICOM folder or listing, or a NIfTI file
     series_id: str | None = None
     attempt: int = 1
+    link_nifti: bool = False          # a NIfTI input is symlinked into place instead of copied
+    # The radiologists' level points on this series (annotations.py); None: the run was given none.
+    annotations: StudyAnnotations | None = None
 
 
 @dataclass
@@ -96,7 +103,9 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
     `may_publish` is asked right before the first rename: False means another attempt owns the
     study now, and nothing is published.
     """
-    from .dicom import read_series, write_nifti
+    import nibabel as nib
+
+    from .levels import check_study, lstv_with_levels
     from .measures import measure, read_label_map
     from .qc import write_qc_png
 
@@ -115,12 +124,11 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         for folder in {p.parent for p in staged.values()}:
             folder.mkdir(parents=True, exist_ok=True)
         with timer.stage("convert"):
-            if not study.series_dir.is_dir():
-                raise StudyError("input.missing", f"study {sid}: series folder {study.series_dir} does not exist")
-            # The volume stays in memory for the QC picture: reading back and unzipping the file just
-            # written cost a fifth of a no-op study at 512x512 (an OSError while writing is output.io).
-            volume, volume_affine, conversion = read_series(study.series_dir, require_plane="sagittal", study=sid)
-            write_nifti(volume, volume_affine, staged["nifti"])
+            # A DICOM series is converted; a NIfTI input is checked the same way and copied (inputs.py).
+            # A converted series' volume stays in memory for the QC picture: reading back and unzipping the
+            # file just written cost a fifth of a no-op study at 512x512.
+            conversion, volume, volume_affine = prepare(study.source, staged["nifti"], study=sid,
+                                                        series=study.series_id, link=study.link_nifti)
 
         with timer.stage("segment"):
             result = segmenter.segment(staged["nifti"], staging / "work", sid)
@@ -140,9 +148,19 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             write_json(staged["centroids"], measurements.centroids_json())
             write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
 
+        with timer.stage("levels"):
+            # Against the radiologists' level points; reads DICOM headers only (levels.py).
+            # The points are placed through the series' own files: an RSNA series folder (no other layout has points).
+            folder = study.source.path if study.source.kind == "dicom_folder" else None
+            levels = check_study(study.annotations, folder, measurements.sequence,
+                                 series_uid=conversion.series_uid or None).to_json()
+
         with timer.stage("qc"):
-            # The image as written (write_nifti stores the array as it is: no scaling, same dtype).
-            write_qc_png(volume, volume_affine, labels, measurements, staged["qc"], title=f"study {sid}")
+            if volume is None:   # a NIfTI input, copied: read once, here
+                image = nib.load(staged["nifti"])
+                volume, volume_affine = image.get_fdata(dtype="float32"), image.affine
+            write_qc_png(volume, volume_affine, labels, measurements, staged["qc"],
+                         title=f"study {sid}")
 
         timer.current = "metadata"
         shutil.rmtree(staging / "work", ignore_errors=True)
@@ -152,9 +170,10 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             "study_id": sid,
             "series_id": study.series_id,
             "attempt": study.attempt,
-            "input": {"series_dir": str(study.series_dir), "conversion": conversion.to_dict()},
+            "input": {**study.source.describe(), "conversion": conversion.to_dict()},
             "segmenter": {**segmenter.describe(), **result.info, "labels_anatomical": result.labels_anatomical},
-            "lstv": measurements.lstv_json(),
+            "lstv": lstv_with_levels(measurements.lstv_json(), levels),
+            "levels": levels,
             "structures": len(measurements.structures),
             "versions": _versions(),
             "host": platform.node(),

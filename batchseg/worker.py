@@ -19,9 +19,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, TypeVar
 
+from .annotations import AnnotationTable, StudyAnnotations, annotation_csv, file_stamp, read_project_annotations
 from .config import Config
-from .dataset import series_folder
 from .errors import SetupError, StudyError, one_line
+from .inputs import locate
 from .ledger import Claim, Ledger, WorkerInfo
 from .pipeline import StudyInput, run_study
 from .segmenters import Segmenter, load_segmenter
@@ -130,6 +131,7 @@ class Worker:
         self._stop_signal: str | None = None
         self._in_study = False
         self._expected: tuple[float, float | None] | None = None   # (when asked, median study seconds)
+        self._annotations: tuple[tuple[int, int] | None, AnnotationTable] | None = None   # (file stamp, table)
 
     # Signals arrive in the main thread between bytecodes. Inside a study we raise at once so
     # the study is released before Slurm's SIGKILL; between studies a flag is enough.
@@ -218,13 +220,16 @@ class Worker:
     def _process(self, claim: Claim) -> None:
         beat = Heartbeat(self.ledger, claim, self.config.heartbeat_seconds, self.config.lease_seconds)
         beat.start()
-        study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt)
         log.info("study %s: attempt %d started", claim.study_id, claim.attempt)
         try:
             try:
                 self._in_study = True
                 if self._stop_signal:  # arrived between the claim and here: give the study back now
                     raise Interrupted(self._stop_signal)
+                # Inside the try: a crafted ledger row (an id that cannot be a path) fails the study alone.
+                study = StudyInput(claim.study_id, locate(self.config, claim), claim.series_id, claim.attempt,
+                                   link_nifti=self.config.nifti_input == "link",
+                                   annotations=self._study_annotations(claim))
                 assert self.segmenter is not None
                 outcome = run_study(study, self.segmenter, self.config.out_dir,
                                     may_publish=lambda: self._may_publish(claim, beat))
@@ -251,12 +256,21 @@ class Worker:
             log.warning("study %s: finished, but the claim had been taken over; the newer attempt owns it",
                         claim.study_id)
 
-    def _series_dir(self, claim: Claim) -> Path:
-        # From the config, not the path stored at init: a dataset moved or mounted elsewhere since
-        # then is found again by editing one line of batchseg.toml.
-        if self.config.dataset_dir is not None and claim.series_id:
-            return series_folder(self.config.dataset_dir, self.config.split, claim.study_id, claim.series_id)
-        return Path(claim.input_path or "")
+    def _study_annotations(self, claim: Claim) -> StudyAnnotations:
+        """The study's level points: the dataset's annotation file is read once per worker (again when it changes)."""
+        if self.config.layout != "rsna":
+            # Level points come with the RSNA layout only (<split>_label_coordinates.csv).
+            return AnnotationTable(Path(f"{self.config.split}_label_coordinates.csv"),
+                                   error=f"the level check reads RSNA level annotations; this project's dataset "
+                                         f"layout is {self.config.layout}").for_study(claim.study_id, claim.series_id)
+        dataset = self.config.dataset_dir
+        stamp = file_stamp(annotation_csv(dataset, self.config.split)) if dataset is not None else None
+        if self._annotations is None or self._annotations[0] != stamp:
+            table = read_project_annotations(dataset, self.config.split)
+            for line in table.warnings() if stamp is not None else []:   # an absent file is no news
+                log.warning("level annotations: %s", line)
+            self._annotations = (stamp, table)
+        return self._annotations[1].for_study(claim.study_id, claim.series_id)
 
     def _may_publish(self, claim: Claim, beat: Heartbeat) -> bool:
         """Asked by the pipeline right before it renames outputs into place."""

@@ -15,6 +15,8 @@ CSV_FIELDS = ("study_id", "series_id", "state", "attempts", "error_class", "erro
               "seconds", "attempt_seconds", "attempt_errors", "worker", "segmenter", "labels_anatomical",
               "lstv_status", "pattern", "count_assessable", "count_reason", "lumbar_count", "l6_present",
               "t13_present", "candidates", "lstv_caveats", "lstv_notes",
+              "levels_verdict", "levels_points", "levels_matched", "levels_shift", "levels_max_distance_mm",
+              "levels_reason",
               "vertebrae", "problems", *OUTPUT_NAMES)
 
 
@@ -40,6 +42,12 @@ def csv_values(s: StudyEntry) -> list[str]:
     else:
         cells += [lstv.status, lstv.pattern, lstv.count_assessable, lstv.count_reason, lstv.lumbar_count,
                   lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes]
+    levels = s.levels
+    # The level check: shift in levels (-1, +1), distance along the spine's long axis in mm.
+    if levels is None:
+        cells += ["", None, None, None, None, None]
+    else:
+        cells += [levels.verdict, levels.points, levels.matched, levels.shift, levels.max_distance_mm, levels.reason]
     cells += [s.vertebrae, s.problems]
     cells += [outputs.get(name) for name in OUTPUT_NAMES] if outputs else [None] * len(OUTPUT_NAMES)
     # Text and blanks (most cells) without a call each: a million rows pass through here.

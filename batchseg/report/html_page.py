@@ -21,6 +21,14 @@ from .status_text import format_duration
 
 LABEL_126_NOTE = ("Label 126 is SPINEPS's \"disc above the topmost vertebra\" class: it is never read as an "
                   "S1-S2 disc or as sacralization.")
+LEVEL_CHECK_NOTE = ("Each radiologist's point of the dataset's <split>_label_coordinates.csv (pixel column x, row y "
+                    "of the image with that InstanceNumber, placed in world RAS+ mm through that file's "
+                    "ImagePositionPatient, ImageOrientationPatient and PixelSpacing) is compared with the nearest "
+                    "disc SPINEPS's labels name, nearest along the spine's long axis at that disc (the canal point "
+                    "lies 15-25 mm behind the disc centre). agree: every point at a disc of its level; shifted: "
+                    "every point one level off the same way (shift -1: SPINEPS names the discs one level higher "
+                    "than the annotators; +1: lower); disagree: anything else. Distances are along the long axis, "
+                    "in mm. A disagreement is a review signal, not proof of either count.")
 LSTV_EVIDENCE_NOTE = ("The LSTV evidence the labels can carry: L6 (label 25) or T13 (label 28) present, T11 directly "
                       "above L1 (T12 skipped), L4 directly above the sacrum, a disc inside the sacrum. A lumbar count "
                       "needs both junctions in view (a thoracic vertebra above the first lumbar one, the sacrum below "
@@ -166,6 +174,7 @@ def render_html(report: Report, *, link: Callable[[str], str], image: Callable[[
     yield from _header(report, name)
     yield from _progress(report)
     yield from _lstv(report, links)
+    yield from _level_check(report, links)
     yield from _file_problems(report, links)
     yield from _error_groups(report, links, "failures", "Failures by error class", report.failures, "failed")
     yield from _error_groups(report, links, "skipped", "Skipped studies", report.skipped, "skipped")
@@ -193,7 +202,7 @@ def _header(report: Report, name: str) -> Iterator[str]:
     for seg, note in report.segmenters.items():
         if note:
             yield f'<div class="banner"><b>segmenter {_e(seg)}:</b> {_e(note)}</div>\n'
-    yield ('<nav><a href="#progress">Progress</a><a href="#lstv">LSTV candidates</a>'
+    yield ('<nav><a href="#progress">Progress</a><a href="#lstv">LSTV candidates</a><a href="#levels">Level check</a>'
            + ('<a href="#problems">File problems</a>' if report.file_problems else "")
            + '<a href="#failures">Failures</a><a href="#skipped">Skipped</a><a href="#studies">All studies</a>'
            + ('<a href="#slurm">Slurm</a>' if report.slurm_jobs else "") + "</nav>\n</header>\n")
@@ -277,6 +286,41 @@ def _lstv(report: Report, links: Links) -> Iterator[str]:
             f"<td>{_notes(s.lstv.caveats)}</td><td>{_notes(s.lstv.notes)}</td>"
             f"<td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
             f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in caveats if s.lstv), numeric=[1])
+    yield "</section>\n"
+
+
+def _level_check(report: Report, links: Links) -> Iterator[str]:
+    """The cohort's agreement with the radiologists' levels, then every checked study, the disagreeing first."""
+    summary = report.level_summary()
+    counts, rate = summary["verdicts"], summary["agreement_rate"]
+    yield '<section id="levels">\n<h2>Level check <span class="count">'
+    yield (f"{counts['agree']} of {summary['checked']} checked studies agree ({100 * rate:.1f}%)" if rate is not None
+           else "no study checked") + "</span></h2>\n"
+    yield f'<p class="explain">{_e(LEVEL_CHECK_NOTE)}</p>\n'
+    yield ('<p class="facts">' + " · ".join(f"{_e(k.replace('_', ' '))} <b>{v}</b>" for k, v in counts.items())
+           + "</p>\n")
+    ordered = report.level_order()
+    if ordered:
+        yield from _table(
+            ["study", "verdict", "points", "matched", "shift", "max long-axis distance (mm)", "what was found",
+             "points off their level", "QC"],
+            (f"<tr><td>{_e(s.study_id)}</td><td><span class=\"badge {_e(s.levels.verdict)}\">{_e(s.levels.verdict)}"
+             f"</span></td><td class=\"num\">{_e(s.levels.points)}</td><td class=\"num\">{_e(s.levels.matched)}</td>"
+             f"<td class=\"num\">{'' if s.levels.shift is None else f'{s.levels.shift:+d}'}</td>"
+             f"<td class=\"num\">{'' if s.levels.max_distance_mm is None else f'{s.levels.max_distance_mm:.1f}'}</td>"
+             f"<td class=\"msg\">{_e(s.levels.reason)}</td><td>{_notes(s.levels.disagreements)}</td>"
+             f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in ordered if s.levels),
+            numeric=[2, 3, 4, 5])
+        yield _first_of(len(ordered), summary["checked"])
+    else:
+        yield '<p class="empty">No done study could be checked against level annotations.</p>\n'
+    reasons = report.level_not_checked
+    if reasons:
+        yield f"<h3>Not checked ({sum(n for n, _ in reasons.values())})</h3>\n"
+        yield from _table(["why", "count", "studies"], (
+            f"<tr><td class=\"msg\">{_e(why)}</td><td class=\"num\">{n}</td>"
+            f"<td class=\"ids\">{_ids(ids, n, 'the CSV report has every study')}</td></tr>\n"
+            for why, (n, ids) in sorted(reasons.items(), key=lambda kv: -kv[1][0])), numeric=[1])
     yield "</section>\n"
 
 

@@ -34,6 +34,8 @@ OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
 # LSTV status words: "no candidate" is the only one that means "counted and nothing found".
 CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN = "candidate", "no candidate", "not assessable", "unknown"
 
+# Studies named per reason a level check was not made (the page's cell; the CSV has every study).
+NOT_CHECKED_IDS = 60
 # The page lists at most this many studies in each long table (every study, not assessed, findings unknown,
 # skipped); `report --all-rows N` changes it. The CSV always has every study.
 ALL_ROWS = 3000
@@ -50,7 +52,21 @@ class StudyFiles:
     batchseg_version: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)     # output name -> absolute path
     vertebra_labels: dict[str, str] | None = None
+    levels: dict[str, Any] | None = None                       # the level check (None: not in the metadata)
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LevelView:
+    """One study's level check as the report shows it (levels.py); every number is checked for its type."""
+
+    verdict: str                          # agree | shifted | disagree | not_available | not_checked
+    points: int | None = None             # annotated points on the study's series
+    matched: int | None = None            # at a disc of the annotated name
+    shift: int | None = None              # -1 | +1 | None (levels.DEFINITIONS)
+    max_distance_mm: float | None = None  # largest long-axis distance, mm
+    reason: str | None = None
+    disagreements: list[str] = field(default_factory=list)   # "L5/S1: SPINEPS L4/L5, 1.2 mm along the spine"
 
 
 @dataclass
@@ -88,6 +104,7 @@ class StudyEntry:
     made_by: str | None = None              # the batchseg version that wrote the outputs
     labels_anatomical: bool | None = None
     lstv: LstvView | None = None            # None: the study is not done
+    levels: LevelView | None = None         # None: the study is not done
     vertebrae: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -130,6 +147,9 @@ class Report:
     failed: list[StudyEntry]                # every failed study
     skipped_studies: list[StudyEntry]       # the first `all_rows` (states has them all)
     file_problems: list[StudyEntry]         # every done study, findings known, whose files have a problem
+    level_verdicts: dict[str, int]          # done studies per level-check verdict
+    level_checked: list[StudyEntry]         # shifted, then disagree (every one), then agree (the first `all_rows`)
+    level_not_checked: dict[str, tuple[int, list[str]]]   # why -> (studies, the first 60 of them)
     segmenters: dict[str, str] = field(default_factory=dict)   # name -> its note (e.g. "synthetic phantoms only")
     result_versions: list[str] = field(default_factory=list)   # batchseg versions that wrote the results
     slurm_jobs: list[dict[str, Any]] = field(default_factory=list)
@@ -145,6 +165,17 @@ class Report:
             for c in dict.fromkeys(s.lstv.candidate_patterns if s.lstv else []):
                 kinds[c] = kinds.get(c, 0) + 1
         return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def level_summary(self) -> dict[str, Any]:
+        """The cohort's level check: counts per verdict and the agreement rate (levels.summarize)."""
+        from ..levels import summarize
+
+        return summarize(verdict for verdict, n in self.level_verdicts.items() for _ in range(n))
+
+    def level_order(self) -> list[StudyEntry]:
+        """The done studies whose levels could be checked, the disagreeing ones first (shifted, disagree, agree):
+        every disagreeing one, the first `all_rows` that agree."""
+        return self.level_checked
 
     def caveats(self) -> list[StudyEntry]:
         """Counted without a candidate, but with a caveat on how to read it (a label in pieces, say)."""
@@ -164,6 +195,9 @@ class ReportBuilder:
                                                                     "failed", "skipped", "problems")}
         self.segmenters: dict[str, str] = {}
         self.versions: set[str] = set()
+        self.level_verdicts: dict[str, int] = {}
+        self.level_lists: dict[str, list[StudyEntry]] = {"shifted": [], "disagree": [], "agree": []}
+        self.level_not_checked: dict[str, tuple[int, list[str]]] = {}
 
     def _keep(self, name: str, entry: StudyEntry, *, all_of_them: bool = False) -> None:
         kept = self.lists[name]
@@ -195,7 +229,23 @@ class ReportBuilder:
         # A candidate's problems show in its own row, an unknown study's are why it is unknown.
         if s.problems and status in (NO_CANDIDATE, NOT_ASSESSABLE):
             self._keep("problems", s, all_of_them=True)
+        if s.levels is not None:
+            self._add_levels(s)
         return s
+
+    def _add_levels(self, s: StudyEntry) -> None:
+        verdict = s.levels.verdict if s.levels else "not_checked"
+        self.level_verdicts[verdict] = self.level_verdicts.get(verdict, 0) + 1
+        kept = self.level_lists.get(verdict)
+        if kept is not None:
+            if verdict != "agree" or len(kept) < self.all_rows:
+                kept.append(s)
+        elif s.levels is not None:
+            why = s.levels.reason or verdict
+            n, ids = self.level_not_checked.get(why, (0, []))
+            if len(ids) < NOT_CHECKED_IDS:
+                ids.append(s.study_id)
+            self.level_not_checked[why] = (n + 1, ids)
 
     def passing(self, entries: Iterable[StudyEntry]) -> Iterator[StudyEntry]:
         """The same entries, each one added on its way through."""
@@ -232,6 +282,9 @@ class ReportBuilder:
             failed=self.lists["failed"],
             skipped_studies=self.lists["skipped"],
             file_problems=self.lists["problems"],
+            level_verdicts=dict(self.level_verdicts),
+            level_checked=[s for verdict in ("shifted", "disagree", "agree") for s in self.level_lists[verdict]],
+            level_not_checked=dict(self.level_not_checked),
             segmenters=self.segmenters,
             result_versions=sorted(self.versions),
             slurm_jobs=list(slurm_jobs),
@@ -266,6 +319,7 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     files.segmenter = {k: v for k, v in segmenter.items() if isinstance(v, (str, bool, int, float))} \
         if isinstance(segmenter, dict) else {}
     files.lstv = meta.get("lstv") if isinstance(meta.get("lstv"), dict) else None
+    files.levels = meta.get("levels") if isinstance(meta.get("levels"), dict) else None
     timings = meta.get("timings") if isinstance(meta.get("timings"), dict) else {}
     files.seconds = timings.get("total") if isinstance(timings.get("total"), (int, float)) else None
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
@@ -377,6 +431,34 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
     )
 
 
+def level_view(levels: dict[str, Any] | None) -> LevelView:
+    """The report's view of a metadata `levels` object; outputs made before the level check are "not_checked"."""
+    from ..levels import VERDICTS
+
+    if not isinstance(levels, dict) or levels.get("verdict") not in VERDICTS:
+        return LevelView("not_checked", reason="no level check in the metadata: run `batchseg levels`")
+    disagreements = []
+    for d in levels.get("details") if isinstance(levels.get("details"), list) else []:
+        if isinstance(d, dict) and d.get("status") in ("other_level", "no_disc_here", "not_placed"):
+            along = _number(d.get("distance_long_axis_mm"))
+            where = (f"SPINEPS {d.get('nearest_disc')}, " + ("?" if along is None else f"{along:.1f}")
+                     + " mm along the spine" if d.get("status") != "not_placed" else f"not placed: {d.get('problem')}")
+            disagreements.append(f"{d.get('level')}: {where}"
+                                 + (" (no disc at this level)" if d.get("status") == "no_disc_here" else ""))
+    return LevelView(levels["verdict"], points=_int(levels.get("points")), matched=_int(levels.get("matched")),
+                     shift=_int(levels.get("shift")), max_distance_mm=_number(levels.get("max_distance_mm")),
+                     reason=levels.get("reason") if isinstance(levels.get("reason"), str) else None,
+                     disagreements=disagreements)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
@@ -458,6 +540,7 @@ def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
                               if files.metadata_path is None else ["no LSTV findings recorded"])
     else:
         entry.lstv = lstv_view(files.lstv, entry.labels_anatomical)
+    entry.levels = level_view(files.levels) if files.metadata_path is not None else None
     entry.vertebrae = ordered_vertebrae(files.vertebra_labels)
     entry.problems += _consistency(entry.lstv, files.vertebra_labels)
     return entry
@@ -507,6 +590,9 @@ def report_json(report: Report) -> dict[str, Any]:
     data["lstv_not_assessable"] = [s.study_id for s in report.studies
                                    if s.lstv and s.lstv.status == NOT_ASSESSABLE]
     data["lstv_with_caveats"] = [s.study_id for s in report.caveat_studies]
+    data["level_check"] = {**report.level_summary(),
+                           "disagreeing": [s.study_id for s in report.level_checked if s.levels
+                                           and s.levels.verdict != "agree"]}
     return data
 
 

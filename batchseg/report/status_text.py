@@ -88,8 +88,9 @@ def job_is_active(job: dict[str, Any]) -> bool:
     return not states or any(state not in ENDED_STATES for state in states)
 
 
-def format_study(study: dict[str, Any], events: list[dict[str, Any]], lstv: dict[str, Any] | None = None) -> str:
-    """One study for people: its ledger row, its LSTV findings (done studies), its history."""
+def format_study(study: dict[str, Any], events: list[dict[str, Any]], lstv: dict[str, Any] | None = None,
+                 levels: dict[str, Any] | None = None) -> str:
+    """One study for people: its ledger row, its LSTV findings and level check (done studies), its history."""
     keys = ("study_id", "state", "attempts", "series_id", "selection_reason", "input_path", "error_class",
             "error_message", "log_path")
     out = [f"{k}: {study.get(k)}" for k in keys if study.get(k) not in (None, "")]
@@ -98,7 +99,7 @@ def format_study(study: dict[str, Any], events: list[dict[str, Any]], lstv: dict
     if study.get("outputs"):
         out += ["outputs:"] + [f"  {k}: {v}" for k, v in study["outputs"].items()]
     if study.get("state") == "done":
-        out += ["", *format_lstv(lstv)]
+        out += ["", *format_lstv(lstv), "", *format_levels(levels)]
     rows = [[_clock(e["at"]), e["event"], f"{e['from_state'] or '-'} -> {e['to_state']}",
              worker_of(e), e.get("error_class") or "", e.get("message") or ""] for e in events]
     out += ["", "history:", table(rows, ["when", "event", "transition", "worker", "error", "message"])]
@@ -122,6 +123,63 @@ def format_lstv(lstv: dict[str, Any] | None) -> list[str]:
     if isinstance(lstv.get("sequence"), list):
         out.append("  sequence: " + " | ".join(str(n) for n in lstv["sequence"]))
     return out
+
+
+def format_levels(levels: dict[str, Any] | None) -> list[str]:
+    """The metadata's `levels` object (the level check) as lines: the verdict, then each annotated point."""
+    if not isinstance(levels, dict):
+        return ["levels: not checked (outputs made before the level check: run `batchseg levels`)"]
+    out = [f"levels: {levels.get('verdict')}"]
+    for key in ("points", "placed", "matched", "shift", "max_distance_mm", "reason", "source", "rows_skipped"):
+        if levels.get(key) not in (None, "", 0) or key in ("points", "matched"):
+            value = _signed(levels[key]) if key == "shift" else levels.get(key)
+            unit = " (long-axis, mm)" if key == "max_distance_mm" else ""
+            out.append(f"  {key}{unit}: {value}")
+    rows = []
+    for d in levels.get("details") if isinstance(levels.get("details"), list) else []:
+        if not isinstance(d, dict):
+            continue
+        rows.append([str(d.get("level")), str(d.get("instance_number")), f"{d.get('x')}, {d.get('y')}",
+                     str(d.get("status")), str(d.get("nearest_disc") or "-"), _mm(d.get("distance_long_axis_mm")),
+                     _mm(d.get("distance_3d_mm")), _shorten(str(d.get("problem") or ""), 70)])
+    if rows:
+        out.append(_indent(table(rows, ["level", "instance", "x, y (px)", "status", "nearest disc",
+                                        "long-axis mm", "3D mm", "problem"])))
+    return out
+
+
+def format_levels_run(studies: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """`batchseg levels` for people: one row per study, then the counts and the agreement rate."""
+    rows = []
+    for s in studies:
+        lv = s.get("levels") or {}
+        rows.append([str(s["study_id"]), str(lv.get("verdict") or "error"), str(lv.get("points", "")),
+                     str(lv.get("matched", "")), _signed(lv.get("shift")), _mm(lv.get("max_distance_mm")),
+                     _shorten(str(s.get("error") or lv.get("reason") or ""), 90)])
+    counts = summary["verdicts"]
+    rate = summary.get("agreement_rate")
+    out = [table(rows, ["study", "verdict", "points", "matched", "shift", "max long-axis mm", "what"]) if rows
+           else "no done study to check", "",
+           ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v or k in ("agree", "not_available")),
+           (f"agreement: {counts['agree']} of {summary['checked']} checked studies ({100 * rate:.1f}%)"
+            if rate is not None else "agreement: no study could be checked"),
+           f"annotations: {summary['annotation_file']}" + ("" if summary["annotation_file_usable"] else
+                                                            " (not usable: every study is not_available)")]
+    if summary.get("metadata_rewritten") is not None:
+        out.append(f"metadata rewritten: {summary['metadata_rewritten']} (levels and lstv only)")
+    return "\n".join(out)
+
+
+def _mm(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+d}" if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def _shorten(text: str, width: int) -> str:
