@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from batchseg.inputs import StudySource
 from batchseg.measures import measure_file
 from batchseg.pipeline import StudyInput, run_study
 from batchseg.qc import write_qc_png
@@ -40,7 +41,8 @@ def test_qc_reads_no_nifti_back_and_draws_the_image_as_written(tmp_path: Path,
     monkeypatch.setattr(nib, "load", spy_load)
     monkeypatch.setattr(segmenter, "segment", spy_segment)
     out = tmp_path / "results"
-    outcome = run_study(StudyInput(study, series, info["series"]["Sagittal T2/STIR"]), segmenter, out)
+    outcome = run_study(StudyInput(study, StudySource("dicom_folder", series), info["series"]["Sagittal T2/STIR"]),
+                        segmenter, out)
     monkeypatch.undo()
     nifti_name = Path(outcome.outputs["nifti"]).name
     assert (nifti_name, False) not in loads, "only the segmenter reads the image back"
