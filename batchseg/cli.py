@@ -61,6 +61,9 @@ def project_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+STATUS_STUDIES_SHOWN = 3   # studies named per error class in the `status` table
+
+
 def fail(message: str, code: int = 2) -> None:
     click.echo(f"batchseg: {mask_passwords(message)}", err=True)
     sys.exit(code)
@@ -151,7 +154,6 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
     """
     from .dataset import DatasetError, load_study_list
     from .inventory import build, choose_layout
-    from .ledger import Ledger
 
     folder = Path(ctx.project_option or os.getcwd()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,6 +173,13 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
     if link is not None:
         config.nifti_input = "link" if link else "copy"
     live = _LiveLine()
+    ledger = None
+    known: frozenset[str] = frozenset()
+    if (folder / CONFIG_NAME).exists() and not recheck_skipped:
+        # Again: a study the ledger has keeps its row whatever the dataset says, so it is not looked at again
+        # (a million of them cost more than the CSV). --recheck-skipped looks at every study.
+        ledger = _open_ledger(config)
+        known = frozenset(ledger.study_ids())
     try:
         chosen = choose_layout(layout, dataset.resolve(), split=config.split,
                                saved=config.layout if saved_dataset == dataset.resolve() else None)
@@ -178,17 +187,15 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
         click.echo(f"layout {chosen.layout} ({chosen.why})")
         study_list = load_study_list(config.path(config.studies_file)) if config.studies_file else None
         inventory = build(config.layout, dataset, folder, split=config.split, study_list=study_list, limit=limit,
-                          progress=lambda n, total: live.show(f"DICOM tree inventory: {n}/{total} files"))
+                          progress=lambda n, total: live.show(f"DICOM tree inventory: {n}/{total} files"),
+                          known=known)
     except DatasetError as exc:
         live.end()
         fail(f"{exc.error_class}: {exc.message}")
     live.end()
     # The ledger opens before the config is written: a bad --db URL must not be saved.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ledger = Ledger.for_config(config)
-    for w in caught:
-        click.echo(f"warning: {w.message}", err=True)
+    if ledger is None:
+        ledger = _open_ledger(config)
     write_config(config)
     if url_password(config.db):
         click.echo(f"warning: the database URL holds a password; {CONFIG_NAME} is saved readable by you only "
@@ -204,8 +211,14 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
     click.echo(f"project {config.project_dir}")
     duplicates = f", {inventory.duplicates} duplicate row(s) read once" if inventory.duplicates else ""
     read = "" if inventory.source == dataset.resolve() else f" ({inventory.source.name})"
-    click.echo(f"dataset {dataset.resolve()}{read}: {len(inventory.rows)} studies listed, "
-               f"{len(pending)} with {inventory.wanted}, {len(skipped)} skipped{duplicates}")
+    listed = len(inventory.rows) + inventory.known
+    if inventory.known:
+        click.echo(f"dataset {dataset.resolve()}{read}: {listed} studies listed, {inventory.known} already in the "
+                   f"ledger (not looked at again); new: {len(pending)} with {inventory.wanted}, {len(skipped)} "
+                   f"skipped{duplicates}")
+    else:
+        click.echo(f"dataset {dataset.resolve()}{read}: {listed} studies listed, "
+                   f"{len(pending)} with {inventory.wanted}, {len(skipped)} skipped{duplicates}")
     for note in inventory.notes:
         click.echo(f"  {note}")
     for row in skipped:
@@ -220,9 +233,22 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
         if len(pending) > SHOWN_REASONS:
             click.echo(f"  ... and {len(pending) - SHOWN_REASONS} more "
                        "(`batchseg status --study ID` shows each reason)")
-    click.echo(f"ledger {shown_url(config.db_url)}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
+    click.echo(f"ledger {shown_url(config.db_url)}: {len(added.added)} added, "
+               f"{inventory.known + len(added.existing)} already there (kept as they were)")
     click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
     ledger.close()
+
+
+def _open_ledger(config: Config) -> Any:
+    """The project's ledger, its warnings (a network filesystem) shown as one line each."""
+    from .ledger import Ledger
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ledger = Ledger.for_config(config)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    return ledger
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -259,8 +285,10 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
     if ctx.db_option and url_password(ctx.db_option):
         click.echo("warning: the password of --db does not travel to the workers: they read it from ~/.pgpass "
                    "(or $PGPASSWORD)", err=True)
+    # The progress line reads counters, not rows: it costs the same in a ledger of any size.
     result = run_local(config, workers=workers, limit=limit, ledger=ledger,
-                       on_tick=lambda: live.show(progress_line(ledger.summary())), on_event=live.note)
+                       on_tick=lambda: live.show(progress_line(ledger.summary(studies_per_group=0))),
+                       on_event=live.note)
     live.end()
     handled = ledger.states_of_claimed_since(result.started_at)
     unfinished = {sid: state for sid, state in handled.items() if state != "done"}
@@ -348,7 +376,9 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
             click.echo(format_study(study, events, lstv, levels))
         return
     jobs = _slurm_jobs(config, ledger)
-    summary = ledger.summary()
+    # The table names three studies per error class (a fourth tells it to write "..."); --failed and --json
+    # list them all.
+    summary = ledger.summary(studies_per_group=None if show_failed or as_json else STATUS_STUDIES_SHOWN + 1)
     if jobs:
         summary["slurm_jobs"] = jobs
     if as_json:
@@ -376,33 +406,46 @@ def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
 @cli.command()
 @project_options
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the HTML report here (default: <project>/report.html; with --json, only when given).")
+              help="Write the HTML report here (default: <project>/report.html, unless only --csv or --json "
+                   "is asked for).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write one row per study as CSV (state, errors, LSTV findings, output paths).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+              help="Write one row per study as CSV (state, errors, LSTV findings, output paths); alone, no HTML.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (every study).")
 @click.option("--embed", is_flag=True, help="Inline QC thumbnails in the HTML (a file that travels alone).")
-def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool) -> None:
+@click.option("--all-rows", "all_rows", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Studies the HTML lists in its long tables (every study, skipped, not assessed, unknown; "
+                   "default 3000). Failures, LSTV candidates and caveats are always listed in full; the CSV "
+                   "always has every study.")
+def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool,
+           all_rows: int | None) -> None:
     """A review report: progress, failures, skipped studies, LSTV candidates, every study."""
     from .report.csv_rows import write_csv
     from .report.html_page import write_html
-    from .report.model import collect_report, report_json
+    from .report.model import ALL_ROWS, collect_report, report_json
 
     config = ctx.config()
     ledger = ctx.ledger(config)
     jobs = _slurm_jobs(config, ledger)
-    built = collect_report(config, ledger, slurm_jobs=jobs)
-    ledger.close()
-    if html_path is None and not as_json:
+    if html_path is None and not as_json and csv_path is None:
         html_path = config.project_dir / "report.html"
-    for path, writer in ((html_path, lambda p: write_html(built, p, embed=embed)),
-                         (csv_path, lambda p: write_csv(built, p))):
-        if path is None:
-            continue
+    # One pass over the ledger: the CSV is written as the studies stream by.
+    try:
+        built = collect_report(config, ledger, slurm_jobs=jobs, all_rows=ALL_ROWS if all_rows is None else all_rows,
+                               keep_all=as_json,
+                               consume=(lambda entries: write_csv(entries, csv_path)) if csv_path else None)
+    except OSError as exc:
+        if csv_path is None:
+            raise
+        fail(f"cannot write {csv_path}: {exc}", code=1)
+    ledger.close()
+    if csv_path is not None:
+        click.echo(f"wrote {csv_path}", err=as_json)
+    if html_path is not None:
         try:
-            writer(path)
+            write_html(built, html_path, embed=embed)
         except OSError as exc:
-            fail(f"cannot write {path}: {exc}", code=1)
-        click.echo(f"wrote {path}", err=as_json)
+            fail(f"cannot write {html_path}: {exc}", code=1)
+        click.echo(f"wrote {html_path}", err=as_json)
     if as_json:
         echo_json(report_json(built))
 

@@ -10,11 +10,12 @@ study-list rule kept here; inventory.py picks the layout.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 
@@ -42,8 +43,9 @@ def is_valid_id(value: str) -> bool:
 
 
 def is_rsna_id(value: str) -> bool:
-    """A plain decimal number, the only id the RSNA layout has."""
-    return bool(RSNA_ID_PATTERN.fullmatch(value))
+    """A plain decimal number, the only id the RSNA layout has (RSNA_ID_PATTERN; not a regex here: init checks
+    three million of them)."""
+    return value.isascii() and value.isdigit() and len(value) <= 20
 
 
 def printable_id(value: str) -> str:
@@ -52,10 +54,14 @@ def printable_id(value: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass
+@dataclass(slots=True)
 class Series:
     series_id: str
     description: str
+
+
+# The series of a study that was not looked at (read_series_table's `skip`): shared, never filled.
+NOT_READ: list[Series] = []
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Inventory:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)    # facts for the summary (header reads, the cache)
     duplicates: int = 0           # identical CSV rows read once
+    known: int = 0                # listed studies already in the ledger, left out of `rows` (RSNA layout)
 
     @property
     def pending(self) -> list[StudyRow]:
@@ -112,52 +119,84 @@ def read_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset
     UTF-8 with or without a byte order mark (Excel writes one, and it would hide the first column's
     name), every field stripped; an encoding or csv-module error is one line naming the file and line.
     """
+    columns, rows = iter_csv(path, required, error_class=error_class)
+    return columns, [(line, dict(zip(columns, fields))) for line, fields in rows]
+
+
+def iter_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset.csv",
+             ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """read_csv's rules, streamed: (columns, an iterator of (line number, the row's stripped fields in column
+    order)). A short row's missing fields are empty, extra fields dropped. Nothing is held: three million
+    rows as dicts were most of init's time and memory."""
     path = Path(path)
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise DatasetError(error_class, f"{path}: cannot open: {exc.strerror or exc}") from None
-    rows: list[tuple[int, dict[str, str]]] = []
-    reader = csv.DictReader(handle)
-    with handle:
-        try:
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in required if c not in columns]
-            if missing:
-                raise DatasetError(error_class, f"{path}: missing column(s) {', '.join(missing)}")
-            reader.fieldnames = columns
-            for row in reader:
-                # A short row leaves None in its missing fields; extra fields go under the key None.
-                rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}))
-        except UnicodeDecodeError as exc:
-            raise DatasetError(error_class, f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot "
-                                              "be decoded); save it as UTF-8") from None
-        except csv.Error as exc:
-            raise DatasetError(error_class, f"{path} line {reader.line_num}: not a readable CSV ({exc})") from None
-    return columns, rows
+    reader = csv.reader(handle)
+    try:
+        columns = [c.strip() for c in next(reader, [])]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        handle.close()
+        raise _csv_error(path, reader, exc, error_class) from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        handle.close()
+        raise DatasetError(error_class, f"{path}: missing column(s) {', '.join(missing)}")
+    width = len(columns)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        with handle:
+            try:
+                for fields in reader:
+                    if not fields:   # a blank line is no row (as DictReader had it)
+                        continue
+                    if len(fields) != width:
+                        fields = (fields + [""] * width)[:width]
+                    yield reader.line_num, [f.strip() for f in fields]
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise _csv_error(path, reader, exc, error_class) from None
+
+    return columns, rows()
 
 
-def read_series_table(csv_path: Path) -> tuple[dict[str, list[Series]], list[str], int]:
+def _csv_error(path: Path, reader: Any, exc: Exception, error_class: str) -> DatasetError:
+    if isinstance(exc, UnicodeDecodeError):
+        return DatasetError(error_class, f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot "
+                                         "be decoded); save it as UTF-8")
+    return DatasetError(error_class, f"{path} line {reader.line_num}: not a readable CSV ({exc})")
+
+
+def read_series_table(csv_path: Path, skip: Container[str] = frozenset(),
+                      ) -> tuple[dict[str, list[Series]], list[str], int]:
     """(study id -> its series, warnings, duplicate rows) from `<split>_series_descriptions.csv`.
 
-    Rows with bad ids become warnings; a row repeated word for word is read once and counted.
+    Rows with bad ids become warnings; a row repeated word for word is read once and counted. A study in
+    `skip` (one the ledger has) is listed with NOT_READ instead of its series.
     """
-    _, rows = read_csv(csv_path, SERIES_COLUMNS)
+    columns, rows = iter_csv(csv_path, SERIES_COLUMNS)
+    i_study, i_series, i_description = (columns.index(c) for c in SERIES_COLUMNS)
     table: dict[str, list[Series]] = defaultdict(list)
     warnings: list[str] = []
-    seen: set[tuple[str, str, str]] = set()
     duplicates = 0
-    for line, row in rows:
-        study, series, description = row["study_id"], row["series_id"], row["series_description"]
+    # One string per distinct description (RSNA has three) instead of one per row: a million studies have
+    # three million rows.
+    descriptions: dict[str, str] = {}
+    for line, fields in rows:
+        study, series, description = fields[i_study], fields[i_series], fields[i_description]
         if not (is_rsna_id(study) and is_rsna_id(series)):
             warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
                             f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
             continue
-        if (study, series, description) in seen:
+        if study in skip:
+            table.setdefault(study, NOT_READ)
+            continue
+        listed = table[study]
+        # A duplicate repeats a row of the same study: its few rows are the only ones to look at.
+        if any(s.series_id == series and s.description == description for s in listed):
             duplicates += 1
             continue
-        seen.add((study, series, description))
-        table[study].append(Series(series, description))
+        listed.append(Series(series, descriptions.setdefault(description, description)))
     return table, warnings, duplicates
 
 
@@ -202,17 +241,30 @@ def pick_studies(found: Mapping[str, T], study_list: list[str] | None, limit: in
     An id that breaks the rule is skipped as input.bad_id and never reaches a path; a listed study the
     dataset lacks is skipped as input.no_series; every other one becomes `make_row(id, found[id])`.
     """
+    return pick_new_studies(found, study_list, limit, source=source, make_row=make_row, id_ok=id_ok,
+                            id_rule=id_rule, order=order)[0]
+
+
+def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit: int | None, *, source: str,
+                     make_row: Callable[[str, T], StudyRow], id_ok: Callable[[str], bool] = is_valid_id,
+                     id_rule: str = "not a safe study id (letters, digits, '.', '_', '-'; no '..')",
+                     order: Callable[[str], object] = str,
+                     known: Container[str] = frozenset()) -> tuple[list[StudyRow], int]:
+    """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known)."""
     wanted = study_list if study_list is not None else sorted(found, key=order)
     if limit is not None:
         wanted = wanted[:limit]
     rows: list[StudyRow] = []
     seen: set[str] = set()
+    already = 0
     for raw in wanted:
         study = raw.strip()
         if study in seen:
             continue
         seen.add(study)
-        if not id_ok(study):
+        if study in known:
+            already += 1
+        elif not id_ok(study):
             shown = printable_id(study)
             rows.append(StudyRow(study_id=shown, skip_class="input.bad_id",
                                  skip_message=f"study {shown!r}: {id_rule}"))
@@ -221,26 +273,30 @@ def pick_studies(found: Mapping[str, T], study_list: list[str] | None, limit: in
                                  skip_message=f"study {study}: not in {source}"))
         else:
             rows.append(make_row(study, found[study]))
-    return rows
+    return rows, already
 
 
 def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str] | None = None,
-                    limit: int | None = None) -> Inventory:
-    """RSNA layout: one StudyRow per study (the listed ones, or every study in the CSV), pending or skipped."""
+                    limit: int | None = None, known: Container[str] = frozenset()) -> Inventory:
+    """RSNA layout: one StudyRow per study (the listed ones, or every study in the CSV), pending or skipped.
+
+    Studies in `known` (already in the ledger, which keeps them as they are) are counted, not looked at.
+    """
     dataset = Path(dataset).resolve()
     csv_path = find_series_csv(dataset, split)
-    table, warnings, duplicates = read_series_table(csv_path)
+    table, warnings, duplicates = read_series_table(csv_path, skip=known)
     images_dir = dataset / f"{split}_images"
+    images = str(images_dir)   # joined as text: a Path per study was a third of init's time
 
     def row(study: str, series: list[Series]) -> StudyRow:
         chosen, reason = select_series(study, series, images_dir)
         if chosen is None:
             return StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason)
+        # The same path as series_folder() gives (ids are plain numbers, checked above).
         return StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
-                        input_path=str(series_folder(dataset, split, study, chosen.series_id)),
-                        selection_reason=reason)
+                        input_path=os.path.join(images, study, chosen.series_id), selection_reason=reason)
 
-    rows = pick_studies(table, study_list, limit, source=csv_path.name, make_row=row, id_ok=is_rsna_id,
-                        id_rule="not a plain decimal study id", order=int)
+    rows, already = pick_new_studies(table, study_list, limit, source=csv_path.name, make_row=row, id_ok=is_rsna_id,
+                                     id_rule="not a plain decimal study id", order=int, known=known)
     return Inventory(rows=rows, layout="rsna", source=csv_path, wanted=f"a {SAGITTAL_T2} series",
-                     warnings=warnings, duplicates=duplicates)
+                     warnings=warnings, duplicates=duplicates, known=already)

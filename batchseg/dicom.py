@@ -207,6 +207,16 @@ def convert_series(
     The file is written beside `out_path` and renamed onto it when whole: a failure leaves whatever was at
     `out_path` before untouched.
     """
+    return convert_series_volume(dicom_dir, out_path, require_plane=require_plane, study=study,
+                                 series_uid=series_uid, files=files)[0]
+
+
+def convert_series_volume(
+    dicom_dir: Path, out_path: Path, *, require_plane: str | None = "sagittal", study: str = "",
+    series_uid: str | None = None, files: Iterable[Path] | None = None,
+) -> tuple[ConversionReport, np.ndarray, np.ndarray]:
+    """`convert_series`, and the volume and RAS affine it wrote, exactly as stored (no scaling, same dtype):
+    the pipeline's QC picture draws from them instead of reading the file back."""
     out_path = Path(out_path)
     check_nifti_name(out_path)
     data, affine, report = read_series(dicom_dir, require_plane=require_plane, study=study,
@@ -215,7 +225,7 @@ def convert_series(
         write_nifti(data, affine, out_path)
     except OSError as e:
         raise _Errors(study, Path(dicom_dir))("output.io", f"cannot write {out_path}: {e}") from e
-    return report
+    return report, data, affine
 
 
 def check_nifti_name(path: Path) -> None:

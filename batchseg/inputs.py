@@ -103,19 +103,24 @@ def locate(config: Config, study: StudyRef) -> StudySource:
 
 
 def prepare(source: StudySource, out_nifti: Path, *, study: str, series: str | None = None,
-            link: bool = False) -> Report:
-    """Make `out_nifti` (the study's staged NIfTI) from its source; raises StudyError."""
-    from .dicom import convert_series
+            link: bool = False) -> tuple[Report, Any, Any]:
+    """Make `out_nifti` (the study's staged NIfTI) from its source; raises StudyError.
+
+    Returns (report, volume, affine): a converted series' volume and RAS affine as written, kept in memory
+    for the QC picture; (report, None, None) for a NIfTI input, which was copied, not read.
+    """
+    from .dicom import convert_series_volume
     from .nifti_input import place_nifti
 
     if source.kind == "nifti":
-        return place_nifti(source.path, out_nifti, link=link, study=study)
+        return place_nifti(source.path, out_nifti, link=link, study=study), None, None
     if source.kind == "dicom_files":
         root, files = _listed_files(source, study, series)
-        return convert_series(root, out_nifti, require_plane="sagittal", study=study, series_uid=series, files=files)
+        return convert_series_volume(root, out_nifti, require_plane="sagittal", study=study, series_uid=series,
+                                     files=files)
     if not source.path.is_dir():
         raise StudyError("input.missing", f"study {study}: series folder {source.path} does not exist")
-    return convert_series(source.path, out_nifti, require_plane="sagittal", study=study)
+    return convert_series_volume(source.path, out_nifti, require_plane="sagittal", study=study)
 
 
 def _listed_files(source: StudySource, study: str, series: str | None) -> tuple[Path, list[Path]]:

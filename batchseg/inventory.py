@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Container
 
 from .config import LAYOUTS
 from .dataset import DatasetError, Inventory
@@ -54,12 +54,16 @@ def choose_layout(explicit: str | None, dataset: Path, *, split: str = "train",
 
 def build(layout: str, dataset: Path, project_dir: Path, *, split: str = "train",
           study_list: list[str] | None = None, limit: int | None = None,
-          progress: Callable[[int, int], None] | None = None) -> Inventory:
-    """The inventory of `dataset` read as `layout`; DatasetError stops `init`."""
+          progress: Callable[[int, int], None] | None = None, known: Container[str] = frozenset()) -> Inventory:
+    """The inventory of `dataset` read as `layout`; DatasetError stops `init`.
+
+    `known`: studies the ledger has. The RSNA layout (the one made for a million studies) leaves them out of
+    the rows and counts them (`Inventory.known`); the others list them and the ledger keeps them as they are.
+    """
     if layout == "rsna":
         from .dataset import build_inventory
 
-        return build_inventory(dataset, split=split, study_list=study_list, limit=limit)
+        return build_inventory(dataset, split=split, study_list=study_list, limit=limit, known=known)
     if layout == "bids":
         from .bids import build_inventory as build_bids
 

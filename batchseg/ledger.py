@@ -9,9 +9,15 @@ ever deleted.
 A claim is one UPDATE ... WHERE study_id = (SELECT ... LIMIT 1) RETURNING
 statement that hands out a fresh token; every later write of that attempt is
 fenced by the token, so a worker whose lease was taken over changes nothing.
+
+Flat in its size: the attempt life cycle (claim, heartbeat, done, fail, release,
+lease expiry) touches index entries only and runs on the driver's connection
+(ledger_hot.py); the counts that `status` and `run` show are kept by triggers
+(ledger_counts.py), so no call reads the whole table or history.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -20,11 +26,12 @@ import statistics
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (
+    BigInteger,
     bindparam,
     Column,
     Float,
@@ -39,14 +46,19 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal_column,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from . import ledger_counts
 from .errors import is_retryable, one_line
+from .ledger_hot import HotConnection, Transaction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1     # the counters and later indexes are additive: older batchseg versions use the ledger as it is
+ADD_CHUNK = 20_000     # studies per bulk insert in add_studies
 READ_ONLY = "batchseg_read_only"   # execution option: begin a plain (deferred) transaction on SQLite
 STATES = ("pending", "running", "done", "failed", "skipped")
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "fuse.ceph",
@@ -86,6 +98,14 @@ studies = Table(
     Column("finished_at", Float),
 )
 Index("ix_studies_state_seq", studies.c.state, studies.c.seq)
+# max(seq) for a retried study's place at the back of the queue: one index step, not a scan.
+Index("ix_studies_seq", studies.c.seq)
+# Failed and skipped studies by error class, for the failure groups (a partial index: claims never touch it).
+# Literal SQL, not parameters: SQLite uses a partial index only for a query that repeats its condition verbatim.
+IS_PROBLEM = studies.c.state.in_([literal_column("'failed'"), literal_column("'skipped'")])
+# study_id too: listing a group's studies reads the index alone.
+Index("ix_studies_problems", studies.c.state, studies.c.error_class, studies.c.seq, studies.c.study_id,
+      sqlite_where=IS_PROBLEM, postgresql_where=IS_PROBLEM)
 
 history = Table(
     "history",
@@ -108,6 +128,8 @@ history = Table(
     Column("message", Text),
     Column("duration", Float),                     # seconds from claim to this outcome
 )
+# status (claims, the last hour's throughput, recent durations) and `run`'s "claimed since" read by event and time.
+Index("ix_history_event_at", history.c.event, history.c.at)
 
 submissions = Table(
     "submissions",
@@ -129,9 +151,28 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
+# Summary counters, kept by triggers (ledger_counts.py): name -> count.
+counts = Table(
+    "counts",
+    metadata,
+    Column("name", String(96), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+# PostgreSQL's triggers add here instead of to `counts` (no hot rows); claims fold these into `counts`.
+count_deltas = Table(
+    "count_deltas",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("name", String(96), nullable=False),
+    Column("delta", BigInteger, nullable=False),
+)
+# Indexes added after the first release: a ledger made before them gets them when it is next opened.
+LATER_INDEXES = tuple(i for t in (studies, history) for i in t.indexes
+                      if i.name in ("ix_studies_seq", "ix_studies_problems", "ix_history_event_at"))
 
-# The hot path's statements are built once: constructing SQLAlchemy statements per call cost
-# more than executing them (benchmarks/ledger.py). Parameters are p_* so they never shadow columns.
+
+# The hot path's statements are built once and compiled once per dialect (ledger_hot.py): building and
+# compiling them per call cost more than executing them. Parameters are p_* so they never shadow columns.
 _NEXT_PENDING = (
     select(studies.c.study_id)
     .where(studies.c.state == "pending")
@@ -159,9 +200,77 @@ HEARTBEAT = update(studies).where(*_HELD).values(heartbeat_at=bindparam("p_now")
 COMPLETE = update(studies).where(*_HELD).values(
     state="done", token=None, lease_expires_at=None, finished_at=bindparam("p_now"), updated_at=bindparam("p_now"),
     outputs=bindparam("p_outputs"), timings=bindparam("p_timings"))
-EXPIRED = select(studies.c.study_id, studies.c.token).where(
+RELEASE = update(studies).where(*_HELD).values(
+    state="pending", token=None, lease_expires_at=None, attempts=studies.c.attempts - 1, updated_at=bindparam("p_now"))
+_ATTEMPT = (studies.c.attempts, studies.c.claimed_at, studies.c.worker_host, studies.c.worker_pid,
+            studies.c.slurm_job_id, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
+            studies.c.slurm_restart_count)
+# The running studies are a short range of ix_studies_state_seq, whatever the ledger's size. The attempt's
+# columns come along: ending it needs them, and the fenced UPDATE decides whether it is still this attempt.
+EXPIRED = select(studies.c.study_id, studies.c.token, *_ATTEMPT).where(
     studies.c.state == "running", studies.c.lease_expires_at < bindparam("p_now"))
-ADD_HISTORY = insert(history)
+HELD_ATTEMPT = (
+    select(*_ATTEMPT)
+    .where(*_HELD)
+    .with_for_update()  # PostgreSQL: a racing fail/lost on the same attempt waits, then finds nothing
+)
+_ENDED = dict(token=None, lease_expires_at=None, error_class=bindparam("p_class"), error_message=bindparam("p_message"),
+              log_path=bindparam("p_log"), updated_at=bindparam("p_now"))
+# To the back of the queue: a study that just failed should not be retried before every other study has had
+# its first turn. max(seq) is one step down ix_studies_seq.
+END_RETRY = update(studies).where(*_HELD).values(
+    state="pending", finished_at=None, seq=select(func.max(studies.c.seq)).scalar_subquery() + 1, **_ENDED)
+END_FAILED = update(studies).where(*_HELD).values(state="failed", finished_at=bindparam("p_now"), **_ENDED)
+HISTORY_COLUMNS = tuple(c.name for c in history.columns if c.name != "id")
+# Every history row through one statement with every column, so it compiles once.
+ADD_HISTORY = insert(history).values({name: bindparam(f"h_{name}") for name in HISTORY_COLUMNS})
+_NO_HISTORY = {f"h_{name}": None for name in HISTORY_COLUMNS}
+DONE_WINDOW = select(func.count(), func.min(history.c.at), func.max(history.c.at)).where(
+    history.c.event == "done", history.c.at >= bindparam("p_since"))
+RECENT_DURATIONS = (
+    select(history.c.duration).where(history.c.event == "done", history.c.duration.is_not(None))
+    .order_by(history.c.at.desc()).limit(bindparam("p_limit")))
+# The report's stream: every study in queue order with the seconds all its attempts took (one aggregate over the
+# history, joined in the database), and the error classes of the attempts that failed or were lost (few).
+REPORT_PAGE = 2000
+_ATTEMPT_SECONDS = (
+    select(history.c.study_id, func.sum(history.c.duration).label("attempt_seconds"))
+    .where(history.c.event.in_(("done", "failed", "lost", "released")))
+    .group_by(history.c.study_id)
+    .subquery())
+REPORT_STUDIES = (
+    select(studies.c.study_id, studies.c.series_id, studies.c.state, studies.c.attempts, studies.c.error_class,
+           studies.c.error_message, studies.c.log_path, studies.c.timings, studies.c.worker_host,
+           studies.c.worker_pid, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
+           _ATTEMPT_SECONDS.c.attempt_seconds)
+    .select_from(studies.outerjoin(_ATTEMPT_SECONDS, _ATTEMPT_SECONDS.c.study_id == studies.c.study_id))
+    .order_by(studies.c.seq))
+ATTEMPT_ERRORS = (select(history.c.study_id, history.c.error_class)
+                  .where(history.c.event.in_(("failed", "lost"))).order_by(history.c.id))
+_PROBLEM_ROWS = select(studies.c.study_id, studies.c.state, studies.c.error_class, studies.c.error_message,
+                       studies.c.log_path).where(IS_PROBLEM)
+# Every failed and skipped study, group by group in queue order: the index's own order, from the index alone.
+PROBLEMS = (select(studies.c.state, studies.c.error_class, studies.c.study_id).where(IS_PROBLEM)
+            .order_by(studies.c.state, studies.c.error_class, studies.c.seq))
+PROBLEM_GROUP = (_PROBLEM_ROWS.where(studies.c.state == bindparam("p_state"),
+                                     studies.c.error_class == bindparam("p_class"))
+                 .order_by(studies.c.seq).limit(bindparam("p_limit")))
+PROBLEM_GROUP_UNKNOWN = (_PROBLEM_ROWS.where(studies.c.state == bindparam("p_state"),
+                                             or_(studies.c.error_class.is_(None), studies.c.error_class == "unknown"))
+                         .order_by(studies.c.seq).limit(bindparam("p_limit")))
+
+
+def history_row(study_id: str, event_name: str, from_state: str | None, to_state: str, at: float, *,
+                token: str | None = None, who: dict[str, Any] | None = None, error_class: str | None = None,
+                message: str | None = None, duration: float | None = None) -> dict[str, Any]:
+    """The parameters of ADD_HISTORY for one event."""
+    row = dict(_NO_HISTORY)
+    row.update(h_study_id=study_id, h_token=token, h_event=event_name, h_from_state=from_state, h_to_state=to_state,
+               h_at=at, h_error_class=error_class, h_message=message, h_duration=duration)
+    if who:
+        for key, value in who.items():
+            row[f"h_{key}"] = value
+    return row
 
 
 @dataclass
@@ -193,12 +302,15 @@ class WorkerInfo:
         )
 
     def history_columns(self) -> dict[str, Any]:
-        return {"host": self.host, "pid": self.pid, **{k: v for k, v in asdict(self).items() if k.startswith(("slurm", "cuda"))}}
+        # Spelled out: dataclasses.asdict deep-copies, and this runs for every claim.
+        return {"host": self.host, "pid": self.pid, "slurm_job_id": self.slurm_job_id,
+                "slurm_array_job_id": self.slurm_array_job_id, "slurm_array_task_id": self.slurm_array_task_id,
+                "slurm_restart_count": self.slurm_restart_count, "cuda_visible_devices": self.cuda_visible_devices}
 
 
-@dataclass
+@dataclass(slots=True)
 class StudyRow:
-    """One study as `init` found it in the dataset."""
+    """One study as `init` found it in the dataset (slots: init holds a million of them)."""
 
     study_id: str
     series_id: str | None = None
@@ -268,7 +380,8 @@ def _sqlite_engine(url: str) -> tuple[Engine, bool]:
             f"the ledger {database} is on a network filesystem: using a rollback journal and long lock waits; "
             "for large arrays point --db at a PostgreSQL URL", stacklevel=3)
     # A long busy timeout: many array tasks claim at once, and waiting beats failing.
-    engine = create_engine(url, connect_args={"timeout": 300 if on_network else 60})
+    # check_same_thread off: the hot path's connection is shared, under its lock, with the heartbeat thread.
+    engine = create_engine(url, connect_args={"timeout": 300 if on_network else 60, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -322,7 +435,18 @@ class Ledger:
         self.url = url
         self.max_attempts = max_attempts
         self.dialect, self.engine, self.on_network_fs = _engine(url)
-        self.reader = self.engine.execution_options(**{READ_ONLY: True})
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise RuntimeError(f"the ledger runs on SQLite or PostgreSQL, not {self.dialect} ({url.split(':')[0]})")
+        if self.dialect == "sqlite":
+            self.reader = self.engine.execution_options(**{READ_ONLY: True})
+            self._hot = HotConnection(self.engine, begin="BEGIN IMMEDIATE")
+        else:
+            # The cold paths keep pre-ping (a restarted server costs them nothing); the hot path has its own
+            # connection, which a failed statement replaces. One snapshot for every query of a read (the counts
+            # and the rows behind them agree).
+            self.reader = self.engine.execution_options(isolation_level="REPEATABLE READ")
+            self._hot = HotConnection(self.engine, begin=None)
+        self._folds = ledger_counts.folds(self.dialect)
         self._create()
 
     @classmethod
@@ -330,57 +454,118 @@ class Ledger:
         return cls(config.db_url, max_attempts=config.max_attempts)
 
     def close(self) -> None:
+        self._hot.close()
         self.engine.dispose()
 
     def _create(self) -> None:
-        version = self._schema_version(self.reader)
-        if version is None:  # a new ledger: only then take the write lock
-            with self.engine.begin() as conn:
-                metadata.create_all(conn)
-                if conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar() is None:
-                    conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-        elif int(version) > SCHEMA_VERSION:
-            raise RuntimeError(f"the ledger has schema {version}; this batchseg knows up to {SCHEMA_VERSION}: "
-                               "upgrade batchseg")
+        found = self._meta(self.reader)
+        if found is not None:
+            version = found.get("schema_version")
+            if version is not None and int(version) > SCHEMA_VERSION:
+                raise RuntimeError(f"the ledger has schema {version}; this batchseg knows up to {SCHEMA_VERSION}: "
+                                   "upgrade batchseg")
+            if version is not None and found.get("counts") == ledger_counts.COUNTS_VERSION:
+                return
+        # A new ledger, or one made before the counters and indexes: only now take the write lock.
+        with self.engine.begin() as conn:
+            if found is not None and self.dialect == "postgresql":
+                # No writer may change a row between counting and the triggers taking over.
+                conn.exec_driver_sql("LOCK TABLE studies, history IN SHARE ROW EXCLUSIVE MODE")
+            metadata.create_all(conn)
+            for index in LATER_INDEXES:
+                index.create(conn, checkfirst=True)
+            keys = dict(conn.execute(select(meta.c.key, meta.c.value)).all())   # again, under the lock
+            if "schema_version" not in keys:
+                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            if keys.get("counts") != ledger_counts.COUNTS_VERSION:
+                for statement in (*ledger_counts.trigger_ddl(self.dialect), *ledger_counts.FILL):
+                    conn.exec_driver_sql(statement)
+                if "counts" in keys:
+                    conn.execute(update(meta).where(meta.c.key == "counts")
+                                 .values(value=ledger_counts.COUNTS_VERSION))
+                else:
+                    conn.execute(insert(meta).values(key="counts", value=ledger_counts.COUNTS_VERSION))
 
     @staticmethod
-    def _schema_version(engine: Engine) -> str | None:
+    def _meta(engine: Engine) -> dict[str, str] | None:
+        """The meta table's keys, or None for a database without a ledger yet."""
         with engine.begin() as conn:
             if not inspect(conn).has_table("meta"):
                 return None
-            return conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+            return dict(conn.execute(select(meta.c.key, meta.c.value)).all())
 
     # -- filling ---------------------------------------------------------------------------------
 
     def add_studies(self, rows: Iterable[StudyRow]) -> AddResult:
-        """Add new studies; existing ones keep their state and history."""
+        """Add new studies; existing ones keep their state and history.
+
+        One transaction, on the driver's cursor in chunks (a million studies is `init`'s ordinary
+        day): SQLAlchemy's per-row parameter handling cost more than the inserts.
+        """
         result = AddResult()
         now = time.time()
+        rows = iter(rows)
+        first = next(rows, None)
+        if first is None:   # nothing to add: no need to read a million ids
+            return result
+        rows = itertools.chain((first,), rows)
         with self.engine.begin() as conn:
-            known = set(conn.execute(select(studies.c.study_id)).scalars())
-            seq = conn.execute(select(func.coalesce(func.max(studies.c.seq), 0))).scalar_one()
-            new_rows, events = [], []
-            for row in rows:
-                if row.study_id in known:
-                    result.existing.append(row.study_id)
-                    continue
-                known.add(row.study_id)
-                seq += 1
-                state = "skipped" if row.skip_class else "pending"
-                new_rows.append({
-                    "study_id": row.study_id, "seq": seq, "series_id": row.series_id,
-                    "series_description": row.series_description, "selection_reason": row.selection_reason,
-                    "input_path": row.input_path, "state": state, "attempts": 0,
-                    "error_class": row.skip_class, "error_message": row.skip_message,
-                    "added_at": now, "updated_at": now,
-                })
-                events.append({"study_id": row.study_id, "event": "added", "from_state": None, "to_state": state,
-                               "at": now, "error_class": row.skip_class, "message": row.skip_message})
-                result.added.append(row.study_id)
-            if new_rows:
-                conn.execute(insert(studies), new_rows)
-                conn.execute(insert(history), events)
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute("SELECT study_id FROM studies")
+                known = {sid for (sid,) in cursor}
+                cursor.execute("SELECT max(seq) FROM studies")
+                seq = cursor.fetchone()[0] or 0
+                new_rows: list[tuple[Any, ...]] = []
+                events: list[tuple[Any, ...]] = []
+                for row in rows:
+                    if row.study_id in known:
+                        result.existing.append(row.study_id)
+                        continue
+                    known.add(row.study_id)
+                    seq += 1
+                    state = "skipped" if row.skip_class else "pending"
+                    new_rows.append((row.study_id, seq, row.series_id, row.series_description, row.selection_reason,
+                                     row.input_path, state, 0, row.skip_class, row.skip_message, now, now))
+                    events.append((row.study_id, "added", state, now, row.skip_class, row.skip_message))
+                    result.added.append(row.study_id)
+                    if len(new_rows) >= ADD_CHUNK:
+                        self._insert(conn, cursor, new_rows, events)
+                        new_rows, events = [], []
+                if new_rows:
+                    self._insert(conn, cursor, new_rows, events)
+            finally:
+                cursor.close()
         return result
+
+    _ADDED_STUDY = ("study_id", "seq", "series_id", "series_description", "selection_reason", "input_path", "state",
+                    "attempts", "error_class", "error_message", "added_at", "updated_at")
+    _ADDED_EVENT = ("study_id", "event", "to_state", "at", "error_class", "message")
+
+    def _insert(self, conn: Connection, cursor: Any, new_rows: list[tuple[Any, ...]],
+                events: list[tuple[Any, ...]]) -> None:
+        for table, columns, values in ((studies, self._ADDED_STUDY, new_rows), (history, self._ADDED_EVENT, events)):
+            names = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
+            if self.dialect == "postgresql" and hasattr(cursor, "copy"):   # psycopg 3: COPY, the bulk path
+                with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+                    for value in values:
+                        copy.write_row(value)
+            elif self.dialect == "sqlite":
+                cursor.executemany(f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})",
+                                   values)
+            else:
+                conn.execute(insert(table), [dict(zip(columns, value)) for value in values])
+
+    def study_ids(self) -> set[str]:
+        """Every study id in the ledger (on the driver's cursor: a million of them through SQLAlchemy's rows
+        cost seconds)."""
+        with self.reader.begin() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                cursor.execute("SELECT study_id FROM studies")
+                return {sid for (sid,) in cursor}
+            finally:
+                cursor.close()
 
     def requeue_skipped(self, rows: Iterable[StudyRow]) -> list[str]:
         """Skipped studies that the dataset can now serve (their row is no longer skipped) go to pending."""
@@ -399,9 +584,9 @@ class Ledger:
                                      series_description=row.series_description,
                                      selection_reason=row.selection_reason, error_class=None, error_message=None,
                                      updated_at=now))
-                conn.execute(ADD_HISTORY, {"study_id": study_id, "event": "reset", "from_state": "skipped",
-                                           "to_state": "pending", "at": now, "error_class": error_class,
-                                           "message": "init --recheck-skipped: the dataset now has its series"})
+                conn.execute(ADD_HISTORY, history_row(
+                    study_id, "reset", "skipped", "pending", now, error_class=error_class,
+                    message="init --recheck-skipped: the dataset now has its series"))
                 moved.append(study_id)
         return moved
 
@@ -411,116 +596,97 @@ class Ledger:
         """Claim the next pending study, or None when nothing is pending."""
         now = time.time()
         token = uuid.uuid4().hex
-        with self.engine.begin() as conn:
-            self._expire_leases(conn, now)
-            row = conn.execute(CLAIM, {
+        who = worker.history_columns()
+        with self._hot.transaction() as tx:
+            self._expire_leases(tx, now)
+            row = tx.execute(CLAIM, {
                 "p_token": token, "p_now": now, "p_expires": now + lease_seconds, "p_host": worker.host,
                 "p_pid": worker.pid, "p_job": worker.slurm_job_id, "p_array_job": worker.slurm_array_job_id,
-                "p_array_task": worker.slurm_array_task_id, "p_restarts": worker.slurm_restart_count}).first()
-            if row is None:
-                return None
-            conn.execute(ADD_HISTORY, {
-                "study_id": row.study_id, "token": token, "event": "claimed", "from_state": "pending",
-                "to_state": "running", "at": now, **worker.history_columns()})
-        return Claim(row.study_id, token, row.attempts, row.series_id, row.input_path, now, worker)
+                "p_array_task": worker.slurm_array_task_id, "p_restarts": worker.slurm_restart_count}).fetchone()
+            if row is not None:
+                tx.execute(ADD_HISTORY, history_row(row[0], "claimed", "pending", "running", now, token=token,
+                                                    who=who))
+            if self._folds:
+                tx.execute_text(ledger_counts.FOLD)
+        if row is None:
+            return None
+        return Claim(row[0], token, row[1], row[2], row[3], now, worker)
 
-    def _expire_leases(self, conn: Connection, now: float) -> list[str]:
-        expired = conn.execute(EXPIRED, {"p_now": now}).all()
-        return [sid for sid, token in expired
-                if self._end_attempt(conn, sid, token, "lost", "worker.lost",
-                                     "lease expired: the worker stopped sending heartbeats", now)]
+    def _expire_leases(self, tx: Transaction, now: float) -> list[str]:
+        expired = tx.execute(EXPIRED, {"p_now": now}).fetchall()
+        return [sid for sid, token, *attempt in expired
+                if self._end_attempt(tx, sid, token, "lost", "worker.lost",
+                                     "lease expired: the worker stopped sending heartbeats", now, attempt=attempt)]
 
     def expire_leases(self) -> list[str]:
         """Send studies whose lease ran out back to the queue (or to failed); returns their ids."""
-        with self.engine.begin() as conn:
-            return self._expire_leases(conn, time.time())
+        with self._hot.transaction() as tx:
+            return self._expire_leases(tx, time.time())
 
     def heartbeat(self, claim: Claim, lease_seconds: float) -> bool:
         now = time.time()
-        with self.engine.begin() as conn:
-            result = conn.execute(HEARTBEAT, {"p_study": claim.study_id, "p_token": claim.token, "p_now": now,
-                                              "p_expires": now + lease_seconds})
-            return result.rowcount == 1
+        with self._hot.transaction() as tx:
+            return tx.execute(HEARTBEAT, {"p_study": claim.study_id, "p_token": claim.token, "p_now": now,
+                                          "p_expires": now + lease_seconds}).rowcount == 1
 
     def complete(self, claim: Claim, outputs: dict[str, str], timings: dict[str, float]) -> bool:
         now = time.time()
-        with self.engine.begin() as conn:
-            done = conn.execute(COMPLETE, {
+        with self._hot.transaction() as tx:
+            done = tx.execute(COMPLETE, {
                 "p_study": claim.study_id, "p_token": claim.token, "p_now": now,
                 "p_outputs": json.dumps(outputs), "p_timings": json.dumps(timings)}).rowcount == 1
             if done:
-                conn.execute(ADD_HISTORY, {
-                    "study_id": claim.study_id, "token": claim.token, "event": "done", "from_state": "running",
-                    "to_state": "done", "at": now, "duration": now - claim.claimed_at,
-                    **claim.worker.history_columns()})
+                tx.execute(ADD_HISTORY, history_row(
+                    claim.study_id, "done", "running", "done", now, token=claim.token,
+                    who=claim.worker.history_columns(), duration=now - claim.claimed_at))
         return done
 
     def fail(self, claim: Claim, error_class: str, message: str, log_path: str | None = None) -> str:
         """Record a failed attempt. Returns the new state ('pending' or 'failed'), or '' if the token was stale."""
-        with self.engine.begin() as conn:
-            return self._end_attempt(conn, claim.study_id, claim.token, "failed", error_class, message,
+        with self._hot.transaction() as tx:
+            return self._end_attempt(tx, claim.study_id, claim.token, "failed", error_class, message,
                                      time.time(), log_path=log_path, worker=claim.worker)
 
     def mark_lost(self, study_id: str, token: str, message: str, error_class: str = "worker.lost") -> str:
         """The worker holding this attempt is gone (Slurm says so): charge the attempt and requeue or fail."""
-        with self.engine.begin() as conn:
-            return self._end_attempt(conn, study_id, token, "lost", error_class, message, time.time())
+        with self._hot.transaction() as tx:
+            return self._end_attempt(tx, study_id, token, "lost", error_class, message, time.time())
 
     def release(self, claim: Claim, reason: str) -> bool:
         """Give the study back without charging the attempt (signal, time budget)."""
         now = time.time()
-        with self.engine.begin() as conn:
-            released = conn.execute(
-                update(studies)
-                .where(studies.c.study_id == claim.study_id, studies.c.token == claim.token,
-                       studies.c.state == "running")
-                .values(state="pending", token=None, lease_expires_at=None, attempts=studies.c.attempts - 1,
-                        updated_at=now)
-            ).rowcount == 1
+        with self._hot.transaction() as tx:
+            released = tx.execute(RELEASE, {"p_study": claim.study_id, "p_token": claim.token,
+                                            "p_now": now}).rowcount == 1
             if released:
-                conn.execute(insert(history).values(
-                    study_id=claim.study_id, token=claim.token, event="released", from_state="running",
-                    to_state="pending", at=now, message=one_line(reason), duration=now - claim.claimed_at,
-                    **claim.worker.history_columns()))
+                tx.execute(ADD_HISTORY, history_row(
+                    claim.study_id, "released", "running", "pending", now, token=claim.token,
+                    who=claim.worker.history_columns(), message=one_line(reason), duration=now - claim.claimed_at))
         return released
 
-    def _end_attempt(self, conn: Connection, study_id: str, token: str, event_name: str, error_class: str,
+    def _end_attempt(self, tx: Transaction, study_id: str, token: str, event_name: str, error_class: str,
                      message: str, now: float, *, log_path: str | None = None,
-                     worker: WorkerInfo | None = None) -> str:
-        row = conn.execute(
-            select(studies.c.attempts, studies.c.claimed_at, studies.c.worker_host, studies.c.worker_pid,
-                   studies.c.slurm_job_id, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
-                   studies.c.slurm_restart_count)
-            .where(studies.c.study_id == study_id, studies.c.token == token, studies.c.state == "running")
-            .with_for_update()  # PostgreSQL: a racing fail/lost on the same attempt waits, then finds nothing
-        ).first()
+                     worker: WorkerInfo | None = None, attempt: list[Any] | None = None) -> str:
+        """End the attempt `token` holds (fenced: '' when it no longer holds it); `attempt` is its _ATTEMPT
+        columns when the caller has read them already."""
+        held = {"p_study": study_id, "p_token": token}
+        row = attempt if attempt is not None else tx.execute(HELD_ATTEMPT, held).fetchone()
         if row is None:
             return ""
-        retry = is_retryable(error_class) and row.attempts < self.max_attempts
-        new_state = "pending" if retry else "failed"
+        attempts, claimed_at, host, pid, job, array_job, array_task, restarts = row
+        retry = is_retryable(error_class) and attempts < self.max_attempts
         message = one_line(message)
-        values: dict[str, Any] = dict(state=new_state, token=None, lease_expires_at=None, error_class=error_class,
-                                      error_message=message, log_path=log_path, updated_at=now,
-                                      finished_at=None if retry else now)
-        if retry:
-            # To the back of the queue: a study that just failed should not be retried before
-            # every other study has had its first turn.
-            values["seq"] = select(func.max(studies.c.seq) + 1).scalar_subquery()
-        changed = conn.execute(
-            update(studies)
-            .where(studies.c.study_id == study_id, studies.c.token == token, studies.c.state == "running")
-            .values(**values)
-        ).rowcount
+        changed = tx.execute(END_RETRY if retry else END_FAILED, {
+            **held, "p_class": error_class, "p_message": message, "p_log": log_path, "p_now": now}).rowcount
         if changed != 1:
             return ""
+        new_state = "pending" if retry else "failed"
         who = worker.history_columns() if worker else {
-            "host": row.worker_host, "pid": row.worker_pid, "slurm_job_id": row.slurm_job_id,
-            "slurm_array_job_id": row.slurm_array_job_id, "slurm_array_task_id": row.slurm_array_task_id,
-            "slurm_restart_count": row.slurm_restart_count}
-        conn.execute(insert(history).values(
-            study_id=study_id, token=token, event=event_name, from_state="running", to_state=new_state, at=now,
-            error_class=error_class, message=message,
-            duration=now - row.claimed_at if row.claimed_at else None, **who))
+            "host": host, "pid": pid, "slurm_job_id": job, "slurm_array_job_id": array_job,
+            "slurm_array_task_id": array_task, "slurm_restart_count": restarts}
+        tx.execute(ADD_HISTORY, history_row(
+            study_id, event_name, "running", new_state, now, token=token, who=who, error_class=error_class,
+            message=message, duration=now - claimed_at if claimed_at else None))
         return new_state
 
     # -- operator actions ------------------------------------------------------------------------
@@ -545,9 +711,9 @@ class Ledger:
                 .returning(studies.c.study_id, studies.c.error_class))}
             ids = [sid for sid in chosen if sid in moved]
             if ids:
-                conn.execute(insert(history), [
-                    {"study_id": sid, "event": "retry", "from_state": "failed", "to_state": "pending",
-                     "at": now, "error_class": moved[sid], "message": "retry-failed"} for sid in ids])
+                conn.execute(ADD_HISTORY, [history_row(sid, "retry", "failed", "pending", now,
+                                                       error_class=moved[sid], message="retry-failed")
+                                           for sid in ids])
         return ids
 
     def record_submission(self, job_id: str, array_spec: str, script: str, pending: int, tasks: int,
@@ -586,6 +752,28 @@ class Ledger:
         for row in rows:
             yield _decode(dict(row._mapping))
 
+    def report_rows(self, page_size: int = REPORT_PAGE) -> Iterator[dict[str, Any]]:
+        """Every study in queue order, streamed, with what `report` says of its attempts.
+
+        One read transaction (one snapshot); the studies come through a streaming cursor (server-side on
+        PostgreSQL), `page_size` rows at a time, so memory does not grow with the ledger. Each row holds the
+        REPORT_STUDIES columns (`timings` decoded): `attempt_seconds` is the sum of every attempt's claim-to-
+        outcome seconds (None when no attempt ended), and `attempt_errors` the error classes of its failed or
+        lost attempts in order. The worker columns are the last claim's (every claim writes them).
+        """
+        with self.reader.begin() as conn:
+            errors: dict[str, list[str]] = {}
+            for study_id, error_class in conn.execute(ATTEMPT_ERRORS):
+                errors.setdefault(study_id, []).append(error_class or "unknown")
+            result = conn.execution_options(stream_results=True, yield_per=page_size).execute(REPORT_STUDIES)
+            keys = tuple(result.keys())
+            for row in result:
+                study = dict(zip(keys, row))
+                if study["timings"]:
+                    study["timings"] = json.loads(study["timings"])
+                study["attempt_errors"] = errors.pop(study["study_id"], [])
+                yield study
+
     def history(self, study_id: str | None = None) -> list[dict[str, Any]]:
         query = select(history).order_by(history.c.id)
         if study_id:
@@ -608,40 +796,37 @@ class Ledger:
                 history.c.at >= since)).scalar_one()
 
     def study_seconds(self, limit: int = 50) -> list[float]:
-        """Claim-to-done durations of the most recent done attempts."""
+        """Claim-to-done durations of the most recent done attempts (newest first)."""
         with self.reader.begin() as conn:
-            return list(conn.execute(
-                select(history.c.duration).where(history.c.event == "done", history.c.duration.is_not(None))
-                .order_by(history.c.id.desc()).limit(limit)).scalars())
+            return list(conn.execute(RECENT_DURATIONS, {"p_limit": limit}).scalars())
 
-    def summary(self, window_seconds: float = 3600.0) -> dict[str, Any]:
-        """The `status --json` object: counts, failure groups, attempts, throughput and ETA."""
+    def counts(self) -> dict[str, int]:
+        """The summary counters (ledger_counts.py): `state:<state>`, `<failed|skipped>:<class>`, `claims`, `retried`."""
+        with self.reader.begin() as conn:
+            return self._counts(conn)
+
+    @staticmethod
+    def _counts(conn: Connection) -> dict[str, int]:
+        return ledger_counts.decode(conn.exec_driver_sql(ledger_counts.READ).all())
+
+    def summary(self, window_seconds: float = 3600.0, *, studies_per_group: int | None = None) -> dict[str, Any]:
+        """The `status --json` object: counts, failure groups, attempts, throughput and ETA.
+
+        Counts come from the counters and the failure groups from a partial index, so the cost does not
+        grow with the ledger. Each group lists its studies in queue order: all of them, or the first
+        `studies_per_group` (its `count` is always the whole group's); with 0, no study row is read at all
+        (no studies, no example, no log: what `run`'s progress line needs).
+        """
         now = time.time()
         with self.reader.begin() as conn:
-            counts = dict(conn.execute(select(studies.c.state, func.count()).group_by(studies.c.state)).all())
-            failed = conn.execute(
-                select(studies.c.study_id, studies.c.state, studies.c.error_class, studies.c.error_message,
-                       studies.c.log_path)
-                .where(studies.c.state.in_(("failed", "skipped"))).order_by(studies.c.seq)).all()
-            attempts = conn.execute(
-                select(func.count()).select_from(history).where(history.c.event == "claimed")).scalar_one()
-            done_times = list(conn.execute(
-                select(history.c.at).where(history.c.event == "done", history.c.at >= now - window_seconds)
-                .order_by(history.c.at)).scalars())
-            retried = conn.execute(
-                select(func.count(func.distinct(history.c.study_id)))
-                .where(history.c.event.in_(("failed", "lost")), history.c.to_state == "pending")).scalar_one()
+            counted = self._counts(conn)
+            groups = self._problem_groups(conn, counted, studies_per_group)
+            n_done, first, last = conn.execute(DONE_WINDOW, {"p_since": now - window_seconds}).one()
+            durations = list(conn.execute(RECENT_DURATIONS, {"p_limit": 50}).scalars())
             # Held by a worker that stopped heartbeating: reclaimed at the next claim, `run` or `sync`.
             expired = conn.execute(select(func.count()).select_from(studies).where(
                 studies.c.state == "running", studies.c.lease_expires_at < now)).scalar_one()
-        states = {s: int(counts.get(s, 0)) for s in STATES}
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in failed:
-            key = (r.state, r.error_class or "unknown")
-            group = groups.setdefault(key, {"error_class": key[1], "count": 0, "studies": [],
-                                            "example": r.error_message or "", "log": r.log_path})
-            group["count"] += 1
-            group["studies"].append(r.study_id)
+        states = {s: max(0, counted.get(f"state:{s}", 0)) for s in STATES}
 
         def grouped(state: str) -> list[dict[str, Any]]:
             found = [g for (s, _), g in groups.items() if s == state]
@@ -652,19 +837,42 @@ class Ledger:
             "states": states,
             "failures": grouped("failed"),
             "skipped": grouped("skipped"),
-            "attempts": int(attempts),
-            "retried_studies": int(retried),
+            "attempts": counted.get("claims", 0),
+            "retried_studies": counted.get("retried", 0),
             "leases_expired": int(expired),
         }
         remaining = states["pending"] + states["running"]
-        if len(done_times) >= 2 and done_times[-1] > done_times[0]:
-            rate = (len(done_times) - 1) / (done_times[-1] - done_times[0]) * 3600.0
+        if n_done >= 2 and last > first:
+            rate = (n_done - 1) / (last - first) * 3600.0
             summary["throughput_per_hour"] = round(rate, 2)
             summary["eta_seconds"] = round(remaining / rate * 3600.0, 1) if remaining else 0.0
-        durations = self.study_seconds()
         if durations:
             summary["median_study_seconds"] = round(statistics.median(durations), 3)
         return summary
+
+    @staticmethod
+    def _problem_groups(conn: Connection, counted: dict[str, int],
+                        per_group: int | None) -> dict[tuple[str, str], dict[str, Any]]:
+        """(state, error class) -> {error_class, count, studies, example, log} for failed and skipped studies."""
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for state, error_class, n in ledger_counts.problem_groups(counted):
+            groups[(state, error_class)] = {"error_class": error_class, "count": n, "studies": [], "example": "",
+                                            "log": None}
+        if per_group == 0:   # counts only (the progress line): no row is read
+            return groups
+        for (state, error_class), group in groups.items():
+            query = PROBLEM_GROUP_UNKNOWN if error_class == "unknown" else PROBLEM_GROUP
+            limit = 1 if per_group is None else per_group
+            rows = conn.execute(query, {"p_state": state, "p_class": error_class, "p_limit": limit}).all()
+            if rows:   # the first in queue order speaks for the group: its message and log
+                group["example"], group["log"] = rows[0].error_message or "", rows[0].log_path
+            group["studies"] = [r.study_id for r in rows] if per_group is not None else []
+        if per_group is None:
+            for state, error_class, study_id in conn.execute(PROBLEMS):
+                group = groups.get((state, error_class or "unknown"))
+                if group is not None:
+                    group["studies"].append(study_id)
+        return groups
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -685,6 +893,7 @@ def schema_sql(dialect_name: str = "sqlite") -> str:
         parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
             parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+    parts += [statement + ";" for statement in ledger_counts.trigger_ddl(dialect_name)]
     return "\n\n".join(parts) + "\n"
 
 

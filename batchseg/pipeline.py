@@ -133,8 +133,10 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
             folder.mkdir(parents=True, exist_ok=True)
         with timer.stage("convert"):
             # A DICOM series is converted; a NIfTI input is checked the same way and copied (inputs.py).
-            conversion = prepare(study.source, staged["nifti"], study=sid, series=study.series_id,
-                                 link=study.link_nifti)
+            # A converted series' volume stays in memory for the QC picture: reading back and unzipping the
+            # file just written cost a fifth of a no-op study at 512x512.
+            conversion, volume, volume_affine = prepare(study.source, staged["nifti"], study=sid,
+                                                        series=study.series_id, link=study.link_nifti)
 
         with timer.stage("segment"):
             result = segmenter.segment(staged["nifti"], staging / "work", sid)
@@ -162,8 +164,10 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
                                  series_uid=conversion.series_uid or None).to_json()
 
         with timer.stage("qc"):
-            image = nib.load(staged["nifti"])
-            write_qc_png(image.get_fdata(dtype="float32"), image.affine, labels, measurements, staged["qc"],
+            if volume is None:   # a NIfTI input, copied: read once, here
+                image = nib.load(staged["nifti"])
+                volume, volume_affine = image.get_fdata(dtype="float32"), image.affine
+            write_qc_png(volume, volume_affine, labels, measurements, staged["qc"],
                          title=f"study {sid}")
 
         timer.current = "metadata"

@@ -40,6 +40,8 @@ BUDGET_FACTOR = 1.5
 BUDGET_SLACK_SECONDS = 30.0
 # Nothing pending but studies still held elsewhere: look again this often (seconds, at most).
 WAIT_POLL_SECONDS = 2.0
+# Under a deadline, the median study time is asked of the ledger at most this often (it moves slowly).
+EXPECTED_REFRESH_SECONDS = 60.0
 
 
 class Interrupted(BaseException):
@@ -189,6 +191,7 @@ class Worker:
         self._stop_signal: str | None = None
         self._in_study = False
         self._holding: str | None = None          # the study claimed and not yet ended, for the give-up line
+        self._expected: tuple[float, float | None] | None = None   # (when asked, median study seconds)
         self._annotations: tuple[tuple[int, int] | None, AnnotationTable] | None = None   # (file stamp, table)
 
     # Signals arrive in the main thread between bytecodes. Inside a study we raise at once so
@@ -225,10 +228,19 @@ class Worker:
         if self.max_studies is not None and handled >= self.max_studies:
             self.stats.stop_reason = f"quota of {self.max_studies} studies reached"
             return False
-        if not has_time_for_another(self.deadline, self._retry(expected_study_seconds, self.ledger), time.time()):
+        if not has_time_for_another(self.deadline, self._expected_seconds(), time.time()):
             self.stats.stop_reason = "time budget: not enough time left for another study"
             return False
         return True
+
+    def _expected_seconds(self) -> float | None:
+        """The median study time, only when a deadline needs it, and cached for a minute."""
+        if self.deadline is None:
+            return None
+        now = time.monotonic()
+        if self._expected is None or now - self._expected[0] >= EXPECTED_REFRESH_SECONDS:
+            self._expected = (now, self._retry(expected_study_seconds, self.ledger))
+        return self._expected[1]
 
     def _loop(self) -> None:
         problem = preflight(self.config)

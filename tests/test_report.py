@@ -153,9 +153,10 @@ def manifest(dataset: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def reported(finished: Path) -> tuple[StrictPage, str, list[dict[str, str]]]:
-    """The real command line, default HTML location plus --csv."""
-    out = batchseg("report", "--project", str(finished), "--csv", str(finished / "report.csv"))
+    """The real command line: the HTML at its default place, then the CSV."""
+    out = batchseg("report", "--project", str(finished))
     assert "report.html" in out.stdout
+    batchseg("report", "--project", str(finished), "--csv", str(finished / "report.csv"))
     text = (finished / "report.html").read_text(encoding="utf-8")
     with (finished / "report.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -242,6 +243,22 @@ def test_failures_and_skipped_listed_with_their_classes(reported: Any, manifest:
     assert Path(log).is_file()
 
 
+def test_csv_alone_writes_no_html_and_the_page_stops_at_all_rows(finished: Path, manifest: dict[str, Any],
+                                                                  tmp_path: Path) -> None:
+    project = copy_project(finished, tmp_path)
+    out = invoke("report", "--project", str(project), "--csv", str(project / "r.csv"))
+    assert not (project / "report.html").exists(), "--csv alone writes no HTML"
+    assert "r.csv" in out.stdout
+    invoke("report", "--project", str(project), "--all-rows", "2")
+    page = parse_page((project / "report.html").read_text(encoding="utf-8"))
+    assert len(body_rows(page.tables["studies"][0])) == 2, "the all-studies table stops at --all-rows"
+    text = (project / "report.html").read_text(encoding="utf-8")
+    assert f"The first 2 of {len(manifest)}" in text and "--csv FILE" in text
+    # Failures and LSTV candidates are listed in full whatever --all-rows says.
+    assert {row[0] for row in body_rows(page.tables["lstv"][0])} == expected_candidates(manifest)
+    assert len(body_rows(page.tables["failures"][1])) == 2
+
+
 def test_page_is_self_contained_and_links_resolve(reported: Any, finished: Path, tmp_path: Path) -> None:
     page, text, _ = reported
     assert "<script" not in text.lower()
@@ -304,7 +321,7 @@ def test_hostile_values_are_escaped(finished: Path, tmp_path: Path) -> None:
         == "failed"
     ledger.close()
     out = project / "report.html"
-    invoke("report", "--project", str(project), "--csv", str(project / "r.csv"))
+    invoke("report", "--project", str(project), "--html", str(out), "--csv", str(project / "r.csv"))
     text = out.read_text(encoding="utf-8")
     page = parse_page(text)
     assert HOSTILE not in text and "<script" not in text.lower()
@@ -343,7 +360,8 @@ def test_unassessed_and_unreadable_studies_are_never_negatives(finished: Path, m
     (meta_dir / f"{missing}_metadata.json").unlink()
     (meta_dir / f"{corrupt}_metadata.json").write_text("{not json")
 
-    invoke("report", "--project", str(project), "--csv", str(project / "r.csv"))
+    invoke("report", "--project", str(project), "--html", str(project / "report.html"), "--csv",
+           str(project / "r.csv"))
     page = parse_page((project / "report.html").read_text(encoding="utf-8"))
     lstv_tables = page.tables["lstv"]
     flagged = {row[0] for row in body_rows(lstv_tables[0])} if lstv_tables[0][0][0] == "study" else set()
@@ -367,7 +385,7 @@ def test_label_126_alone_is_no_candidate() -> None:
     findings = measure(spine_map(labels), AFFINE)
     files = StudyFiles(metadata_path="m.json", segmenter={"name": "spineps", "labels_anatomical": True},
                        lstv=findings.lstv_json(), vertebra_labels=findings.vertebra_labels_json())
-    entry = study_entry({"study_id": "1", "state": "done", "attempts": 1}, files, [])
+    entry = study_entry({"study_id": "1", "state": "done", "attempts": 1}, files)
     assert entry.lstv is not None and entry.lstv.status == NO_CANDIDATE and entry.lstv.candidates == []
     assert entry.lstv.pattern == "normal" and entry.lstv.lumbar_count == 5 and entry.lstv.caveats == []
     assert any("126" in note and "not an S1-S2" in note for note in entry.lstv.notes)
@@ -426,9 +444,9 @@ def test_one_ledger_read_for_the_whole_report(finished: Path) -> None:
             calls.append(name)
             return getattr(ledger, name)
 
-    report = collect_report(config, Counting())
+    report = collect_report(config, Counting(), keep_all=True)
     ledger.close()
-    assert sorted(calls) == ["history", "studies", "summary"]
+    assert sorted(calls) == ["report_rows", "summary"]
     assert len(report.studies) == report.total
 
 
@@ -470,7 +488,8 @@ def test_odd_result_files_never_crash_the_report(finished: Path, manifest: dict[
     (results / "metadata" / f"{deep}_metadata.json").write_text("[" * 200000 + "]" * 200000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # every QC picture is now over Pillow's limit
 
-    invoke("report", "--project", str(project), "--embed", "--csv", str(project / "r.csv"))
+    invoke("report", "--project", str(project), "--embed", "--html", str(project / "report.html"),
+           "--csv", str(project / "r.csv"))
     page = parse_page((project / "report.html").read_text(encoding="utf-8"))
     assert page.tables["lstv"]
     with (project / "r.csv").open(newline="", encoding="utf-8") as handle:

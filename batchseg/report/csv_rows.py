@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
-from .model import OUTPUT_NAMES, Report, StudyEntry
+from .model import OUTPUT_NAMES, StudyEntry
 
 # Columns of the per-study CSV, in order; researchers load it with pandas.
 CSV_FIELDS = ("study_id", "series_id", "state", "attempts", "error_class", "error_message", "log_path",
@@ -42,51 +42,45 @@ def neutralised(text: str) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, bool):
+    if value is True or value is False:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return neutralised("; ".join(str(v) for v in value))
     return neutralised(str(value))
 
 
-def csv_row(s: StudyEntry) -> dict[str, str]:
+def csv_values(s: StudyEntry) -> list[str]:
+    """One study's cells in CSV_FIELDS order (a list, not a dict: a million rows are written through here)."""
     lstv = s.lstv
-    row = {
-        "study_id": s.study_id, "series_id": s.series_id, "state": s.state, "attempts": s.attempts,
-        "error_class": s.error_class, "error_message": s.error_message, "log_path": s.log_path,
-        "seconds": s.seconds, "attempt_seconds": s.attempt_seconds, "attempt_errors": s.attempt_errors,
-        "worker": s.worker, "segmenter": s.segmenter, "labels_anatomical": s.labels_anatomical,
+    outputs = s.outputs
+    cells = [s.study_id, s.series_id, s.state, s.attempts, s.error_class, s.error_message, s.log_path, s.seconds,
+             s.attempt_seconds, s.attempt_errors, s.worker, s.segmenter, s.labels_anatomical]
+    if lstv is None:
         # Blank, not false, wherever nothing was assessed: a blank cell reads as NaN in pandas.
-        "lstv_status": lstv.status if lstv else "",
-        "pattern": lstv.pattern if lstv else None,
-        "count_assessable": lstv.count_assessable if lstv else None,
-        "count_reason": lstv.count_reason if lstv else None,
-        "lumbar_count": lstv.lumbar_count if lstv else None,
-        "l6_present": lstv.l6_present if lstv else None,
-        "t13_present": lstv.t13_present if lstv else None,
-        "candidates": lstv.candidates if lstv else [],
-        "lstv_caveats": lstv.caveats if lstv else [],
-        "lstv_notes": lstv.notes if lstv else [],
-        # The level check: shift in levels (-1, +1), distance along the spine's long axis in mm.
-        "levels_verdict": s.levels.verdict if s.levels else "",
-        "levels_points": s.levels.points if s.levels else None,
-        "levels_matched": s.levels.matched if s.levels else None,
-        "levels_shift": s.levels.shift if s.levels else None,
-        "levels_max_distance_mm": s.levels.max_distance_mm if s.levels else None,
-        "levels_reason": s.levels.reason if s.levels else None,
-        "vertebrae": s.vertebrae, "problems": s.problems,
-        **{name: s.outputs.get(name) for name in OUTPUT_NAMES},
-    }
-    return {k: _cell(v) for k, v in row.items()}
+        cells += ["", None, None, None, None, None, None, None, None, None]
+    else:
+        cells += [lstv.status, lstv.pattern, lstv.count_assessable, lstv.count_reason, lstv.lumbar_count,
+                  lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes]
+    levels = s.levels
+    # The level check: shift in levels (-1, +1), distance along the spine's long axis in mm.
+    if levels is None:
+        cells += ["", None, None, None, None, None]
+    else:
+        cells += [levels.verdict, levels.points, levels.matched, levels.shift, levels.max_distance_mm, levels.reason]
+    cells += [s.vertebrae, s.problems]
+    cells += [outputs.get(name) for name in OUTPUT_NAMES] if outputs else [None] * len(OUTPUT_NAMES)
+    # Plain text and blanks (most cells) without a call each: a million rows pass through here.
+    return ["" if v is None else v if v.__class__ is str and not v.startswith(FORMULA_STARTS) else _cell(v)
+            for v in cells]
 
 
-def render_csv(report: Report) -> Iterator[str]:
-    """One row per study (CSV_FIELDS), in ledger order, as chunks of text."""
+def render_csv(entries: Iterable[StudyEntry]) -> Iterator[str]:
+    """One row per study (CSV_FIELDS), in the order given (ledger order), as chunks of text."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for n, study in enumerate(report.studies, 1):
-        writer.writerow(csv_row(study))
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for n, study in enumerate(entries, 1):
+        writer.writerow(csv_values(study))
         if n % 256 == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -94,5 +88,6 @@ def render_csv(report: Report) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-def write_csv(report: Report, path: Path) -> Path:
-    return write_atomic(path, render_csv(report))
+def write_csv(entries: Iterable[StudyEntry], path: Path) -> Path:
+    """The CSV at `path`, written as the entries come (a stream of a million studies needs no more memory)."""
+    return write_atomic(path, render_csv(entries))

@@ -95,12 +95,20 @@ def _flag(value: bool | None) -> str:
 _LSTV_BADGE = {CANDIDATE: "candidate", NO_CANDIDATE: "none", NOT_ASSESSABLE: "unassessed", UNKNOWN: "unknown"}
 
 
-def _ids(ids: list[str], limit: int = 60) -> str:
-    """Study ids for a table cell; long lists end with a count (the CSV and JSON hold them all)."""
+def _ids(ids: list[str], total: int, where: str, limit: int = 60) -> str:
+    """Study ids for a table cell; long lists end with a count and where to find the rest."""
     shown = " ".join(ids[:limit])
-    more = f' <span class="small">+{len(ids) - limit} more (see the per-study table)</span>' \
-        if len(ids) > limit else ""
+    more = f' <span class="small">+{total - min(limit, len(ids))} more ({_e(where)})</span>' \
+        if total > min(limit, len(ids)) else ""
     return _e(shown) + more
+
+
+def _first_of(kept: int, total: int) -> str:
+    """The note under a table that stops at --all-rows: how many it shows, and where the rest are."""
+    if total <= kept:
+        return ""
+    return (f'<p class="note">The first {kept} of {total} (batchseg report --all-rows N shows more); '
+            "the CSV report (batchseg report --csv FILE) has every study.</p>\n")
 
 
 def _studies(n: int) -> str:
@@ -172,6 +180,7 @@ def render_html(report: Report, *, link: Callable[[str], str], image: Callable[[
     yield from _progress(report)
     yield from _lstv(report, links)
     yield from _level_check(report, links)
+    yield from _file_problems(report, links)
     yield from _error_groups(report, links, "failures", "Failures by error class", report.failures, "failed")
     yield from _error_groups(report, links, "skipped", "Skipped studies", report.skipped, "skipped")
     yield from _every_study(report, links)
@@ -199,7 +208,8 @@ def _header(report: Report, name: str) -> Iterator[str]:
         if note:
             yield f'<div class="banner"><b>segmenter {_e(seg)}:</b> {_e(note)}</div>\n'
     yield ('<nav><a href="#progress">Progress</a><a href="#lstv">LSTV candidates</a><a href="#levels">Level check</a>'
-           '<a href="#failures">Failures</a><a href="#skipped">Skipped</a><a href="#studies">All studies</a>'
+           + ('<a href="#problems">File problems</a>' if report.file_problems else "")
+           + '<a href="#failures">Failures</a><a href="#skipped">Skipped</a><a href="#studies">All studies</a>'
            + ('<a href="#slurm">Slurm</a>' if report.slurm_jobs else "") + "</nav>\n</header>\n")
 
 
@@ -235,7 +245,7 @@ def _progress(report: Report) -> Iterator[str]:
 def _lstv(report: Report, links: Links) -> Iterator[str]:
     """The candidates for review, then the studies not assessable, unknown, or without a candidate but caveated."""
     counts = report.lstv_counts()
-    candidates = report.with_lstv(CANDIDATE)
+    candidates = report.candidates
     yield (f'<section id="lstv">\n<h2>LSTV candidates for review <span class="count">{len(candidates)} of '
            f'{sum(counts.values())} done studies</span></h2>\n')
     yield (f'<p class="explain">{_e(LSTV_EVIDENCE_NOTE)} {_e(LABEL_126_NOTE)} '
@@ -255,21 +265,23 @@ def _lstv(report: Report, links: Links) -> Iterator[str]:
              f"<td>{links.qc(s)}</td></tr>\n" for s in candidates if s.lstv), numeric=[2])
     else:
         yield '<p class="empty">No LSTV candidates among the done studies.</p>\n'
-    unassessable = report.with_lstv(NOT_ASSESSABLE)
+    unassessable = report.not_assessable
     if unassessable:
-        yield (f"<h3>Not assessable ({len(unassessable)})</h3>\n<p class=\"note\">The lumbar count cannot be made "
-               "from what is in view or from these labels: neither candidates nor negatives.</p>\n")
+        yield (f"<h3>Not assessable ({counts[NOT_ASSESSABLE]})</h3>\n<p class=\"note\">The lumbar count cannot be "
+               "made from what is in view or from these labels: neither candidates nor negatives.</p>\n")
         yield from _table(["study", "pattern", "why", "caveats", "notes", "vertebrae", "QC"], (
             f"<tr><td>{_e(s.study_id)}</td><td>{_e(s.lstv.pattern)}</td><td>{_e(s.lstv.count_reason)}</td>"
             f"<td>{_notes(s.lstv.caveats + s.problems)}</td><td>{_notes(s.lstv.notes)}</td>"
             f"<td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
             f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in unassessable if s.lstv))
-    unknown = report.with_lstv(UNKNOWN)
+        yield _first_of(len(unassessable), counts[NOT_ASSESSABLE])
+    unknown = report.unknown
     if unknown:
-        yield f"<h3>Findings unknown ({len(unknown)})</h3>\n"
+        yield f"<h3>Findings unknown ({counts[UNKNOWN]})</h3>\n"
         yield from _table(["study", "problem"], (
             f"<tr><td>{_e(s.study_id)}</td><td>{_notes(s.problems + (s.lstv.notes if s.lstv else []))}</td></tr>\n"
             for s in unknown))
+        yield _first_of(len(unknown), counts[UNKNOWN])
     caveats = report.caveats()
     if caveats:
         yield (f"<h3>No candidate, with caveats ({len(caveats)})</h3>\n<p class=\"note\">Counted without a "
@@ -304,17 +316,16 @@ def _level_check(report: Report, links: Links) -> Iterator[str]:
              f"<td class=\"msg\">{_e(s.levels.reason)}</td><td>{_notes(s.levels.disagreements)}</td>"
              f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in ordered if s.levels),
             numeric=[2, 3, 4, 5])
+        yield _first_of(len(ordered), summary["checked"])
     else:
         yield '<p class="empty">No done study could be checked against level annotations.</p>\n'
-    reasons: dict[str, list[str]] = {}
-    for s in report.studies:
-        if s.levels is not None and s.levels.verdict in ("not_available", "not_checked"):
-            reasons.setdefault(s.levels.reason or s.levels.verdict, []).append(s.study_id)
+    reasons = report.level_not_checked
     if reasons:
-        yield f"<h3>Not checked ({sum(len(v) for v in reasons.values())})</h3>\n"
+        yield f"<h3>Not checked ({sum(n for n, _ in reasons.values())})</h3>\n"
         yield from _table(["why", "count", "studies"], (
-            f"<tr><td class=\"msg\">{_e(why)}</td><td class=\"num\">{len(ids)}</td><td class=\"ids\">{_ids(ids)}</td>"
-            "</tr>\n" for why, ids in sorted(reasons.items(), key=lambda kv: -len(kv[1]))), numeric=[1])
+            f"<tr><td class=\"msg\">{_e(why)}</td><td class=\"num\">{n}</td>"
+            f"<td class=\"ids\">{_ids(ids, n, 'the CSV report has every study')}</td></tr>\n"
+            for why, (n, ids) in sorted(reasons.items(), key=lambda kv: -kv[1][0])), numeric=[1])
     yield "</section>\n"
 
 
@@ -322,9 +333,23 @@ def _count(lstv: LstvView) -> str:
     return _e(lstv.lumbar_count) if lstv.count_assessable else '<span class="unk">not assessable</span>'
 
 
+def _file_problems(report: Report, links: Links) -> Iterator[str]:
+    """Every done study whose findings are known but whose files have a problem (a label file missing, say)."""
+    if not report.file_problems:
+        return
+    yield (f'<section id="problems">\n<h2>Done studies with problems in their files <span class="count">'
+           f"{_studies(len(report.file_problems))}</span></h2>\n")
+    yield from _table(["study", "LSTV", "problems", "files"], (
+        f"<tr><td>{_e(s.study_id)}</td><td>{_lstv_badge(s.lstv)}</td><td>{_notes(s.problems)}</td>"
+        f"<td class=\"nowrap\">{links.a(s.outputs.get('metadata'), 'metadata')}</td></tr>\n"
+        for s in report.file_problems))
+    yield "</section>\n"
+
+
 def _error_groups(report: Report, links: Links, anchor: str, title: str, groups: list[ErrorGroup],
                   state: str) -> Iterator[str]:
-    """The failed (state "failed") or skipped studies grouped by error class; skipped ones also one by one."""
+    """The failed (state "failed") or skipped studies grouped by error class, then one by one: every failed
+    study, the first --all-rows skipped ones."""
     yield (f'<section id="{anchor}">\n<h2>{_e(title)} <span class="count">'
            f"{_studies(report.states.get(state, 0))}</span></h2>\n")
     if not groups:
@@ -334,29 +359,39 @@ def _error_groups(report: Report, links: Links, anchor: str, title: str, groups:
         yield from _table(["error class", "count", "studies", "example message", "log"], (
             f"<tr><td><code>{_e(g.error_class)}</code><div class=\"small\">{_e(g.description)}"
             f"{'; retried' if g.retried else '; not retried'}</div></td><td class=\"num\">{g.count}</td>"
-            f"<td class=\"ids\">{_ids(g.studies)}</td><td class=\"msg\">{_e(g.example)}</td>"
-            f"<td>{links.a(g.log, 'log')}</td></tr>\n" for g in groups), numeric=[1])
+            f"<td class=\"ids\">{_ids(g.studies, g.count, 'every one is in the table below')}</td>"
+            f"<td class=\"msg\">{_e(g.example)}</td><td>{links.a(g.log, 'log')}</td></tr>\n" for g in groups),
+            numeric=[1])
+        yield "<h3>Every failed study</h3>\n"
+        yield from _table(["study", "error class", "message", "attempts", "earlier attempts", "log"], (
+            f"<tr><td>{_e(s.study_id)}</td><td><code>{_e(s.error_class)}</code></td>"
+            f"<td class=\"msg\">{_e(s.error_message)}</td><td class=\"num\">{s.attempts}</td>"
+            f"<td class=\"small\">{_e(', '.join(s.attempt_errors[:-1]))}</td>"
+            f"<td>{links.a(s.log_path, 'log')}</td></tr>\n" for s in report.failed), numeric=[3])
     else:
         yield from _table(["error class", "count", "studies"], (
             f"<tr><td><code>{_e(g.error_class)}</code><div class=\"small\">{_e(g.description)}</div></td>"
-            f"<td class=\"num\">{g.count}</td><td class=\"ids\">{_ids(g.studies)}</td></tr>\n"
+            f"<td class=\"num\">{g.count}</td>"
+            f"<td class=\"ids\">{_ids(g.studies, g.count, 'the CSV report lists every one')}</td></tr>\n"
             for g in groups), numeric=[1])
-    if state == "skipped":
-        rows = [s for s in report.studies if s.state == "skipped"]
         yield "<h3>Reasons</h3>\n"
         yield from _table(["study", "error class", "reason"], (
             f"<tr><td>{_e(s.study_id)}</td><td><code>{_e(s.error_class)}</code></td>"
-            f"<td class=\"msg\">{_e(s.error_message)}</td></tr>\n" for s in rows))
+            f"<td class=\"msg\">{_e(s.error_message)}</td></tr>\n" for s in report.skipped_studies))
+        yield _first_of(len(report.skipped_studies), report.states.get("skipped", 0))
     yield "</section>\n"
 
 
 def _every_study(report: Report, links: Links) -> Iterator[str]:
-    """One row per study in ledger order, folded away when there are more than 300."""
-    yield (f'<section id="studies">\n<h2>All studies <span class="count">{len(report.studies)}</span></h2>\n'
-           f"<details{' open' if len(report.studies) <= 300 else ''}><summary>one row per study, in ledger order "
-           "(the CSV report holds the same and more)</summary>\n")
+    """One row per study in ledger order, up to --all-rows, folded away when there are more than 300."""
+    shown = report.shown
+    yield (f'<section id="studies">\n<h2>All studies <span class="count">{report.total}</span></h2>\n'
+           f"<details{' open' if len(shown) <= 300 else ''}><summary>one row per study, in ledger order "
+           + (f"(the first {len(shown)}; " if len(shown) < report.total else "(")
+           + "the CSV report holds every study and more)</summary>\n")
     yield from _table(["study", "state", "attempts", "seconds", "segmenter", "labels anatomical", "LSTV",
-                       "error", "files"], (_study_row(s, links) for s in report.studies), numeric=[2, 3])
+                       "error", "files"], (_study_row(s, links) for s in shown), numeric=[2, 3])
+    yield _first_of(len(shown), report.total)
     yield "</details>\n</section>\n"
 
 

@@ -1,9 +1,12 @@
 """The review report's model (`batchseg report`): read the ledger and each done study's files, build a `Report`.
 
-Three steps, I/O only at the first: `collect_report` reads the ledger once (summary, studies,
-history) and each done study's metadata and vertebra labels, one file at a time; the pure
-`study_entry` and `build_report` turn those into a `Report`; `report_json` is its `--json` form.
-The page and the table are drawn from a `Report` by `html_page` and `csv_rows`.
+One pass, flat in memory whatever the ledger's size: `collect_report` streams the studies from the
+ledger (`Ledger.report_rows`) and reads each done study's metadata and vertebra labels, one study at a
+time; the pure `study_entry` turns each into a `StudyEntry`, which goes on to whoever consumes the
+stream (the CSV writer) and through a `ReportBuilder`. The builder keeps the counts and what the page
+shows in full (every failure, LSTV candidate, caveat and problem with a study's files) and, of the long
+lists, only the first `all_rows` studies; `build_report` does the same for entries already at hand.
+`report_json` is the `--json` form. The page and the table are drawn by `html_page` and `csv_rows`.
 
 LSTV findings are candidates for review, never diagnoses. A study whose lumbar count
 is not assessable (a junction out of view, labels not anatomical, irregular labels) is
@@ -14,14 +17,16 @@ whose findings carry a caveat (lstv.py: caveats apart from informational notes).
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ..errors import StudyError, one_line
-from ..pipeline import output_paths
+from ..pipeline import file_name_part, output_paths
 from .status_text import worker_of
 
 # The names of one study's outputs (nifti, vert_mask, ..., metadata), in the pipeline's order.
@@ -29,6 +34,12 @@ OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
 
 # LSTV status words: "no candidate" is the only one that means "counted and nothing found".
 CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN = "candidate", "no candidate", "not assessable", "unknown"
+
+# Studies named per reason a level check was not made (the page's cell; the CSV has every study).
+NOT_CHECKED_IDS = 60
+# The page lists at most this many studies in each long table (every study, not assessed, findings unknown,
+# skipped); `report --all-rows N` changes it. The CSV always has every study.
+ALL_ROWS = 3000
 
 
 @dataclass
@@ -127,22 +138,31 @@ class Report:
     median_study_seconds: float | None
     failures: list[ErrorGroup]
     skipped: list[ErrorGroup]
-    studies: list[StudyEntry]
+    shown: list[StudyEntry]                 # the first `all_rows` studies in ledger order: the page's table
+    all_rows: int
+    lstv_totals: dict[str, int]             # done studies per LSTV status
+    candidates: list[StudyEntry]            # every LSTV candidate
+    caveat_studies: list[StudyEntry]        # every "no candidate" with a note that limits it
+    not_assessable: list[StudyEntry]        # the first `all_rows` (lstv_totals has them all)
+    unknown: list[StudyEntry]               # the first `all_rows` (lstv_totals has them all)
+    failed: list[StudyEntry]                # every failed study
+    skipped_studies: list[StudyEntry]       # the first `all_rows` (states has them all)
+    file_problems: list[StudyEntry]         # every done study, findings known, whose files have a problem
+    level_verdicts: dict[str, int]          # done studies per level-check verdict
+    level_checked: list[StudyEntry]         # shifted, then disagree (every one), then agree (the first `all_rows`)
+    level_not_checked: dict[str, tuple[int, list[str]]]   # why -> (studies, the first 60 of them)
     segmenters: dict[str, str] = field(default_factory=dict)   # name -> its note (e.g. "synthetic phantoms only")
     result_versions: list[str] = field(default_factory=list)   # batchseg versions that wrote the results
     slurm_jobs: list[dict[str, Any]] = field(default_factory=list)
+    studies: list[StudyEntry] | None = None  # every study, when asked for (`report --json`); else None
 
     def lstv_counts(self) -> dict[str, int]:
-        counts = {CANDIDATE: 0, NO_CANDIDATE: 0, NOT_ASSESSABLE: 0, UNKNOWN: 0}
-        for s in self.studies:
-            if s.lstv is not None:
-                counts[s.lstv.status] += 1
-        return counts
+        return {status: self.lstv_totals.get(status, 0) for status in (CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN)}
 
     def candidate_kinds(self) -> dict[str, int]:
         """How many studies carry each candidate pattern (a study may carry several)."""
         kinds: dict[str, int] = {}
-        for s in self.with_lstv(CANDIDATE):
+        for s in self.candidates:
             for c in dict.fromkeys(s.lstv.candidate_patterns if s.lstv else []):
                 kinds[c] = kinds.get(c, 0) + 1
         return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -151,23 +171,142 @@ class Report:
         """The cohort's level check: counts per verdict and the agreement rate (levels.summarize)."""
         from ..levels import summarize
 
-        return summarize(s.levels.verdict for s in self.studies if s.levels is not None)
+        return summarize(verdict for verdict, n in self.level_verdicts.items() for _ in range(n))
 
     def level_order(self) -> list[StudyEntry]:
-        """The done studies whose levels could be checked, the disagreeing ones first (shifted, disagree, agree)."""
-        rank = {"shifted": 0, "disagree": 1, "agree": 2}
-        checked = [s for s in self.studies if s.levels is not None and s.levels.verdict in rank]
-        return sorted(checked, key=lambda s: rank[s.levels.verdict])  # type: ignore[union-attr]
-
-    def with_lstv(self, status: str) -> list[StudyEntry]:
-        return [s for s in self.studies if s.lstv is not None and s.lstv.status == status]
+        """The done studies whose levels could be checked, the disagreeing ones first (shifted, disagree, agree):
+        every disagreeing one, the first `all_rows` that agree."""
+        return self.level_checked
 
     def caveats(self) -> list[StudyEntry]:
         """Counted without a candidate, but with a caveat on how to read it (a label in pieces, say)."""
-        return [s for s in self.with_lstv(NO_CANDIDATE) if s.lstv and s.lstv.caveats]
+        return self.caveat_studies
+
+
+class ReportBuilder:
+    """Takes the study entries one at a time, in ledger order, and keeps what the report needs of them:
+    counts, everything the page shows in full, and the first `all_rows` of each long list."""
+
+    def __init__(self, all_rows: int = ALL_ROWS, *, keep_all: bool = False) -> None:
+        self.all_rows = all_rows
+        self.everything: list[StudyEntry] | None = [] if keep_all else None
+        self.shown: list[StudyEntry] = []
+        self.lstv_totals: dict[str, int] = {}
+        self.lists: dict[str, list[StudyEntry]] = {k: [] for k in (CANDIDATE, "caveat", NOT_ASSESSABLE, UNKNOWN,
+                                                                    "failed", "skipped", "problems")}
+        self.segmenters: dict[str, str] = {}
+        self.versions: set[str] = set()
+        self.level_verdicts: dict[str, int] = {}
+        self.level_lists: dict[str, list[StudyEntry]] = {"shifted": [], "disagree": [], "agree": []}
+        self.level_not_checked: dict[str, tuple[int, list[str]]] = {}
+
+    def _keep(self, name: str, entry: StudyEntry, *, all_of_them: bool = False) -> None:
+        kept = self.lists[name]
+        if all_of_them or len(kept) < self.all_rows:
+            kept.append(entry)
+
+    def add(self, s: StudyEntry) -> StudyEntry:
+        if len(self.shown) < self.all_rows:
+            self.shown.append(s)
+        if self.everything is not None:
+            self.everything.append(s)
+        if s.segmenter and s.segmenter not in self.segmenters:
+            self.segmenters[s.segmenter] = s.segmenter_note or ""
+        if s.made_by:
+            self.versions.add(s.made_by)
+        if s.state == "failed":
+            self._keep("failed", s, all_of_them=True)
+        elif s.state == "skipped":
+            self._keep("skipped", s)
+        status = s.lstv.status if s.lstv is not None else None
+        if status is not None:
+            self.lstv_totals[status] = self.lstv_totals.get(status, 0) + 1
+        if status == CANDIDATE:
+            self._keep(CANDIDATE, s, all_of_them=True)
+        elif status in (NOT_ASSESSABLE, UNKNOWN):
+            self._keep(status, s)
+        elif status == NO_CANDIDATE and s.lstv and s.lstv.caveats:
+            self._keep("caveat", s, all_of_them=True)
+        # A candidate's problems show in its own row, an unknown study's are why it is unknown.
+        if s.problems and status in (NO_CANDIDATE, NOT_ASSESSABLE):
+            self._keep("problems", s, all_of_them=True)
+        if s.levels is not None:
+            self._add_levels(s)
+        return s
+
+    def _add_levels(self, s: StudyEntry) -> None:
+        verdict = s.levels.verdict if s.levels else "not_checked"
+        self.level_verdicts[verdict] = self.level_verdicts.get(verdict, 0) + 1
+        kept = self.level_lists.get(verdict)
+        if kept is not None:
+            if verdict != "agree" or len(kept) < self.all_rows:
+                kept.append(s)
+        elif s.levels is not None:
+            why = s.levels.reason or verdict
+            n, ids = self.level_not_checked.get(why, (0, []))
+            if len(ids) < NOT_CHECKED_IDS:
+                ids.append(s.study_id)
+            self.level_not_checked[why] = (n + 1, ids)
+
+    def passing(self, entries: Iterable[StudyEntry]) -> Iterator[StudyEntry]:
+        """The same entries, each one added on its way through."""
+        for entry in entries:
+            yield self.add(entry)
+
+    def build(self, summary: dict[str, Any], *, project: str, results: str, ledger_url: str, version: str,
+              now: float | None = None, slurm_jobs: Iterable[dict[str, Any]] = ()) -> Report:
+        import datetime as dt
+
+        moment = dt.datetime.fromtimestamp(time.time() if now is None else now).astimezone()
+        return Report(
+            project=project,
+            results=results,
+            ledger=ledger_url,
+            generated_at=moment.isoformat(timespec="seconds"),
+            batchseg_version=version,
+            total=int(summary["total"]),
+            states=dict(summary["states"]),
+            attempts=int(summary.get("attempts", 0)),
+            retried_studies=int(summary.get("retried_studies", 0)),
+            throughput_per_hour=summary.get("throughput_per_hour"),
+            eta_seconds=summary.get("eta_seconds"),
+            median_study_seconds=summary.get("median_study_seconds"),
+            failures=_groups(summary.get("failures", [])),
+            skipped=_groups(summary.get("skipped", [])),
+            shown=self.shown,
+            all_rows=self.all_rows,
+            lstv_totals=dict(self.lstv_totals),
+            candidates=self.lists[CANDIDATE],
+            caveat_studies=self.lists["caveat"],
+            not_assessable=self.lists[NOT_ASSESSABLE],
+            unknown=self.lists[UNKNOWN],
+            failed=self.lists["failed"],
+            skipped_studies=self.lists["skipped"],
+            file_problems=self.lists["problems"],
+            level_verdicts=dict(self.level_verdicts),
+            level_checked=[s for verdict in ("shifted", "disagree", "agree") for s in self.level_lists[verdict]],
+            level_not_checked=dict(self.level_not_checked),
+            segmenters=self.segmenters,
+            result_versions=sorted(self.versions),
+            slurm_jobs=list(slurm_jobs),
+            studies=self.everything,
+        )
 
 
 # -- reading (the I/O edge) -----------------------------------------------------------------------
+
+@lru_cache(maxsize=4)
+def _layout_template(out_dir: str) -> dict[str, tuple[str, str]]:
+    """output_paths() once per results folder: each output as (folder and separator, name after the id).
+
+    Every output's file name starts with the study id (docs/architecture.md, "Output layout").
+    """
+    template = {}
+    for name, path in output_paths(Path(out_dir), "x").items():
+        assert path.name.startswith("x"), path
+        template[name] = (str(path.parent) + os.sep, path.name[1:])
+    return template
+
 
 def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     """Read one done study's metadata and vertebra labels; a missing or bad file becomes a problem, not a crash.
@@ -177,16 +316,18 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     """
     files = StudyFiles()
     try:
-        layout = output_paths(Path(out_dir), study_id)
+        file_name_part(study_id)
     except StudyError as exc:   # a crafted ledger row: its id never becomes a path
         files.problems.append(exc.message)
         return files
+    # The paths as text from a template: eight Path objects per study were a quarter of a large report.
+    layout = {name: folder + study_id + rest for name, (folder, rest) in _layout_template(str(out_dir)).items()}
     meta_path = layout["metadata"]
-    meta, problem = _json_object(meta_path, "metadata", shown=str(meta_path))
+    meta, problem = _json_object(meta_path, "metadata", shown=meta_path)
     if meta is None:
         files.problems.append(problem)
         return files
-    files.metadata_path = str(meta_path)
+    files.metadata_path = meta_path
     segmenter = meta.get("segmenter")
     files.segmenter = {k: v for k, v in segmenter.items() if isinstance(v, (str, bool, int, float))} \
         if isinstance(segmenter, dict) else {}
@@ -199,7 +340,7 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     files.batchseg_version = versions.get("batchseg") if isinstance(versions.get("batchseg"), str) else None
     # Metadata is published last: the outputs it lists are all in place.
     names = meta.get("outputs") if isinstance(meta.get("outputs"), dict) else {}
-    files.outputs = {k: str(layout[k]) for k in OUTPUT_NAMES if k in names and k in layout}
+    files.outputs = {k: layout[k] for k in OUTPUT_NAMES if k in names and k in layout}
     labels, problem = _json_object(layout["vertebra_labels"], "vertebra labels")
     if labels is None:
         files.problems.append(problem)
@@ -227,44 +368,53 @@ def lstv_field_problems(lstv: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _json_object(path: Path, what: str, shown: str | None = None) -> tuple[dict[str, Any] | None, str]:
+def _json_object(path: str, what: str, shown: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """The JSON object in `path`, or None and a line saying what is wrong with the file."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
+        with open(path, "rb") as handle:   # bytes: json reads UTF-8 itself, without a text layer
+            data = json.loads(handle.read())
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
         return data, ""
     except FileNotFoundError:
-        return None, f"{what} missing: {shown or path.name}"
+        return None, f"{what} missing: {shown or os.path.basename(path)}"
     except (OSError, ValueError, TypeError, RecursionError) as exc:   # RecursionError: absurdly deep nesting
-        return None, f"{what} unreadable: {path.name}: {type(exc).__name__}: {one_line(exc, 200)}"
+        return None, f"{what} unreadable: {os.path.basename(path)}: {type(exc).__name__}: {one_line(exc, 200)}"
+
+
+def study_entries(out_dir: Path, ledger: Any) -> Iterator[StudyEntry]:
+    """Every study's entry in ledger order, streamed from the ledger; done studies' files read on the way."""
+    for row in ledger.report_rows():
+        files = read_study_files(out_dir, row["study_id"]) if row["state"] == "done" else None
+        yield study_entry(row, files)
 
 
 def collect_report(config: Any, ledger: Any, *, now: float | None = None,
-                   slurm_jobs: Iterable[dict[str, Any]] = ()) -> Report:
-    """Read the ledger once and every done study's files one at a time, and build the report."""
+                   slurm_jobs: Iterable[dict[str, Any]] = (), all_rows: int = ALL_ROWS, keep_all: bool = False,
+                   consume: Callable[[Iterable[StudyEntry]], Any] | None = None) -> Report:
+    """One pass over the ledger and the done studies' files: the report.
+
+    `consume`, when given, is handed the stream of entries first (the CSV writer writes each row as it
+    comes); whatever it leaves is read through. `keep_all` keeps every entry in `Report.studies`.
+    """
     from sqlalchemy.engine import make_url
 
     from .. import __version__
 
     summary = ledger.summary()
-    events_by_study: dict[str, list[dict[str, Any]]] = {}
-    for event in ledger.history():
-        events_by_study.setdefault(event["study_id"], []).append(event)
     out_dir = Path(config.out_dir)
-
-    def entries() -> Iterable[StudyEntry]:
-        for row in ledger.studies():
-            files = read_study_files(out_dir, row["study_id"]) if row["state"] == "done" else None
-            yield study_entry(row, files, events_by_study.pop(row["study_id"], []))
-
+    builder = ReportBuilder(all_rows, keep_all=keep_all)
+    entries = builder.passing(study_entries(out_dir, ledger))
+    if consume is not None:
+        consume(entries)
+    for _ in entries:
+        pass
     try:
         ledger_url = make_url(config.db_url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an odd URL still gets a report
         ledger_url = "(unparsable URL)"
-    return build_report(summary, entries(), project=str(config.project_dir), results=str(out_dir),
-                        ledger_url=ledger_url, version=__version__, now=now, slurm_jobs=slurm_jobs)
+    return builder.build(summary, project=str(config.project_dir), results=str(out_dir), ledger_url=ledger_url,
+                         version=__version__, now=now, slurm_jobs=slurm_jobs)
 
 
 # -- building (pure) --------------------------------------------------------------------------------
@@ -350,18 +500,28 @@ def _texts(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
+@lru_cache(maxsize=1)
+def _vertebra_ranks() -> dict[str, int]:
+    """Label (as a vertebra-labels key) -> place top to bottom, for every vertebra and the sacrum."""
+    from ..labels import SACRUM, SPINE_ORDER, VERTEBRA_NAMES
+
+    order = {label: i for i, label in enumerate(SPINE_ORDER)}
+    return {str(label): order.get(label, len(order) + label) for label in (*VERTEBRA_NAMES, SACRUM)}
+
+
 def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
     """Vertebra and sacrum names of a vertebra-labels file, top to bottom."""
-    from ..labels import SPINE_ORDER, label_kind
-
     if not vertebra_labels:
         return []
-    rank = {label: i for i, label in enumerate(SPINE_ORDER)}
+    ranks = _vertebra_ranks()
     found = []
     for key, name in vertebra_labels.items():
-        # isdecimal and isascii: "²" is a digit to str.isdigit, and int() refuses it
-        if key.isascii() and key.isdecimal() and len(key) < 6 and label_kind(int(key)) in ("vertebra", "sacrum"):
-            found.append((rank.get(int(key), len(rank) + int(key)), name))
+        rank = ranks.get(key)
+        # isascii and isdecimal: "²" is a digit to str.isdigit, and int() refuses it
+        if rank is None and key.isascii() and key.isdecimal() and len(key) < 6:   # "020": the same label
+            rank = ranks.get(str(int(key)))
+        if rank is not None:
+            found.append((rank, name))
     return [name for _, name in sorted(found)]
 
 
@@ -378,12 +538,10 @@ def _consistency(lstv: LstvView, vertebra_labels: dict[str, str] | None) -> list
     return problems
 
 
-def study_entry(row: dict[str, Any], files: StudyFiles | None, events: list[dict[str, Any]]) -> StudyEntry:
-    """One study's line of the report from its ledger row, its files (done studies only) and its history."""
+def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
+    """One study's line of the report from its ledger row (Ledger.report_rows) and its files (done studies only)."""
     timings = row.get("timings") if isinstance(row.get("timings"), dict) else {}
-    durations = [e["duration"] for e in events if e.get("duration") is not None
-                 and e["event"] in ("done", "failed", "lost", "released")]
-    claims = [e for e in events if e["event"] == "claimed"]
+    seconds = row.get("attempt_seconds")
     entry = StudyEntry(
         study_id=str(row["study_id"]),
         series_id=row.get("series_id"),
@@ -393,9 +551,12 @@ def study_entry(row: dict[str, Any], files: StudyFiles | None, events: list[dict
         error_message=row.get("error_message") if row["state"] != "done" else None,
         log_path=row.get("log_path") if row["state"] != "done" else None,
         seconds=timings.get("total"),
-        attempt_seconds=round(sum(durations), 3) if durations else None,
-        attempt_errors=[e.get("error_class") or "unknown" for e in events if e["event"] in ("failed", "lost")],
-        worker=worker_of(claims[-1]) if claims else "",
+        attempt_seconds=round(seconds, 3) if seconds is not None else None,
+        attempt_errors=list(row.get("attempt_errors") or []),
+        # The study row keeps the last claim's worker (every claim writes it).
+        worker=worker_of({"host": row.get("worker_host"), "pid": row.get("worker_pid"),
+                          "slurm_array_job_id": row.get("slurm_array_job_id"),
+                          "slurm_array_task_id": row.get("slurm_array_task_id")}),
     )
     if files is None:
         return entry
@@ -432,55 +593,46 @@ def _groups(groups: list[dict[str, Any]]) -> list[ErrorGroup]:
 
 def build_report(summary: dict[str, Any], entries: Iterable[StudyEntry], *, project: str, results: str,
                  ledger_url: str, version: str, now: float | None = None,
-                 slurm_jobs: Iterable[dict[str, Any]] = ()) -> Report:
+                 slurm_jobs: Iterable[dict[str, Any]] = (), all_rows: int = ALL_ROWS,
+                 keep_all: bool = False) -> Report:
     """The report from the ledger summary and the study entries (consumed once, in ledger order)."""
-    import datetime as dt
-
-    studies_list = list(entries)
-    segmenters: dict[str, str] = {}
-    versions: set[str] = set()
-    for s in studies_list:
-        if s.segmenter and s.segmenter not in segmenters:
-            segmenters[s.segmenter] = s.segmenter_note or ""
-        if s.made_by:
-            versions.add(s.made_by)
-    moment = dt.datetime.fromtimestamp(time.time() if now is None else now).astimezone()
-    return Report(
-        project=project,
-        results=results,
-        ledger=ledger_url,
-        generated_at=moment.isoformat(timespec="seconds"),
-        batchseg_version=version,
-        total=int(summary["total"]),
-        states=dict(summary["states"]),
-        attempts=int(summary.get("attempts", 0)),
-        retried_studies=int(summary.get("retried_studies", 0)),
-        throughput_per_hour=summary.get("throughput_per_hour"),
-        eta_seconds=summary.get("eta_seconds"),
-        median_study_seconds=summary.get("median_study_seconds"),
-        failures=_groups(summary.get("failures", [])),
-        skipped=_groups(summary.get("skipped", [])),
-        studies=studies_list,
-        segmenters=segmenters,
-        result_versions=sorted(versions),
-        slurm_jobs=list(slurm_jobs),
-    )
-
+    builder = ReportBuilder(all_rows, keep_all=keep_all)
+    for entry in entries:
+        builder.add(entry)
+    return builder.build(summary, project=project, results=results, ledger_url=ledger_url, version=version,
+                         now=now, slurm_jobs=slurm_jobs)
 
 
 # -- the --json form ------------------------------------------------------------------------------
 
-def report_json(report: Report) -> dict[str, Any]:
-    """The report as one JSON-ready object (`batchseg report --json`)."""
-    from dataclasses import asdict
+# Report fields that hold entries for the page; the JSON has every study in `studies` instead.
+_PAGE_LISTS = ("shown", "candidates", "caveat_studies", "not_assessable", "unknown", "failed", "skipped_studies",
+               "file_problems")
 
-    data = asdict(report)
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The report as one JSON-ready object (`batchseg report --json`): needs every study (`keep_all`)."""
+    from dataclasses import fields
+
+    if report.studies is None:
+        raise ValueError("report_json needs a report collected with keep_all=True (every study)")
+    data = {f.name: getattr(report, f.name) for f in fields(report) if f.name not in _PAGE_LISTS}
+    data = json.loads(json.dumps(data, default=_plain))
     data["lstv_counts"] = report.lstv_counts()
     data["lstv_candidate_kinds"] = report.candidate_kinds()
-    data["lstv_candidates"] = [s.study_id for s in report.with_lstv(CANDIDATE)]
-    data["lstv_not_assessable"] = [s.study_id for s in report.with_lstv(NOT_ASSESSABLE)]
-    data["lstv_with_caveats"] = [s.study_id for s in report.caveats()]
+    data["lstv_candidates"] = [s.study_id for s in report.candidates]
+    data["lstv_not_assessable"] = [s.study_id for s in report.studies
+                                   if s.lstv and s.lstv.status == NOT_ASSESSABLE]
+    data["lstv_with_caveats"] = [s.study_id for s in report.caveat_studies]
     data["level_check"] = {**report.level_summary(),
-                           "disagreeing": [s.study_id for s in report.level_order() if s.levels
+                           "disagreeing": [s.study_id for s in report.level_checked if s.levels
                                            and s.levels.verdict != "agree"]}
     return data
+
+
+def _plain(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")

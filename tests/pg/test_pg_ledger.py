@@ -77,3 +77,46 @@ def test_cli_runs_with_a_postgresql_ledger(pg_url: str, tmp_path: Path, synth_sm
 
     states = json.loads(status.output)["states"]
     assert states["done"] >= 1 and states["running"] == 0 and states["pending"] == 0
+
+
+def test_counters_follow_every_transition_on_postgresql(pg_url: str) -> None:
+    """PostgreSQL's triggers write deltas (no hot rows); claims fold them; readers add both up."""
+    from sqlalchemy import text
+
+    from tests.test_ledger_counts import exercise, nonzero, recount
+
+    ledger = Ledger(pg_url, max_attempts=2)
+    exercise(ledger)
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
+    with ledger.engine.begin() as conn:
+        left = conn.execute(text("SELECT count(*) FROM count_deltas")).scalar()
+        conn.execute(text("UPDATE studies SET state = 'failed', error_class = 'internal' WHERE study_id = '1001'"))
+    assert left <= 8, "each claim folds the deltas written since the one before"
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
+    summary = ledger.summary(studies_per_group=1)
+    assert summary["states"]["failed"] == 2 and all(len(g["studies"]) == 1 for g in summary["failures"])
+    ledger.close()
+
+
+def test_a_postgresql_ledger_made_before_the_counters_gets_them(pg_url: str) -> None:
+    from sqlalchemy import text
+
+    from tests.test_ledger_counts import exercise, nonzero, recount
+
+    ledger = Ledger(pg_url, max_attempts=2)
+    exercise(ledger)
+    expected = nonzero(recount(ledger))
+    with ledger.engine.begin() as conn:
+        for name, table in (("counts_studies_insert", "studies"), ("counts_studies_update", "studies"),
+                            ("counts_studies_delete", "studies"), ("counts_history_insert", "history")):
+            conn.execute(text(f"DROP TRIGGER {name} ON {table}"))
+        for name in ("ix_studies_seq", "ix_studies_problems", "ix_history_event_at"):
+            conn.execute(text(f"DROP INDEX {name}"))
+        conn.execute(text("DROP TABLE counts, count_deltas"))
+        conn.execute(text("DELETE FROM meta WHERE key = 'counts'"))
+    ledger.close()
+    reopened = Ledger(pg_url)
+    assert nonzero(reopened.counts()) == expected
+    reopened.add_studies([StudyRow("5")])
+    assert reopened.counts()["state:pending"] == 1
+    reopened.close()

@@ -1,0 +1,232 @@
+"""The ledger's summary counters and hot path, on a real SQLite file: counters always equal a count of the rows."""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from batchseg.ledger import Ledger, StudyRow, WorkerInfo
+
+
+def worker(pid: int = 1) -> WorkerInfo:
+    return WorkerInfo(host="node1", pid=pid)
+
+
+def recount(ledger: Ledger) -> dict[str, int]:
+    """The counters as a full count of the rows would give them (what status computed before the counters)."""
+    out: dict[str, int] = {}
+    with ledger.engine.connect() as conn:
+        for state, n in conn.execute(text("SELECT state, count(*) FROM studies GROUP BY state")):
+            out[f"state:{state}"] = n
+        for state, cls, n in conn.execute(text(
+                "SELECT state, error_class, count(*) FROM studies WHERE state IN ('failed', 'skipped') "
+                "GROUP BY state, error_class")):
+            key = f"{state}:{cls or 'unknown'}"
+            out[key] = out.get(key, 0) + n
+        out["claims"] = conn.execute(text("SELECT count(*) FROM history WHERE event = 'claimed'")).scalar()
+        out["retried"] = conn.execute(text(
+            "SELECT count(DISTINCT study_id) FROM history WHERE event IN ('failed', 'lost') "
+            "AND to_state = 'pending'")).scalar()
+    return out
+
+
+def nonzero(counted: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counted.items() if v}
+
+
+def exercise(ledger: Ledger) -> None:
+    """Every transition the ledger has, in one history."""
+    ledger.add_studies([StudyRow(str(1000 + i), series_id=str(i)) for i in range(8)]
+                       + [StudyRow("7", skip_class="input.no_series", skip_message="no T2")])
+    a = ledger.claim(worker(), 60)
+    assert ledger.fail(a, "segment.oom", "out of memory") == "pending"          # retried
+    b = ledger.claim(worker(), 60)
+    assert ledger.fail(b, "input.bad_dicom", "truncated") == "failed"           # permanent
+    c = ledger.claim(worker(), 60)
+    assert ledger.complete(c, {"qc": "x.png"}, {"total": 1.0})
+    d = ledger.claim(worker(), 60)
+    assert ledger.release(d, "SIGUSR1")
+    e = ledger.claim(worker(), -1)                                              # its lease runs out at once
+    f = ledger.claim(worker(2), 60)                                             # ... and this claim expires it
+    assert ledger.study(e.study_id)["error_class"] == "worker.lost"
+    assert ledger.mark_lost(f.study_id, f.token, "slurm says gone") == "pending"
+    assert ledger.retry_failed() == [b.study_id]
+    assert ledger.requeue_skipped([StudyRow("7", series_id="70")]) == ["7"]
+    assert not ledger.complete(a, {}, {}), "a stale token changes nothing, counters included"
+    while (claim := ledger.claim(worker(), 60)) is not None:
+        ledger.fail(claim, "input.geometry", "gap") if claim.study_id == "1007" else ledger.complete(claim, {}, {})
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}", max_attempts=2)
+    yield ledger
+    ledger.close()
+
+
+def test_counters_follow_every_transition(ledger: Ledger) -> None:
+    exercise(ledger)
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
+    summary = ledger.summary()
+    assert summary["states"] == {"pending": 0, "running": 0, "done": 8, "failed": 1, "skipped": 0}
+    assert summary["attempts"] == recount(ledger)["claims"] and summary["retried_studies"] == 3
+
+
+def test_hand_written_sql_keeps_the_counters_right(ledger: Ledger) -> None:
+    """Triggers, not batchseg's code, keep the counts: an operator's UPDATE or DELETE is counted too."""
+    exercise(ledger)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE studies SET state = 'failed', error_class = 'internal' WHERE study_id = '1001'"))
+        conn.execute(text("DELETE FROM studies WHERE study_id = '1002'"))
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
+    assert ledger.summary()["failures"][0]["error_class"] in ("internal", "input.geometry")
+
+
+def test_summary_lists_a_few_studies_per_group_when_asked(ledger: Ledger) -> None:
+    ledger.add_studies([StudyRow(str(i), skip_class="input.no_series", skip_message=f"study {i}: none")
+                        for i in range(10)])
+    full = ledger.summary()["skipped"][0]
+    assert full["count"] == 10 and full["studies"] == [str(i) for i in range(10)] and full["example"] == "study 0: none"
+    few = ledger.summary(studies_per_group=3)["skipped"][0]
+    assert few["count"] == 10 and few["studies"] == ["0", "1", "2"] and few["example"] == "study 0: none"
+    none = ledger.summary(studies_per_group=0)["skipped"][0]
+    assert none["count"] == 10 and none["studies"] == [] and none["example"] == "" and none["log"] is None
+
+
+def _as_made_by_the_first_release(path: Path) -> None:
+    """Strip what this version adds (counters, triggers, later indexes), as a ledger from before them looks."""
+    raw = sqlite3.connect(path)
+    for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        raw.execute(f"DROP TRIGGER {name}")
+    for name in ("ix_studies_seq", "ix_studies_problems", "ix_history_event_at"):
+        raw.execute(f"DROP INDEX {name}")
+    raw.execute("DROP TABLE counts")
+    raw.execute("DROP TABLE count_deltas")
+    raw.execute("DELETE FROM meta WHERE key = 'counts'")
+    raw.commit()
+    raw.close()
+
+
+def test_a_ledger_made_before_the_counters_gets_them_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    ledger = Ledger(f"sqlite:///{path}", max_attempts=2)
+    exercise(ledger)
+    expected = nonzero(recount(ledger))
+    ledger.close()
+    _as_made_by_the_first_release(path)
+    reopened = Ledger(f"sqlite:///{path}")
+    assert nonzero(reopened.counts()) == expected
+    with reopened.engine.connect() as conn:
+        indexes = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'index'"))}
+    assert {"ix_studies_seq", "ix_studies_problems", "ix_history_event_at"} <= indexes
+    reopened.add_studies([StudyRow("5")])
+    assert reopened.counts()["state:pending"] == 1
+    reopened.close()
+
+
+def _busy_ledger(path: Path, n: int) -> Ledger:
+    """n studies, three quarters done (a claim and a done each), some failed and skipped, the rest pending."""
+    ledger = Ledger(f"sqlite:///{path}", max_attempts=2)
+    ledger.add_studies([StudyRow(str(i), skip_class="input.no_series" if i % 50 == 0 else None,
+                                 skip_message="none" if i % 50 == 0 else None) for i in range(n)])
+    for i in range(n * 3 // 4):
+        claim = ledger.claim(worker(), 60)
+        ledger.fail(claim, "input.bad_dicom", "bad") if i % 30 == 0 else ledger.complete(claim, {}, {})
+    with ledger.engine.begin() as conn:   # that work was done yesterday: both ledgers had the same last hour
+        conn.execute(text("UPDATE history SET at = at - 86400"))
+    return ledger
+
+
+def _vm_steps(ledger: Ledger, call: Any) -> int:
+    """SQLite virtual-machine instructions that `call` makes the ledger's connections run (in hundreds)."""
+    from sqlalchemy import event
+
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.set_progress_handler(count, 100)
+
+    event.listen(ledger.engine, "connect", on_connect)
+    ledger._hot.close()
+    ledger.engine.dispose()
+    try:
+        call()
+    finally:
+        event.remove(ledger.engine, "connect", on_connect)
+    return steps[0]
+
+
+def test_status_and_claims_cost_the_same_in_a_ledger_ten_times_larger(tmp_path: Path) -> None:
+    """Counted in SQLite instructions, not seconds: no statement may visit rows in proportion to the ledger."""
+    small, large = _busy_ledger(tmp_path / "s.sqlite", 300), _busy_ledger(tmp_path / "l.sqlite", 3000)
+
+    def cycle(ledger: Ledger) -> None:
+        ledger.summary(studies_per_group=3)
+        expired = ledger.claim(worker(), -1)
+        retried = ledger.claim(worker(), 60)                 # expires the first one: a retry, max(seq)
+        ledger.fail(retried, "segment.oom", "oom")           # another retry to the back of the queue
+        ledger.complete(ledger.claim(worker(), 60), {}, {})
+        assert expired is not None and ledger.study(expired.study_id)["state"] == "pending"
+
+    costs = {}
+    for name, ledger in (("small", small), ("large", large)):
+        cycle(ledger)   # warm: the first call prepares statements and reads the schema
+        costs[name] = _vm_steps(ledger, lambda ledger=ledger: cycle(ledger))
+        ledger.close()
+    assert costs["large"] < 1.5 * costs["small"], costs
+
+
+def test_a_database_error_on_the_hot_path_is_sqlalchemys_and_the_ledger_recovers(ledger: Ledger) -> None:
+    ledger.add_studies([StudyRow("1"), StudyRow("2")])
+    claim = ledger.claim(worker(), 60)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE history RENAME TO history_away"))
+    with pytest.raises(sa_exc.OperationalError):   # what a worker's retry of the ledger call catches
+        ledger.complete(claim, {}, {})
+    assert ledger.study("1")["state"] == "running", "the failed transaction was rolled back whole"
+    with ledger.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE history_away RENAME TO history"))
+    assert ledger.complete(claim, {}, {})
+    assert ledger.claim(worker(), 60).study_id == "2"
+
+
+def test_the_heartbeat_thread_shares_the_hot_connection(ledger: Ledger) -> None:
+    ledger.add_studies([StudyRow("1")])
+    claim = ledger.claim(worker(), 60)
+    beats: list[Any] = []
+    thread = threading.Thread(target=lambda: beats.append(ledger.heartbeat(claim, 60)))
+    thread.start()
+    thread.join()
+    assert beats == [True]
+    assert ledger.complete(claim, {}, {})
+
+
+def _child_claims(ledger: Ledger, queue: "multiprocessing.Queue[str]") -> None:
+    claim = ledger.claim(worker(2), 60)
+    ledger.complete(claim, {}, {})
+    queue.put(claim.study_id)
+
+
+def test_a_forked_child_opens_its_own_connection(ledger: Ledger) -> None:
+    ledger.add_studies([StudyRow("1"), StudyRow("2"), StudyRow("3")])
+    first = ledger.claim(worker(), 60)          # the parent's hot connection is open now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_claims, args=(ledger, queue))
+    child.start()
+    assert queue.get(timeout=60) == "2"
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert ledger.complete(first, {}, {})
+    assert ledger.claim(worker(), 60).study_id == "3"
+    assert ledger.summary()["states"]["done"] == 2
