@@ -196,22 +196,30 @@ def _check_models_or_stop(config: Config) -> None:
 @project_options
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: config).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Process at most N studies in this run.")
-def run(ctx: Context, workers: int | None, limit: int | None) -> None:
+@click.option("--gpus", default=None, metavar="LIST",
+              help="Spread the workers over these GPUs round robin, e.g. 0,1 (each worker's CUDA_VISIBLE_DEVICES).")
+def run(ctx: Context, workers: int | None, limit: int | None, gpus: str | None) -> None:
     """Process pending studies with N local worker processes (no Slurm needed).
 
+    The workers share this machine's CPUs evenly (threads per worker for torch, numpy and ITK).
     Exit status 0 when every study this run handled ended done, 1 when any failed.
     """
     from .executors.local import run_local
+    from .placement import PlacementError, parse_gpus
     from .report import progress_line
 
     config = ctx.config()
+    try:
+        gpu_list = parse_gpus(gpus)
+    except PlacementError as exc:
+        fail(str(exc))
     _check_models_or_stop(config)
     ledger = ctx.ledger(config)
     workers = workers or config.workers
     live = _LiveLine()
     click.echo(f"running {workers} worker(s) on {config.project_dir} (segmenter {config.segmenter}); "
                f"logs in {config.logs_dir}")
-    result = run_local(config, workers=workers, limit=limit,
+    result = run_local(config, workers=workers, limit=limit, gpus=gpu_list,
                        on_tick=lambda: live.show(progress_line(ledger.summary())))
     live.end()
     handled = ledger.states_of_claimed_since(result.started_at)
@@ -228,13 +236,23 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
 @cli.command()
 @project_options
 @click.option("--max-studies", type=click.IntRange(min=1), default=None, help="Stop after N studies.")
-def work(ctx: Context, max_studies: int | None) -> None:
-    """The worker loop (what `run` and each Slurm array task start): claim until nothing is left."""
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Start this many worker processes sharing this allocation (a Slurm task's workers_per_task).")
+def work(ctx: Context, max_studies: int | None, workers: int) -> None:
+    """The worker loop (what `run` and each Slurm array task start): claim until nothing is left.
+
+    With --workers N it starts N worker processes instead, spread over the GPUs in
+    CUDA_VISIBLE_DEVICES with the CPUs split between them, passes USR1/TERM/INT on to all,
+    and exits 0 only when all of them did.
+    """
     from .worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = ctx.config()
+    if workers > 1:
+        _work_group(config, workers, max_studies)
+        return
     deadline_source = None
     if os.environ.get("SLURM_JOB_ID"):
         from .executors.slurm import allocation_deadline
@@ -246,6 +264,25 @@ def work(ctx: Context, max_studies: int | None) -> None:
         len(stats.done), len(stats.failed), len(stats.released))
     if stats.setup_error:
         sys.exit(3)
+
+
+def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
+    from .executors.local import group_exit_code, run_local
+    from .placement import GPU_ENV, PlacementError, parse_gpus
+
+    log = logging.getLogger("batchseg.work")
+    try:
+        gpus = parse_gpus(os.environ.get(GPU_ENV))
+    except PlacementError as exc:
+        fail(f"{GPU_ENV}: {exc}")
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    stem = f"{job}_{task}" if job and task else None
+    result = run_local(config, workers=workers, limit=max_studies, gpus=gpus, log_stem=stem,
+                       on_started=lambda run: [log.info("%s, pid %d, log %s", slot.describe(), pid, path)
+                                               for slot, pid, path in zip(run.slots, run.pids, run.logs)])
+    code = group_exit_code(result.returncodes)
+    log.info("workers ended with exit codes %s; this task exits %d", result.returncodes, code)
+    sys.exit(code)
 
 
 # -- looking at it ------------------------------------------------------------------------------

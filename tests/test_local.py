@@ -69,3 +69,67 @@ def test_the_projects_own_db_url_stays_off_the_command_line(tmp_path: Path) -> N
     override = load_config(tmp_path)
     override.db = "postgresql+psycopg://lab@other/ledger"
     assert worker_command(override)[-2:] == ["--db", "postgresql+psycopg://lab@other/ledger"]
+
+
+def test_workers_are_spread_over_the_gpus_and_split_the_cpus(tmp_path: Path) -> None:
+    """run --gpus 0,1 with 3 workers: each worker's history rows carry its own CUDA_VISIBLE_DEVICES."""
+    from batchseg.executors.local import group_exit_code
+
+    project = noop_project(tmp_path, 6, seed=3, segmenter_options={"delay": 0.3})
+    config = load_config(project)
+    run = run_local(config, workers=3, gpus=["0", "1"], tick_seconds=0.05)
+    assert run.returncodes == [0, 0, 0] and group_exit_code(run.returncodes) == 0
+    assert [s.gpu for s in run.slots] == ["0", "1", "0"]
+    ledger = Ledger(config.db_url)
+    try:
+        claims = [e for e in ledger.history() if e["event"] == "claimed"]
+    finally:
+        ledger.close()
+    gpu_of = dict(zip(run.pids, ["0", "1", "0"]))
+    assert len(claims) == 6 and {e["pid"] for e in claims} <= set(run.pids)
+    for event in claims:
+        assert event["cuda_visible_devices"] == gpu_of[event["pid"]]
+    threads = max(1, (len(os.sched_getaffinity(0))) // 3)
+    for path in run.logs:
+        assert f"CUDA_VISIBLE_DEVICES=" in path.read_text() and f"{threads} CPU thread(s)" in path.read_text()
+
+
+def test_group_exit_code() -> None:
+    from batchseg.executors.local import group_exit_code
+
+    assert group_exit_code([0, 0, 0]) == 0
+    assert group_exit_code([0, 3, 1]) == 3
+    assert group_exit_code([0, -9]) == 137
+
+
+def test_work_group_passes_usr1_to_every_worker_and_exits_zero(tmp_path: Path) -> None:
+    """`work --workers 2` (a Slurm task's group): USR1 to the parent releases both held studies."""
+    import signal
+    import subprocess
+    import time
+
+    project = noop_project(tmp_path, 3, seed=5, segmenter_options={"delay": 60.0})
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}
+    parent = subprocess.Popen([sys.executable, "-m", "batchseg", "work", "--project", str(project), "--workers", "2"],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    ledger = Ledger(load_config(project).db_url)
+    try:
+        deadline = time.monotonic() + 60
+        while len(ledger.running()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        held = ledger.running()
+        assert len(held) == 2
+        claims = [e for e in ledger.history() if e["event"] == "claimed"]
+        assert sorted(e["cuda_visible_devices"] for e in claims) == ["0", "1"]
+        parent.send_signal(signal.SIGUSR1)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode == 0, err
+        assert ledger.summary()["states"]["pending"] == 3
+        for attempt in held:
+            released = [e for e in ledger.history(attempt.study_id) if e["event"] == "released"]
+            assert len(released) == 1 and "SIGUSR1" in released[0]["message"]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        ledger.close()
+    assert "worker w0: GPU 0" in err and "worker w1: GPU 1" in err and "exits 0" in err

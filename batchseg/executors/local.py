@@ -12,16 +12,25 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 from ..config import Config, ConfigError, load_config
 from ..errors import one_line
+from ..placement import Slot, available_cpus, plan_slots
+
+# What the group's parent passes on to every worker: Ctrl-C, scancel's and the time limit's
+# TERM, and Slurm's early warning USR1 (which reaches only the batch shell, i.e. this parent).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass
 class LocalRun:
     started_at: float
     returncodes: list[int] = field(default_factory=list)
+    slots: list[Slot] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
 
 
 def split_quota(limit: int | None, workers: int) -> list[int | None]:
@@ -54,19 +63,38 @@ def _saved_db(config: Config) -> str:
         return ""
 
 
-def run_local(config: Config, *, workers: int, limit: int | None = None,
-              on_tick: Callable[[], None] | None = None, tick_seconds: float = 1.0) -> LocalRun:
-    """Start the workers, call `on_tick` while they run, forward SIGINT/SIGTERM to them, wait for all."""
+def group_exit_code(returncodes: Sequence[int]) -> int:
+    """0 when every worker exited 0; else the first failure's code (128+N for a worker killed by signal N)."""
+    for code in returncodes:
+        if code != 0:
+            return 128 - code if code < 0 else code
+    return 0
+
+
+def run_local(config: Config, *, workers: int, limit: int | None = None, gpus: Sequence[str] = (),
+              on_tick: Callable[[], None] | None = None, tick_seconds: float = 1.0,
+              log_stem: str | None = None, on_started: Callable[[LocalRun], None] | None = None) -> LocalRun:
+    """Start the workers, call `on_tick` while they run, forward stop signals to them, wait for all.
+
+    Workers are spread over `gpus` round robin and share this process's CPUs (placement.py).
+    Each writes `logs/<log_stem>-w<i>.log` (default stem: local-<time>-<pid>).
+    """
     config.logs_dir.mkdir(parents=True, exist_ok=True)
     run = LocalRun(started_at=time.time())
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = log_stem or f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     procs: list[subprocess.Popen[bytes]] = []
     quotas = [q for q in split_quota(limit, workers) if q != 0]
-    for index, quota in enumerate(quotas):
-        log_path = config.logs_dir / f"local-{stamp}-{os.getpid()}-w{index}.log"
+    run.slots = plan_slots(len(quotas), gpus, available_cpus()) if quotas else []
+    for slot, quota in zip(run.slots, quotas):
+        log_path = config.logs_dir / f"{stem}-w{slot.index}.log"
         with log_path.open("ab") as log_file:
             procs.append(subprocess.Popen(worker_command(config, quota), stdout=log_file,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=slot.environment(os.environ)))
+        run.pids.append(procs[-1].pid)
+        run.logs.append(log_path)
+    if on_started is not None:
+        on_started(run)
 
     def forward(signum: int, _frame: object) -> None:
         for proc in procs:
@@ -89,7 +117,7 @@ def run_local(config: Config, *, workers: int, limit: int | None = None,
                 print(f"batchseg run: progress display failed, workers keep running: "
                       f"{one_line(f'{type(exc).__name__}: {exc}', 300)}", file=sys.stderr, flush=True)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
         while any(p.poll() is None for p in procs):
             tick()

@@ -177,14 +177,13 @@ class SpinepsSegmenter:
 
     @staticmethod
     def _limit_threads() -> None:
-        # SPINEPS sets torch's threads to the machine's core count; under Slurm the job owns fewer
+        # SPINEPS sets torch's threads to the machine's core count; under Slurm the job owns fewer,
+        # and workers sharing an allocation each own their share (placement.py)
         import torch
 
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores))
+        from ..placement import worker_threads
+
+        torch.set_num_threads(worker_threads())
 
     # -- protocol -------------------------------------------------------------------------
 
