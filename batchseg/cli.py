@@ -596,6 +596,26 @@ def models_check(models_dir: Path | None, project: str | None) -> None:
     if not check.ok:
         fail(check.message, code=1)
     click.echo(check.message)
+    if (config.project_dir / CONFIG_NAME).is_file():
+        _echo_gpu_memory(config)
+
+
+def _echo_gpu_memory(config: Config) -> None:
+    from .ledger import Ledger
+    from .models import gpu_memory_seen
+
+    ledger = Ledger.for_config(config)
+    try:
+        seen = gpu_memory_seen(config, ledger)
+    finally:
+        ledger.close()
+    if not seen:
+        click.echo("GPU memory per worker: not known yet (no study of this project has run SPINEPS on a GPU; "
+                   "`python benchmarks/gpu.py networks` measures it on any GPU)")
+    for item in seen:
+        click.echo(f"GPU memory per worker on {item.gpu}: {item.peak_mb / 1024:.1f} GiB held by torch at the peak "
+                   f"(the largest of {item.studies} done studies), plus the CUDA context, which torch does not "
+                   f"count: workers per GPU times this must fit in the GPU")
 
 
 @models.command("download")

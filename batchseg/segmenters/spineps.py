@@ -213,6 +213,7 @@ class SpinepsSegmenter:
         if self._studies_on_pipeline == 0:
             timings["model_load"] = self._load_seconds
         self._studies_on_pipeline += 1
+        self._reset_gpu_peak()
         start = time.perf_counter()
         try:
             with _stage_timer(timings):
@@ -245,7 +246,7 @@ class SpinepsSegmenter:
             spine_mask=outputs["out_spine"],
             ctd_json=outputs["out_ctd"],
             labels_anatomical=pipeline.model_labeling is not None,
-            info=self._study_info(),
+            info={**self._study_info(), **self._gpu_peak()},
             timings=timings,
         )
 
@@ -272,6 +273,21 @@ class SpinepsSegmenter:
             "studies_on_pipeline": self._studies_on_pipeline,
             "model_load_seconds": round(self._load_seconds, 3),
         }
+
+    def _reset_gpu_peak(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def _gpu_peak(self) -> dict[str, Any]:
+        """The most GPU memory torch held for this study (what `models check` reports), on a GPU only."""
+        if self.device != "cuda":
+            return {}
+        import torch
+
+        return {"gpu_name": torch.cuda.get_device_name(),
+                "gpu_peak_memory_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
 
     def _free_gpu(self) -> None:
         with contextlib.suppress(Exception):
