@@ -11,9 +11,10 @@ pipeline (MEASURED): synthesizes RSNA-sized Sagittal T2/STIR series (15-20 slice
 `real` has the released models' architecture and size), and runs `batchseg run` with k workers
 per GPU for every k asked. It prints seconds per stage (ledger medians), studies per hour, the GPU
 busy fraction (nvidia-smi sampled every 0.5 s, when there is a GPU) and the peak GPU memory of
-one worker (the segmenter records torch's peak per study). It also times the three networks
-alone on this machine, so it can say how many of a study's seconds are NOT network seconds:
-the CPU seconds a GPU cannot take away. `--save FILE` writes those for the networks mode.
+one worker (the segmenter records torch's peak per study). The segmenter times the networks' own
+calls inside every study (segment.net_semantic, net_instance, net_labeling); the rest of a
+study's seconds are the CPU seconds a GPU cannot take away. `--save FILE` keeps them for the
+networks mode.
 
 networks (MEASURED on the device it runs on): the three networks alone at real size, as SPINEPS
 calls them: the semantic nnU-Net as a sliding window (step 0.5, Gaussian weighting, autocast
@@ -30,8 +31,8 @@ memory and each still has its CPU threads. The prediction ignores two workers' n
 slowing each other down beyond that sharing, and CPU stages slowing down when workers share
 too few cores.
 
-small (both, small and on the CPU): the tests' small designed models, 64^2 series: a check that
-the benchmark runs, not a measurement of anything but the arithmetic.
+small (both modes, small, on the CPU): the tests' small designed models (semantic net at 3 mm),
+64^2 series: a check that the benchmark runs, not a measurement of anything but the arithmetic.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:       # tests.spineps_models, when run as a script
     sys.path.insert(0, str(REPO))
 
-from tests.spineps_models import REAL, SIZES, SMALL, ModelSet, bare_networks  # noqa: E402
+from tests.spineps_models import SIZES, ModelSet, bare_networks  # noqa: E402
 
 NETWORKS = ("semantic", "instance", "labeling")
 INSTANCE_BATCH = 4                  # SPINEPS's proc_inst_batch_size default
@@ -301,6 +302,8 @@ class PipelineRun:
     studies: int
     seconds: float                        # first claim to last done, from the ledger
     stages: dict[str, float]              # median seconds per stage
+    network_seconds: float                # median per study: the three networks' own calls
+    cpu_seconds: float                    # median per study: everything else
     busy_fraction: float | None           # sampled, None without a GPU
     gpu_peak_memory_mb: float | None      # one worker's, from the segmenter's metadata
 
@@ -309,35 +312,46 @@ class PipelineRun:
         return self.done / self.seconds * 3600.0 if self.seconds > 0 else 0.0
 
 
+NETWORK_STAGES = ("segment.net_semantic", "segment.net_instance", "segment.net_labeling")
+
+
 def _batchseg(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SPINEPS_NO_CITATION_REMINDER": "1"}
     return subprocess.run([sys.executable, "-m", "batchseg", *args], capture_output=True, text=True, env=env)
 
 
-def _read_run(project: Path) -> tuple[int, float, dict[str, float], float | None]:
+def _read_run(project: Path) -> dict[str, Any]:
     from batchseg.config import load_config
     from batchseg.ledger import Ledger
+    from batchseg.models import gpu_memory_seen
 
-    ledger = Ledger.for_config(load_config(project))
+    config = load_config(project)
+    ledger = Ledger.for_config(config)
     try:
         done = list(ledger.studies("done"))
         events = ledger.history()
+        seen = gpu_memory_seen(config, ledger)
     finally:
         ledger.close()
     stages: dict[str, list[float]] = {}
-    peaks = []
+    network, cpu = [], []
     for study in done:
-        for stage, seconds in (study["timings"] or {}).items():
+        timings = study["timings"] or {}
+        for stage, seconds in timings.items():
             stages.setdefault(stage, []).append(seconds)
-        metadata = Path((study["outputs"] or {}).get("metadata", ""))
-        if metadata.is_file():
-            peak = json.loads(metadata.read_text()).get("segmenter", {}).get("gpu_peak_memory_mb")
-            if peak is not None:
-                peaks.append(float(peak))
+        net = sum(timings.get(name, 0.0) for name in NETWORK_STAGES)
+        network.append(net)
+        cpu.append(timings.get("total", 0.0) - net)
     claims = [e["at"] for e in events if e["event"] == "claimed"]
     ends = [e["at"] for e in events if e["event"] == "done"]
-    span = max(ends) - min(claims) if claims and ends else 0.0
-    return len(done), span, {k: statistics.median(v) for k, v in stages.items()}, max(peaks) if peaks else None
+    return {
+        "done": len(done),
+        "seconds": max(ends) - min(claims) if claims and ends else 0.0,
+        "stages": {k: statistics.median(v) for k, v in stages.items()},
+        "network_seconds": statistics.median(network) if network else 0.0,
+        "cpu_seconds": statistics.median(cpu) if cpu else 0.0,
+        "gpu_peak_memory_mb": max((item.peak_mb for item in seen), default=None),
+    }
 
 
 def run_pipeline(root: Path, data: Path, models: Path, k: int, gpus: Sequence[str], studies: int) -> PipelineRun:
@@ -358,15 +372,11 @@ def run_pipeline(root: Path, data: Path, models: Path, k: int, gpus: Sequence[st
     sampler.stop()
     if run.returncode not in (0, 1):
         raise SystemExit(f"batchseg run failed ({run.returncode}): {run.stderr[-2000:]}")
-    done, span, stages, peak = _read_run(project)
-    return PipelineRun(k, workers, done, studies, span, stages, sampler.busy(start, end, gpus), peak)
-
-
-def _network_seconds_in_stages(times: NetworkTimes) -> float:
-    return times.total
+    return PipelineRun(k, workers, studies=studies, busy_fraction=sampler.busy(start, end, gpus), **_read_run(project))
 
 
 def pipeline_mode(args: argparse.Namespace) -> dict[str, Any]:
+    from batchseg.placement import available_cpus
     from batchseg.synth import synth_dataset
     from tests.spineps_models import build_random_models
 
@@ -375,35 +385,23 @@ def pipeline_mode(args: argparse.Namespace) -> dict[str, Any]:
     ks = [int(k) for k in args.workers_per_gpu.split(",")]
     with tempfile.TemporaryDirectory(prefix="batchseg-gpu-") as tmp:
         root = Path(tmp)
-        manifest = synth_dataset(root / "data", args.studies, seed=11, matrix=args.matrix, broken=False)
+        synth_dataset(root / "data", args.studies, seed=11, matrix=args.matrix, broken=False)
         models = build_random_models(root / "models", size)
         runs = [run_pipeline(root, root / "data", models, k, gpus, args.studies) for k in ks]
-        shapes = [tuple(s.shape) for s in manifest.studies] if hasattr(manifest.studies[0], "shape") else []
-    # the networks on this machine, at this size, on a volume like the synthetic series'
-    volume = semantic_volume((18, args.matrix, args.matrix), (294.0 / args.matrix, 3.9), size)
-    here = time_networks(size, volume, args.vertebrae, repeats=1,
-                         device_name="cuda:0" if gpus else "cpu")
     base = runs[0]
-    total = base.stages.get("total", 0.0)
-    cpu_seconds = max(0.0, total - here.total)
     result = {
-        "mode": "pipeline", "size": size.name, "matrix": args.matrix, "studies": args.studies,
-        "gpus": gpus, "machine": _device_label_here(gpus), "threads_per_worker": _threads(base.workers),
+        "mode": "pipeline", "size": size.name, "matrix": args.matrix, "studies": args.studies, "gpus": gpus,
+        "machine": _device_label_here(gpus),
+        "threads_per_worker": [max(1, available_cpus() // r.workers) for r in runs],
         "runs": [asdict(r) | {"studies_per_hour": r.studies_per_hour} for r in runs],
-        "networks_here": asdict(here),
-        "cpu_seconds": cpu_seconds, "total_seconds": total, "shapes": shapes,
+        # what a GPU cannot take away: from the one-worker run, where nothing competes for the CPUs
+        "cpu_seconds": base.cpu_seconds, "network_seconds": base.network_seconds,
     }
-    print_pipeline(result, runs, here)
+    print_pipeline(result, runs)
     if args.save:
         Path(args.save).write_text(json.dumps(result, indent=2))
         print(f"saved to {args.save}")
     return result
-
-
-def _threads(workers: int) -> int:
-    from batchseg.placement import available_cpus
-
-    return max(1, available_cpus() // workers)
 
 
 def _device_label_here(gpus: Sequence[str]) -> str:
@@ -452,12 +450,12 @@ def small_mode(args: argparse.Namespace) -> None:
     """Both modes with the small models on the CPU, chained the way a GPU run chains them."""
     with tempfile.TemporaryDirectory(prefix="batchseg-gpu-small-") as tmp:
         stages = Path(tmp) / "stages.json"
-        pipeline_mode(argparse.Namespace(size="small", studies=args.studies, matrix=64, workers_per_gpu="1,2",
-                                         gpus="", vertebrae=3, save=str(stages)))
-        networks_mode(argparse.Namespace(size="small", series="16x64x64", spacing="4.6,3.5", vertebrae=3,
+        pipeline_mode(argparse.Namespace(size="tiny", studies=args.studies, matrix=64, workers_per_gpu="1,2",
+                                         gpus="", save=str(stages)))
+        networks_mode(argparse.Namespace(size="tiny", series="8x32x32", spacing="4.0,4.0", vertebrae=3,
                                          repeats=1, device="cpu", cpu_stages=str(stages), save=""))
-    print("SMALL SETTING on the CPU: tiny designed models and 64x64 series; these figures check that the "
-          "benchmark runs, they measure no GPU")
+    print("SMALL SETTING on the CPU: tiny designed models, 64x64 series, semantic net at 3 mm; these figures "
+          "check that the benchmark runs, they measure no GPU")
 
 
 # -- printing ---------------------------------------------------------------------------------
@@ -466,24 +464,22 @@ def _mb(value: float | None) -> str:
     return f"{value:,.0f} MB" if value is not None else "n/a"
 
 
-def print_pipeline(result: dict[str, Any], runs: Sequence[PipelineRun], here: NetworkTimes) -> None:
+def print_pipeline(result: dict[str, Any], runs: Sequence[PipelineRun]) -> None:
     print(f"\n## pipeline (measured): {result['studies']} synthetic studies, matrix {result['matrix']}, "
           f"models '{result['size']}', on {result['machine']}")
     names = sorted({s for r in runs for s in r.stages}, key=lambda s: (s == "total", s))
-    header = "| stage | " + " | ".join(f"{r.workers_per_gpu} worker(s)/GPU" for r in runs) + " |"
-    print(header)
+    print("| stage (median s per study) | " + " | ".join(f"{r.workers_per_gpu} worker(s)/GPU" for r in runs) + " |")
     print("|---" * (len(runs) + 1) + "|")
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{r.stages[name]:.3f} s" if name in r.stages else "" for r in runs) + " |")
+        print(f"| {name} | " + " | ".join(f"{r.stages[name]:.3f}" if name in r.stages else "" for r in runs) + " |")
+    print("| networks' own calls | " + " | ".join(f"{r.network_seconds:.3f}" for r in runs) + " |")
+    print("| everything else (CPU) | " + " | ".join(f"{r.cpu_seconds:.3f}" for r in runs) + " |")
+    print("| CPU threads per worker | " + " | ".join(str(t) for t in result["threads_per_worker"]) + " |")
     print("| studies done | " + " | ".join(f"{r.done}/{r.studies}" for r in runs) + " |")
     print("| studies/hour | " + " | ".join(f"{r.studies_per_hour:,.0f}" for r in runs) + " |")
     print("| GPU busy (sampled) | " + " | ".join(
         f"{r.busy_fraction:.0%}" if r.busy_fraction is not None else "n/a (no GPU)" for r in runs) + " |")
     print("| peak GPU memory, one worker | " + " | ".join(_mb(r.gpu_peak_memory_mb) for r in runs) + " |")
-    print(f"networks alone on this machine (measured, {here.device}, {here.threads} threads): "
-          + ", ".join(f"{n} {s:.3f} s" for n, s in here.seconds.items()))
-    print(f"CPU seconds per study (derived: median total {result['total_seconds']:.2f} s minus the networks "
-          f"{here.total:.2f} s): {result['cpu_seconds']:.2f} s")
 
 
 def print_networks(times: NetworkTimes) -> None:
@@ -522,7 +518,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="real")
     p.add_argument("--workers-per-gpu", default="1,2,3,4")
     p.add_argument("--gpus", default="", help="GPUs to spread the workers over, e.g. 0 or 0,1 (none: CPU)")
-    p.add_argument("--vertebrae", type=int, default=9, help="vertebrae per study for the networks-alone timing")
     p.add_argument("--save", default="", help="write the results (and the CPU seconds per study) as JSON")
     n = modes.add_parser("networks", help="the three networks alone")
     n.add_argument("--size", choices=sorted(SIZES), default="real")

@@ -45,6 +45,7 @@ the spineps package and its SimpleITK/ANTs dependencies).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from argparse import Namespace
@@ -145,7 +146,10 @@ REAL = ModelSet(
     instance_dim=8, instance_cutout=(248, 304, 64), instance_zoom=(2.0, 0.09, 3.3),
     labeling_backbone="DENSENET169", labeling_input=(152, 168, 32),
 )
-SIZES = {size.name: size for size in (SMALL, REAL)}
+# The small models with the semantic net at 3 mm: the least work that still runs every stage
+# on an RSNA-sized field of view (what benchmarks/gpu.py's CPU check uses; the tests' phantoms want SMALL).
+TINY = dataclasses.replace(SMALL, name="tiny", semantic_zoom=(3.0, 3.0, 3.0))
+SIZES = {size.name: size for size in (TINY, SMALL, REAL)}
 # CT normalisation of REAL: z = (clip(x, 0, 1500) - 0) / 100
 _CT_SCALE = 100.0
 

@@ -66,30 +66,52 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
 
 
-@contextlib.contextmanager
-def _stage_timer(timings: dict[str, float]) -> Iterator[None]:
-    """Time SPINEPS's inner stages for the duration of one call, then put its functions back."""
-    from spineps import seg_run
+# The networks' own calls, on the loaded models: the time a GPU is busy with a study (each
+# returns its result on the CPU, so the time includes the device's work). The rest of a study's
+# time is CPU work that runs while another worker's networks use the GPU (benchmarks/gpu.py).
+_NETWORK_CALLS = (
+    ("model_semantic", "predictor", "predict_logits_from_preprocessed_data", "net_semantic"),  # sliding window
+    ("model_instance", None, "_forward_argmax", "net_instance"),                              # cutout batches
+    ("model_labeling", None, "_run_array", "net_labeling"),                                   # one per vertebra
+)
 
-    originals = {name: getattr(seg_run, name) for name in _STAGES if hasattr(seg_run, name)}
 
-    def timed(name: str, func):
+def _timed_calls(targets: list[tuple[Any, str, str]], timings: dict[str, float]) -> contextlib.ExitStack:
+    """Replace each (owner, attribute) function with one adding its seconds to timings[key]; undone on exit."""
+    stack = contextlib.ExitStack()
+
+    def timed(key: str, func):
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return func(*args, **kwargs)
             finally:
-                key = _STAGES[name]
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
         return wrapper
 
-    for name, func in originals.items():
-        setattr(seg_run, name, timed(name, func))
-    try:
+    for owner, name, key in targets:
+        original = getattr(owner, name)
+        if name in vars(owner):      # a module's function (or an attribute already set): put it back
+            stack.callback(setattr, owner, name, original)
+        else:                        # a method found on the class: drop the instance's override
+            stack.callback(delattr, owner, name)
+        setattr(owner, name, timed(key, original))
+    return stack
+
+
+@contextlib.contextmanager
+def _stage_timer(timings: dict[str, float], pipeline: Any = None) -> Iterator[None]:
+    """Time SPINEPS's inner stages (and, given the pipeline, its networks) for one call; then put all back."""
+    from spineps import seg_run
+
+    targets = [(seg_run, name, key) for name, key in _STAGES.items() if hasattr(seg_run, name)]
+    for model_name, part, name, key in _NETWORK_CALLS if pipeline is not None else ():
+        owner = getattr(pipeline, model_name, None)
+        owner = getattr(owner, part, None) if part and owner is not None else owner
+        if owner is not None and callable(getattr(owner, name, None)):
+            targets.append((owner, name, key))
+    with _timed_calls(targets, timings):
         yield
-    finally:
-        for name, func in originals.items():
-            setattr(seg_run, name, func)
 
 
 class SpinepsSegmenter:
@@ -216,7 +238,7 @@ class SpinepsSegmenter:
         self._reset_gpu_peak()
         start = time.perf_counter()
         try:
-            with _stage_timer(timings):
+            with _stage_timer(timings, pipeline):
                 # override: a retried attempt must not pick up a previous attempt's files
                 result = pipeline.segment(image, override=True)
         except StudyError:
