@@ -206,7 +206,7 @@ def run(ctx: Context, workers: int | None, limit: int | None, gpus: str | None) 
     """
     from .executors.local import run_local
     from .placement import PlacementError, parse_gpus
-    from .report import progress_line
+    from .report.status_text import progress_line
 
     config = ctx.config()
     try:
@@ -294,7 +294,7 @@ def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
 @click.option("--study", "study_id", default=None, help="One study: its row and full history.")
 def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None) -> None:
     """Completeness, failures grouped by error class, throughput and ETA (per-study tables: `report`)."""
-    from .report import format_status, format_study
+    from .report.status_text import format_status, format_study
 
     config = ctx.config()
     ledger = ctx.ledger(config)
@@ -341,7 +341,9 @@ def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
 @click.option("--embed", is_flag=True, help="Inline QC thumbnails in the HTML (a file that travels alone).")
 def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool) -> None:
     """A review report: progress, failures, skipped studies, LSTV candidates, every study."""
-    from .report import collect_report, report_json, write_csv, write_html
+    from .report.csv_rows import write_csv
+    from .report.html_page import write_html
+    from .report.model import collect_report, report_json
 
     config = ctx.config()
     ledger = ctx.ledger(config)

@@ -18,6 +18,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from .files import write_atomic
+from .segmenters.names import SEGMENTER_NAMES
 
 CONFIG_NAME = "batchseg.toml"
 PROJECT_ENV = "BATCHSEG_PROJECT"
@@ -103,10 +104,8 @@ class Config:
         _check_types(self, "")
         _check_types(self.slurm, "slurm.")
         _check_types(self.container, "container.")
-        from .segmenters import SEGMENTERS
-
-        if self.segmenter not in SEGMENTERS:
-            raise ConfigError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {self.segmenter!r}")
+        if self.segmenter not in SEGMENTER_NAMES:
+            raise ConfigError(f"segmenter must be one of {', '.join(SEGMENTER_NAMES)}, not {self.segmenter!r}")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if self.heartbeat_seconds < 1 or self.lease_seconds < 3 * self.heartbeat_seconds:

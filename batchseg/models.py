@@ -219,7 +219,7 @@ def gpu_memory_seen(config: "Config", ledger: Any, last: int = 200) -> list[GpuM
 
     Empty when no study of this project ran SPINEPS on a GPU: the memory is then not known.
     """
-    from .report import read_study_files
+    from .report.model import read_study_files
 
     done = [row["study_id"] for row in ledger.studies("done")][-last:]
     peaks: dict[str, list[float]] = {}

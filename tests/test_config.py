@@ -97,3 +97,10 @@ def test_no_project_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("BATCHSEG_PROJECT", raising=False)
     with pytest.raises(ConfigError, match="batchseg init"):
         find_project(tmp_path)
+
+
+def test_every_name_the_config_accepts_is_a_segmenter_the_registry_builds() -> None:
+    from batchseg.segmenters import SEGMENTERS
+    from batchseg.segmenters.names import SEGMENTER_NAMES
+
+    assert tuple(SEGMENTERS) == SEGMENTER_NAMES

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from batchseg.cli import cli
 from batchseg.ledger import Ledger, StudyRow, WorkerInfo
 from batchseg.measures import lstv_findings
-from batchseg.report import (
+from batchseg.report.model import (
     CANDIDATE,
     NO_CANDIDATE,
     NOT_ASSESSED,
@@ -381,7 +381,7 @@ def test_unwritable_target_is_a_one_line_error(finished: Path, tmp_path: Path) -
 
 
 def test_status_says_when_pending_studies_have_no_task_left() -> None:
-    from batchseg.report import format_status
+    from batchseg.report.status_text import format_status
 
     summary = {"total": 3, "states": {"pending": 2, "running": 0, "done": 1, "failed": 0, "skipped": 0},
                "failures": [], "skipped": [], "attempts": 1}

@@ -2,36 +2,17 @@
 
 A worker creates its segmenter once (`load_segmenter`) and calls `segment` for
 every study it claims, so model loading is paid once per process.
+
+This face holds the registry (`SEGMENTERS`, `load_segmenter`) and passes on the protocol and
+its result type from `protocol.py`; `names.py` lists the names a project may choose; each
+segmenter lives in its own module and is imported only when it is built.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from ..errors import StudyError
-
-
-@dataclass
-class SegmentResult:
-    """Files a segmenter wrote for one study, inside the folder it was given."""
-
-    vert_mask: Path                   # instance mask, SPINEPS labels (CONTEXT.md §3)
-    spine_mask: Path | None = None    # semantic / subregion mask
-    ctd_json: Path | None = None      # the segmenter's own centroid file, as written
-    labels_anatomical: bool = True    # False when labels are only a top-to-bottom order
-    info: dict[str, Any] = field(default_factory=dict)  # versions, models, device
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per inner stage
-
-
-class Segmenter(Protocol):
-    name: str
-
-    def describe(self) -> dict[str, Any]:
-        """`name`, versions, model ids and device, recorded in every study's metadata."""
-
-    def segment(self, nifti: Path, workdir: Path, study_id: str) -> SegmentResult:
-        """Segment `nifti`, writing only under `workdir`; raise StudyError on failure."""
+from .protocol import SegmentResult, Segmenter
 
 
 def _reference(options: dict[str, Any]) -> Segmenter:
@@ -52,6 +33,7 @@ def _spineps(options: dict[str, Any]) -> Segmenter:
     return SpinepsSegmenter(**options)
 
 
+# One entry per name in names.SEGMENTER_NAMES, in its order (tests/test_config.py holds them equal).
 SEGMENTERS: dict[str, Callable[[dict[str, Any]], Segmenter]] = {
     "reference": _reference,
     "noop": _noop,

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import StudyError
 from ..labels import L1
-from . import SegmentResult
+from .protocol import SegmentResult
 
 
 class NoopSegmenter:

@@ -23,7 +23,7 @@ from .. import labels
 from ..errors import StudyError
 from ..files import write_json
 from ..synth import INTENSITY_T2, TIER_HALF_WIDTH
-from . import SegmentResult
+from .protocol import SegmentResult
 
 THORACIC, LUMBAR, SACRUM, DISC = 1, 2, 3, 4
 _TIERS = ((THORACIC, "thoracic"), (LUMBAR, "lumbar"), (SACRUM, "sacrum"), (DISC, "disc"))

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterator
 
 from ..errors import SetupError, StudyError, one_line
 from ..models import ENV_MODELS, check_models, default_models_dir, disabled, import_spineps, looks_like_path, resolve_model
-from . import SegmentResult
+from .protocol import SegmentResult
 
 log = logging.getLogger(__name__)
 

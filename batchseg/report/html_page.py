@@ -1,0 +1,345 @@
+"""The review report as one HTML page (`batchseg report`): self-contained, inline CSS, no scripts.
+
+`render_html` yields the page section by section (header, progress, LSTV candidates, failures
+and skipped studies, every study, Slurm jobs), each drawn by its own function below; the
+stylesheet is `report.css` beside this file, shipped as package data and inlined into the page.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from ..files import write_atomic
+from ..ledger import STATES
+from .model import CANDIDATE, NO_CANDIDATE, NOT_ASSESSED, UNKNOWN, ErrorGroup, LstvView, Report, StudyEntry
+from .status_text import format_duration
+
+LABEL_126_NOTE = ("Label 126 is SPINEPS's \"disc above the topmost vertebra\" class: it is never read as an "
+                  "S1-S2 disc or as sacralization.")
+LSTV_EVIDENCE_NOTE = ("The only LSTV evidence the labels carry: L6 (label 25) present, T13 (label 28) present, "
+                      "and the number of lumbar labels. These are candidates for review, not diagnoses.")
+
+
+
+@lru_cache(maxsize=1)
+def stylesheet() -> str:
+    """The page's CSS (report.css, package data)."""
+    return files("batchseg.report").joinpath("report.css").read_text(encoding="utf-8")
+
+
+def relative_href(target: str, base_dir: Path) -> str:
+    """A link from a file in `base_dir` to `target`, relative and URL-quoted."""
+    import os
+    import urllib.parse
+
+    try:
+        rel = os.path.relpath(target, base_dir)
+    except ValueError:  # another drive: only an absolute link can reach it
+        return Path(target).resolve().as_uri()
+    return urllib.parse.quote(Path(rel).as_posix())
+
+
+def embedded_thumbnail(path: str, height: int = 150) -> str | None:
+    """A small JPEG data URI of a QC picture, or None when it cannot be read."""
+    import base64
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((height * 4, height))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "JPEG", quality=85)
+    except (OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _e(value: Any) -> str:
+    import html
+
+    return "" if value is None else html.escape(str(value), quote=True)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _flag(value: bool | None) -> str:
+    if value is None:
+        return '<span class="unk">n/a</span>'
+    return '<span class="yes">yes</span>' if value else '<span class="no">no</span>'
+
+
+_LSTV_BADGE = {CANDIDATE: "candidate", NO_CANDIDATE: "none", NOT_ASSESSED: "unassessed", UNKNOWN: "unknown"}
+
+
+def _ids(ids: list[str], limit: int = 60) -> str:
+    """Study ids for a table cell; long lists end with a count (the CSV and JSON hold them all)."""
+    shown = " ".join(ids[:limit])
+    more = f' <span class="small">+{len(ids) - limit} more (see the per-study table)</span>' \
+        if len(ids) > limit else ""
+    return _e(shown) + more
+
+
+def _studies(n: int) -> str:
+    return f"{n} study" if n == 1 else f"{n} studies"
+
+
+def _anatomical(value: bool | None) -> str:
+    # Anatomical labels are the normal case; only their absence needs the eye.
+    if value is None:
+        return '<span class="unk">unknown</span>'
+    return "yes" if value else '<span class="warn">no</span>'
+
+
+def _lstv_badge(lstv: LstvView | None) -> str:
+    if lstv is None:
+        return ""
+    return f'<span class="badge {_LSTV_BADGE[lstv.status]}">{_e(lstv.status)}</span>'
+
+
+def _notes(items: list[str]) -> str:
+    if not items:
+        return ""
+    return '<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in items) + "</ul>"
+
+
+def _table(headers: list[str], rows: Iterable[str], numeric: Iterable[int] = ()) -> Iterator[str]:
+    numeric = set(numeric)
+    yield "<table><thead><tr>" + "".join(
+        f'<th class="num">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(headers))
+    yield "</tr></thead><tbody>\n"
+    yield from rows
+    yield "</tbody></table>\n"
+
+
+
+@dataclass
+class Links:
+    """How the page reaches a file: `link` turns an absolute path into an href (relative to where the
+    page goes); `image` gives the src of a QC thumbnail (that link, or `embedded_thumbnail`'s data URI)."""
+
+    link: Callable[[str], str]
+    image: Callable[[str], str | None]
+
+    def a(self, path: str | None, text: str) -> str:
+        return f'<a href="{_e(self.link(path))}">{_e(text)}</a>' if path else ""
+
+    def qc(self, s: StudyEntry) -> str:
+        path = s.outputs.get("qc")
+        if not path:
+            return '<span class="empty">no QC picture</span>'
+        src = self.image(path)
+        if not src:
+            return self.a(path, "QC picture") + ' <span class="small">(unreadable)</span>'
+        return (f'<a href="{_e(self.link(path))}"><img class="thumb" src="{_e(src)}" '
+                f'alt="QC picture of study {_e(s.study_id)}" loading="lazy"></a>')
+
+
+def render_html(report: Report, *, link: Callable[[str], str], image: Callable[[str], str | None] | None = None,
+                ) -> Iterator[str]:
+    """The review page, as chunks of one self-contained HTML document (inline CSS, no scripts).
+
+    `link` turns an absolute path into an href (relative to where the page goes); `image` gives
+    the src of a QC thumbnail (default: the same link; `embedded_thumbnail` inlines it).
+    """
+    links = Links(link, image or link)
+    name = Path(report.project).name or report.project
+    yield _head(name)
+    yield from _header(report, name)
+    yield from _progress(report)
+    yield from _lstv(report, links)
+    yield from _error_groups(report, links, "failures", "Failures by error class", report.failures, "failed")
+    yield from _error_groups(report, links, "skipped", "Skipped studies", report.skipped, "skipped")
+    yield from _every_study(report, links)
+    yield from _slurm_jobs(report)
+    yield _footer(report)
+
+
+def _head(name: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>batchseg report: {_e(name)}</title>\n<style>\n{stylesheet()}</style>\n</head>\n<body>\n<main>\n")
+
+
+def _header(report: Report, name: str) -> Iterator[str]:
+    """Title, where the project and its results are, who made the page, segmenter banners, the section links."""
+    yield f"<header>\n<h1>batchseg report: {_e(name)}</h1>\n<dl class=\"meta\">"
+    meta = [("project", report.project), ("results", report.results), ("ledger", report.ledger),
+            ("generated", report.generated_at), ("batchseg", report.batchseg_version)]
+    if report.result_versions and report.result_versions != [report.batchseg_version]:
+        meta.append(("results written by", "batchseg " + ", ".join(report.result_versions)))
+    if report.segmenters:
+        meta.append(("segmenter", ", ".join(report.segmenters)))
+    yield "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta) + "</dl>\n"
+    for seg, note in report.segmenters.items():
+        if note:
+            yield f'<div class="banner"><b>segmenter {_e(seg)}:</b> {_e(note)}</div>\n'
+    yield ('<nav><a href="#progress">Progress</a><a href="#lstv">LSTV candidates</a>'
+           '<a href="#failures">Failures</a><a href="#skipped">Skipped</a><a href="#studies">All studies</a>'
+           + ('<a href="#slurm">Slurm</a>' if report.slurm_jobs else "") + "</nav>\n</header>\n")
+
+
+def _progress(report: Report) -> Iterator[str]:
+    """A card per state, the bar, and attempts, median, throughput and ETA in words."""
+    total = report.total or 1
+    yield '<section id="progress">\n<h2>Progress</h2>\n<div class="cards">'
+    yield f'<div class="card"><div class="n">{report.total}</div><div class="l">studies</div></div>'
+    for state in STATES:
+        yield (f'<div class="card {state}"><div class="n">{report.states.get(state, 0)}</div>'
+               f'<div class="l">{state}</div></div>')
+    yield '</div>\n<div class="bar">' + "".join(
+        f'<span class="{state}" style="width:{100.0 * report.states.get(state, 0) / total:.3f}%" '
+        f'title="{state} {report.states.get(state, 0)}"></span>'
+        for state in ("done", "running", "pending", "failed", "skipped") if report.states.get(state)) + "</div>\n"
+    facts = [f"<b>{report.attempts}</b> attempts"]
+    if report.retried_studies:
+        facts.append(f"<b>{report.retried_studies}</b> studies retried")
+    if report.median_study_seconds is not None:
+        facts.append(f"median <b>{report.median_study_seconds:.1f} s</b> per study")
+    if report.throughput_per_hour is not None:
+        facts.append(f"throughput <b>{report.throughput_per_hour:.1f}</b> studies/h (last hour)")
+    remaining = report.states.get("pending", 0) + report.states.get("running", 0)
+    if remaining and report.eta_seconds is not None:
+        facts.append(f"ETA <b>{_e(format_duration(report.eta_seconds))}</b> for {_studies(remaining)}")
+    elif remaining:
+        facts.append(f"{_studies(remaining)} to go; ETA unknown until two studies finish within an hour")
+    else:
+        facts.append("nothing left to run")
+    yield '<p class="facts">' + " · ".join(facts) + "</p>\n</section>\n"
+
+
+def _lstv(report: Report, links: Links) -> Iterator[str]:
+    """The candidates for review, then the studies that are not assessed, unknown, or negative with caveats."""
+    counts = report.lstv_counts()
+    candidates = report.with_lstv(CANDIDATE)
+    yield (f'<section id="lstv">\n<h2>LSTV candidates for review <span class="count">{len(candidates)} of '
+           f'{sum(counts.values())} done studies</span></h2>\n')
+    yield (f'<p class="explain">{_e(LSTV_EVIDENCE_NOTE)} {_e(LABEL_126_NOTE)} Assessed: '
+           f'<b>{counts[CANDIDATE]}</b> candidate · <b>{counts[NO_CANDIDATE]}</b> no candidate · '
+           f'<b>{counts[NOT_ASSESSED]}</b> not assessed (labels not anatomical) · '
+           f'<b>{counts[UNKNOWN]}</b> unknown (findings missing).</p>\n')
+    if candidates:
+        yield '<p class="facts">by finding: ' + " · ".join(
+            f"{_e(kind)} <b>{n}</b>" for kind, n in report.candidate_kinds().items()) + "</p>\n"
+        yield from _table(
+            ["study", "lumbar count", "L6 present", "T13 present", "candidates", "notes", "vertebrae", "QC"],
+            (f"<tr><td>{_e(s.study_id)}</td><td class=\"num\">{_e(s.lstv.lumbar_count)}</td>"
+             f"<td>{_flag(s.lstv.l6_present)}</td><td>{_flag(s.lstv.t13_present)}</td>"
+             f"<td class=\"cand\">{_notes(s.lstv.candidates)}</td><td>{_notes(s.lstv.notes + s.problems)}</td>"
+             f"<td class=\"small\">{_e(' '.join(s.vertebrae))}</td><td>{links.qc(s)}</td></tr>\n"
+             for s in candidates if s.lstv), numeric=[1])
+    else:
+        yield '<p class="empty">No LSTV candidates among the assessed studies.</p>\n'
+    unassessed = report.with_lstv(NOT_ASSESSED)
+    if unassessed:
+        yield (f"<h3>Not assessed: labels not anatomical ({len(unassessed)})</h3>\n<p class=\"note\">The segmenter "
+               "numbered vertebrae top to bottom without the labeling model; these studies are neither candidates "
+               "nor negatives.</p>\n")
+        yield from _table(["study", "segmenter", "notes", "QC"], (
+            f"<tr><td>{_e(s.study_id)}</td><td>{_e(s.segmenter)}</td><td>{_notes(s.lstv.notes)}</td>"
+            f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in unassessed if s.lstv))
+    unknown = report.with_lstv(UNKNOWN)
+    if unknown:
+        yield f"<h3>Findings unknown ({len(unknown)})</h3>\n"
+        yield from _table(["study", "problem"], (
+            f"<tr><td>{_e(s.study_id)}</td><td>{_notes(s.problems + (s.lstv.notes if s.lstv else []))}</td></tr>\n"
+            for s in unknown))
+    caveats = report.caveats()
+    if caveats:
+        yield (f"<h3>No candidate, with caveats ({len(caveats)})</h3>\n<p class=\"note\">Assessed without a "
+               "candidate, but the labels leave room for doubt.</p>\n")
+        yield from _table(["study", "lumbar count", "notes", "vertebrae", "QC"], (
+            f"<tr><td>{_e(s.study_id)}</td><td class=\"num\">{_e(s.lstv.lumbar_count)}</td>"
+            f"<td>{_notes(s.lstv.notes)}</td><td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
+            f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in caveats if s.lstv), numeric=[1])
+    yield "</section>\n"
+
+
+def _error_groups(report: Report, links: Links, anchor: str, title: str, groups: list[ErrorGroup],
+                  state: str) -> Iterator[str]:
+    """The failed (state "failed") or skipped studies grouped by error class; skipped ones also one by one."""
+    yield (f'<section id="{anchor}">\n<h2>{_e(title)} <span class="count">'
+           f"{_studies(report.states.get(state, 0))}</span></h2>\n")
+    if not groups:
+        yield f'<p class="empty">No {state} studies.</p>\n</section>\n'
+        return
+    if state == "failed":
+        yield from _table(["error class", "count", "studies", "example message", "log"], (
+            f"<tr><td><code>{_e(g.error_class)}</code><div class=\"small\">{_e(g.description)}"
+            f"{'; retried' if g.retried else '; not retried'}</div></td><td class=\"num\">{g.count}</td>"
+            f"<td class=\"ids\">{_ids(g.studies)}</td><td class=\"msg\">{_e(g.example)}</td>"
+            f"<td>{links.a(g.log, 'log')}</td></tr>\n" for g in groups), numeric=[1])
+    else:
+        yield from _table(["error class", "count", "studies"], (
+            f"<tr><td><code>{_e(g.error_class)}</code><div class=\"small\">{_e(g.description)}</div></td>"
+            f"<td class=\"num\">{g.count}</td><td class=\"ids\">{_ids(g.studies)}</td></tr>\n"
+            for g in groups), numeric=[1])
+    if state == "skipped":
+        rows = [s for s in report.studies if s.state == "skipped"]
+        yield "<h3>Reasons</h3>\n"
+        yield from _table(["study", "error class", "reason"], (
+            f"<tr><td>{_e(s.study_id)}</td><td><code>{_e(s.error_class)}</code></td>"
+            f"<td class=\"msg\">{_e(s.error_message)}</td></tr>\n" for s in rows))
+    yield "</section>\n"
+
+
+def _every_study(report: Report, links: Links) -> Iterator[str]:
+    """One row per study in ledger order, folded away when there are more than 300."""
+    yield (f'<section id="studies">\n<h2>All studies <span class="count">{len(report.studies)}</span></h2>\n'
+           f"<details{' open' if len(report.studies) <= 300 else ''}><summary>one row per study, in ledger order "
+           "(the CSV report holds the same and more)</summary>\n")
+    yield from _table(["study", "state", "attempts", "seconds", "segmenter", "labels anatomical", "LSTV",
+                       "error", "files"], (_study_row(s, links) for s in report.studies), numeric=[2, 3])
+    yield "</details>\n</section>\n"
+
+
+def _study_row(s: StudyEntry, links: Links) -> str:
+    files = " · ".join(x for x in (links.a(s.outputs.get("qc"), "QC"), links.a(s.outputs.get("metadata"), "metadata"),
+                                 links.a(s.log_path, "log")) if x)
+    error = (f"<code>{_e(s.error_class)}</code><div class=\"msg\">{_e(s.error_message)}</div>"
+             if s.error_class else "")
+    if s.attempt_errors and s.state == "done":
+        error += f"<div class=\"small\">earlier attempts: {_e(', '.join(s.attempt_errors))}</div>"
+    if s.problems:
+        error += _notes(s.problems)
+    anatomical = _anatomical(s.labels_anatomical) if s.state == "done" else ""
+    return (f"<tr><td>{_e(s.study_id)}</td><td><span class=\"badge {_e(s.state)}\">{_e(s.state)}</span></td>"
+            f"<td class=\"num\">{s.attempts}</td><td class=\"num\">{_seconds(s.seconds)}</td>"
+            f"<td>{_e(s.segmenter)}</td><td>{anatomical}</td><td>{_lstv_badge(s.lstv)}</td>"
+            f"<td>{error}</td><td class=\"nowrap\">{files}</td></tr>\n")
+
+
+def _slurm_jobs(report: Report) -> Iterator[str]:
+    """The project's array jobs and their task states, when the report was made with Slurm at hand."""
+    if not report.slurm_jobs:
+        return
+    yield '<section id="slurm">\n<h2>Slurm array jobs</h2>\n'
+    yield from _table(["job", "array", "tasks"], (
+        f"<tr><td>{_e(j.get('job_id'))}</td><td>{_e(j.get('array_spec', ''))}</td><td>"
+        f"{_e(', '.join(f'{k} {v}' for k, v in sorted((j.get('task_states') or {}).items())) or 'unknown')}"
+        "</td></tr>\n" for j in report.slurm_jobs))
+    yield "</section>\n"
+
+
+def _footer(report: Report) -> str:
+    return (f"<footer>batchseg {_e(report.batchseg_version)} · {_e(report.generated_at)} · "
+            "one file, no scripts; links are relative to this file</footer>\n</main>\n</body>\n</html>\n")
+
+
+# -- writing (the I/O edge) -----------------------------------------------------------------------
+
+def write_html(report: Report, path: Path, *, embed: bool = False) -> Path:
+    """The HTML report at `path`, its links relative to `path`'s folder; `embed` inlines QC thumbnails."""
+    base = Path(path).resolve().parent
+
+    def link(target: str) -> str:
+        return relative_href(target, base)
+
+    return write_atomic(path, render_html(report, link=link, image=embedded_thumbnail if embed else None))

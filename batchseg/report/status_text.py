@@ -1,0 +1,120 @@
+"""Terminal text for people: the `status` table, failure groups, one study's view, and `run`'s progress line.
+
+Every function takes the plain dicts `Ledger.summary()`, `Ledger.study()` and `Ledger.history()`
+return and gives back a string; printing is the CLI's job. `--json` prints those dicts instead.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..ledger import STATES
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def progress_line(summary: dict[str, Any]) -> str:
+    s = summary["states"]
+    finished = s["done"] + s["failed"] + s["skipped"]
+    parts = [f"{finished}/{summary['total']} finished", f"done {s['done']}", f"running {s['running']}",
+             f"pending {s['pending']}", f"failed {s['failed']}"]
+    if "throughput_per_hour" in summary:
+        parts.append(f"{summary['throughput_per_hour']:.0f}/h")
+    if summary.get("eta_seconds"):
+        parts.append(f"ETA {format_duration(summary['eta_seconds'])}")
+    return " · ".join(parts)
+
+
+def format_status(summary: dict[str, Any], *, show_failed: bool = False,
+                  jobs: Iterable[dict[str, Any]] = ()) -> str:
+    total = summary["total"] or 1
+    rows = [[state, str(summary["states"][state]), f"{100.0 * summary['states'][state] / total:.1f}%"]
+            for state in STATES]
+    out = [table(rows, ["state", "studies", "share"]), "",
+           f"{summary['total']} studies, {summary['attempts']} attempts"
+           + (f", {summary['retried_studies']} studies retried" if summary.get("retried_studies") else "")]
+    if "throughput_per_hour" in summary:
+        out.append(f"throughput {summary['throughput_per_hour']:.1f} studies/h, "
+                   f"ETA {format_duration(summary.get('eta_seconds'))}")
+    if summary.get("median_study_seconds") is not None:
+        out.append(f"median {summary['median_study_seconds']:.1f} s per study")
+    for title, groups in (("failed", summary["failures"]), ("skipped", summary.get("skipped", []))):
+        if not groups:
+            continue
+        out += ["", f"{title} by error class:"]
+        limit = None if show_failed else 3
+        rows = [[g["error_class"], str(g["count"]), " ".join(g["studies"][:limit])
+                 + (" ..." if limit and len(g["studies"]) > limit else ""), _shorten(g["example"], 90)]
+                for g in groups]
+        out.append(table(rows, ["error class", "count", "studies", "example"]))
+    jobs = list(jobs)
+    if jobs:
+        out += ["", "Slurm array jobs:"]
+        rows = [[str(j["job_id"]), j.get("array_spec", ""),
+                 ", ".join(f"{k} {v}" for k, v in sorted(j.get("task_states", {}).items())) or "unknown"]
+                for j in jobs]
+        out.append(table(rows, ["job", "array", "tasks"]))
+        if summary["states"]["pending"] and not any(job_is_active(j) for j in jobs):
+            out += ["", f"{summary['states']['pending']} studies are pending and no array task is left to claim "
+                        "them: run `batchseg submit --array` again"]
+    return "\n".join(out)
+
+
+def job_is_active(job: dict[str, Any]) -> bool:
+    """Whether any task of this array job may still claim studies (Slurm has not ended it)."""
+    from ..executors.slurm import ENDED_STATES
+
+    states = job.get("task_states", {})
+    return not states or any(state not in ENDED_STATES for state in states)
+
+
+def format_study(study: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    keys = ("study_id", "state", "attempts", "series_id", "selection_reason", "input_path", "error_class",
+            "error_message", "log_path")
+    out = [f"{k}: {study.get(k)}" for k in keys if study.get(k) not in (None, "")]
+    if study.get("timings"):
+        out.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in study["timings"].items()))
+    if study.get("outputs"):
+        out += ["outputs:"] + [f"  {k}: {v}" for k, v in study["outputs"].items()]
+    rows = [[_clock(e["at"]), e["event"], f"{e['from_state'] or '-'} -> {e['to_state']}",
+             worker_of(e), e.get("error_class") or "", e.get("message") or ""] for e in events]
+    out += ["", "history:", table(rows, ["when", "event", "transition", "worker", "error", "message"])]
+    return "\n".join(out)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def worker_of(event: dict[str, Any]) -> str:
+    """Who an event's worker was: `ARRAYJOB_TASK@host` for a Slurm array task, `host:pid` for a local one."""
+    if event.get("slurm_array_job_id"):
+        return f"{event['slurm_array_job_id']}_{event['slurm_array_task_id']}@{event.get('host') or '?'}"
+    if event.get("host"):
+        return f"{event['host']}:{event.get('pid')}"
+    return ""
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
