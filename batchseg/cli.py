@@ -250,14 +250,24 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = ctx.config()
+    deadline_source = None
+    if os.environ.get("SLURM_JOB_ID"):
+        from .executors.slurm import allocation_deadline, reclaim_after_requeue
+        from .ledger import Ledger, WorkerInfo
+
+        log = logging.getLogger("batchseg.work")
+        ledger = Ledger.for_config(config)
+        try:
+            for study in reclaim_after_requeue(ledger, WorkerInfo.from_environment()):
+                log.warning("study %s: held by an earlier run of this requeued task; marked lost", study)
+        except Exception as exc:  # noqa: BLE001 - the lease still frees such studies; the task must run
+            log.warning("could not look for studies of an earlier run of this task: %s", one_line(str(exc), 300))
+        finally:
+            ledger.close()
+        deadline_source = allocation_deadline
     if workers > 1:
         _work_group(config, workers, max_studies)
         return
-    deadline_source = None
-    if os.environ.get("SLURM_JOB_ID"):
-        from .executors.slurm import allocation_deadline
-
-        deadline_source = allocation_deadline
     stats = run_worker(config, max_studies=max_studies, deadline_source=deadline_source)
     logging.getLogger("batchseg.worker").info(
         "worker stops: %s; %d done, %d failed attempts, %d released", stats.stop_reason or "finished",
@@ -395,6 +405,8 @@ def _submit(config: Config, ledger: Any, **kwargs: Any) -> None:
     if not result.tasks:
         click.echo("nothing pending: no array submitted (see `batchseg status`)")
         return
+    for line in result.advice:          # on stderr: a dry run's stdout is the job script
+        click.echo(f"note: {line}", err=True)
     if result.dry_run:
         for index, script in enumerate(result.scripts):
             if len(result.scripts) > 1:
@@ -421,14 +433,17 @@ def _submit(config: Config, ledger: Any, **kwargs: Any) -> None:
 @click.option("--cpus-per-task", type=click.IntRange(min=1), default=None)
 @click.option("--gres", default=None, help="Generic resources, e.g. gpu:1 ('' for none).")
 @click.option("--constraint", default=None)
+@click.option("--workers-per-task", type=click.IntRange(min=1), default=None,
+              help="Worker processes per task, spread over its GPUs round robin, sharing its CPUs (default 1).")
 def submit(ctx: Context, array: bool, tasks: int | None, max_parallel: int | None, dry_run: bool,
            sbatch_args: tuple[str, ...], partition: str | None, account: str | None, qos: str | None,
            time_limit: str | None, mem: str | None, cpus_per_task: int | None, gres: str | None,
-           constraint: str | None) -> None:
+           constraint: str | None, workers_per_task: int | None) -> None:
     """Submit a Slurm job array whose tasks claim studies until none is left."""
     overrides = {k: v for k, v in (("partition", partition), ("account", account), ("qos", qos),
                                    ("time", time_limit), ("mem", mem), ("cpus_per_task", cpus_per_task),
-                                   ("gres", gres), ("constraint", constraint)) if v is not None}
+                                   ("gres", gres), ("constraint", constraint),
+                                   ("workers_per_task", workers_per_task)) if v is not None}
     config = ctx.config()
     _submit(config, ctx.ledger(config), tasks=tasks, max_parallel=max_parallel, dry_run=dry_run,
             sbatch_args=list(sbatch_args), overrides=overrides)

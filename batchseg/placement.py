@@ -96,3 +96,69 @@ def worker_threads(environ: Mapping[str, str] | None = None) -> int:
     if value.isdigit() and int(value) > 0:
         return int(value)
     return available_cpus({})      # not SLURM_CPUS_PER_TASK: a lone worker owns its affinity
+
+
+# -- how many workers per GPU ---------------------------------------------------------------------
+
+# The SPINEPS segmenter's timings of its networks' own calls (segmenters/spineps.py), as the
+# pipeline stores them: the seconds a GPU is busy with a study. The rest of a study is CPU work.
+NETWORK_TIMINGS = ("segment.net_semantic", "segment.net_instance", "segment.net_labeling")
+BUSY_TARGET = 0.9            # "kept busy": the suggestion is the fewest workers reaching this
+
+
+def split_study_seconds(timings: Mapping[str, float]) -> tuple[float, float] | None:
+    """(CPU seconds, network seconds) of one done study; None when its networks were not timed."""
+    if not any(name in timings for name in NETWORK_TIMINGS) or "total" not in timings:
+        return None
+    network = sum(float(timings.get(name, 0.0)) for name in NETWORK_TIMINGS)
+    return max(0.0, float(timings["total"]) - network), network
+
+
+@dataclass(frozen=True)
+class GpuShare:
+    """DERIVED: what k workers sharing one GPU should give (see predict_gpu_share)."""
+
+    workers_per_gpu: int
+    busy_fraction: float
+    studies_per_hour: float
+    memory_mb: float | None        # k x one worker's peak, when that is known
+    fits: bool | None              # in the GPU's memory; None: unknown
+
+
+def predict_gpu_share(cpu_seconds: float, gpu_seconds: float, worker_memory_mb: float | None = None,
+                      gpu_memory_mb: float | None = None, workers: Sequence[int] = (1, 2, 3, 4)) -> list[GpuShare]:
+    """k workers per GPU, each alternating c CPU seconds and g GPU seconds per study.
+
+    One worker keeps the GPU busy g / (c + g) of the time; k workers overlap one study's CPU
+    stages with another's networks, up to the GPU's limit of one study per g seconds:
+    min(k / (c + g), 1 / g) studies per second, busy min(1, k g / (c + g)). This assumes each
+    worker keeps its CPU threads and ignores networks slowing each other beyond sharing the GPU.
+    """
+    rows = []
+    cycle = cpu_seconds + gpu_seconds
+    for k in workers:
+        rate = min(k / cycle, 1.0 / gpu_seconds) if gpu_seconds > 0 else k / cycle
+        memory = worker_memory_mb * k if worker_memory_mb is not None else None
+        fits = memory <= gpu_memory_mb if memory is not None and gpu_memory_mb else None
+        rows.append(GpuShare(k, min(1.0, k * gpu_seconds / cycle) if cycle > 0 else 0.0, rate * 3600.0, memory, fits))
+    return rows
+
+
+def best_share(rows: Sequence[GpuShare]) -> GpuShare:
+    """The fewest workers that keep the GPU BUSY_TARGET busy and fit; else the busiest that fits."""
+    usable = [r for r in rows if r.fits is not False] or list(rows[:1])
+    for row in usable:
+        if row.busy_fraction >= BUSY_TARGET:
+            return row
+    return max(usable, key=lambda r: (r.busy_fraction, -r.workers_per_gpu))
+
+
+def gpus_in_gres(gres: str) -> int:
+    """GPUs a --gres value asks for per task: 'gpu:2' and 'gpu:a100:2' -> 2, 'gpu' -> 1, '' -> 0."""
+    total = 0
+    for item in (gres or "").split(","):
+        parts = item.strip().split(":")
+        if parts[0] != "gpu":
+            continue
+        total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return total

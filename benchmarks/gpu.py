@@ -54,11 +54,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:       # tests.spineps_models, when run as a script
     sys.path.insert(0, str(REPO))
 
+from batchseg.placement import (GpuShare, best_share, predict_gpu_share,  # noqa: E402
+                                split_study_seconds)
 from tests.spineps_models import SIZES, ModelSet, bare_networks  # noqa: E402
 
-NETWORKS = ("semantic", "instance", "labeling")
 INSTANCE_BATCH = 4                  # SPINEPS's proc_inst_batch_size default
-BUSY_TARGET = 0.9                   # "the GPU is kept busy" for the suggested workers per GPU
 
 
 # -- the networks alone -----------------------------------------------------------------------------
@@ -224,39 +224,6 @@ def _cpu_name() -> str:
     return "unknown CPU"
 
 
-# -- the prediction -----------------------------------------------------------------------------
-
-@dataclass
-class Prediction:
-    workers_per_gpu: int
-    busy_fraction: float
-    studies_per_hour: float
-    memory_mb: float | None
-    fits: bool | None                    # in the GPU's memory (None: unknown)
-
-
-def predict(cpu_seconds: float, gpu_seconds: float, worker_memory_mb: float | None = None,
-            gpu_memory_mb: float | None = None, workers: Sequence[int] = (1, 2, 3, 4)) -> list[Prediction]:
-    """DERIVED: k workers per GPU, each alternating c CPU seconds and g GPU seconds per study."""
-    rows = []
-    for k in workers:
-        cycle = cpu_seconds + gpu_seconds
-        rate = min(k / cycle, 1.0 / gpu_seconds) if gpu_seconds > 0 else k / cycle
-        memory = worker_memory_mb * k if worker_memory_mb is not None else None
-        fits = memory <= gpu_memory_mb if memory is not None and gpu_memory_mb else None
-        rows.append(Prediction(k, min(1.0, k * gpu_seconds / cycle), rate * 3600.0, memory, fits))
-    return rows
-
-
-def best_workers(rows: Sequence[Prediction]) -> Prediction:
-    """The fewest workers that keep the GPU BUSY_TARGET busy and fit; else the busiest that fits."""
-    usable = [r for r in rows if r.fits is not False] or list(rows[:1])
-    for row in usable:
-        if row.busy_fraction >= BUSY_TARGET:
-            return row
-    return max(usable, key=lambda r: (r.busy_fraction, -r.workers_per_gpu))
-
-
 # -- the whole pipeline -------------------------------------------------------------------------
 
 class GpuSampler(threading.Thread):
@@ -312,9 +279,6 @@ class PipelineRun:
         return self.done / self.seconds * 3600.0 if self.seconds > 0 else 0.0
 
 
-NETWORK_STAGES = ("segment.net_semantic", "segment.net_instance", "segment.net_labeling")
-
-
 def _batchseg(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SPINEPS_NO_CITATION_REMINDER": "1"}
     return subprocess.run([sys.executable, "-m", "batchseg", *args], capture_output=True, text=True, env=env)
@@ -339,9 +303,10 @@ def _read_run(project: Path) -> dict[str, Any]:
         timings = study["timings"] or {}
         for stage, seconds in timings.items():
             stages.setdefault(stage, []).append(seconds)
-        net = sum(timings.get(name, 0.0) for name in NETWORK_STAGES)
-        network.append(net)
-        cpu.append(timings.get("total", 0.0) - net)
+        split = split_study_seconds(timings)
+        if split is not None:
+            cpu.append(split[0])
+            network.append(split[1])
     claims = [e["at"] for e in events if e["event"] == "claimed"]
     ends = [e["at"] for e in events if e["event"] == "done"]
     return {
@@ -424,10 +389,10 @@ def networks_mode(args: argparse.Namespace) -> dict[str, Any]:
     if args.cpu_stages:
         stages = json.loads(Path(args.cpu_stages).read_text())
         gpu_total = _gpu_memory_mb()
-        rows = predict(stages["cpu_seconds"], times.total, times.worker_memory_mb, gpu_total)
+        rows = predict_gpu_share(stages["cpu_seconds"], times.total, times.worker_memory_mb, gpu_total)
         result["prediction"] = {"cpu_seconds": stages["cpu_seconds"], "cpu_source": stages.get("machine"),
                                 "gpu_seconds": times.total, "rows": [asdict(r) for r in rows],
-                                "best": asdict(best_workers(rows))}
+                                "best": asdict(best_share(rows))}
         print_prediction(stages, times, rows, gpu_total)
     if args.save:
         Path(args.save).write_text(json.dumps(result, indent=2))
@@ -495,7 +460,7 @@ def print_networks(times: NetworkTimes) -> None:
           f"{_mb(times.peak_reserved_mb)} + CUDA context {_mb(times.context_mb)})")
 
 
-def print_prediction(stages: dict[str, Any], times: NetworkTimes, rows: Sequence[Prediction],
+def print_prediction(stages: dict[str, Any], times: NetworkTimes, rows: Sequence[GpuShare],
                      gpu_memory_mb: float | None) -> None:
     print(f"\n## workers per GPU (derived): c = {stages['cpu_seconds']:.2f} CPU s per study "
           f"(measured on {stages.get('machine', '?')}), g = {times.total:.3f} GPU s per study (measured on "
@@ -505,7 +470,7 @@ def print_prediction(stages: dict[str, Any], times: NetworkTimes, rows: Sequence
     for r in rows:
         fits = "yes" if r.fits else "no" if r.fits is False else "unknown"
         print(f"| {r.workers_per_gpu} | {r.busy_fraction:.0%} | {r.studies_per_hour:,.0f} | {_mb(r.memory_mb)} | {fits} |")
-    best = best_workers(rows)
+    best = best_share(rows)
     print(f"suggested: {best.workers_per_gpu} worker(s) per GPU ({best.busy_fraction:.0%} busy)")
 
 
