@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .config import CONFIG_NAME, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
-from .errors import StudyError, one_line
+from .errors import StudyError, one_line, printable
 from .files import write_json
 
 
@@ -313,7 +313,16 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
         if study is None:
             fail(f"no study {study_id!r} in the ledger")
         events = ledger.history(study_id)
-        echo_json({"study": study, "history": events}) if as_json else click.echo(format_study(study, events))
+        lstv = None
+        if study["state"] == "done":
+            from .report.model import read_study_files
+
+            # The findings as the study's metadata holds them (None when it cannot be read).
+            lstv = read_study_files(Path(config.out_dir), study_id).lstv
+        if as_json:
+            echo_json({"study": study, "history": events, "lstv": lstv})
+        else:
+            click.echo(format_study(study, events, lstv))
         return
     jobs = _slurm_jobs(config, ledger)
     summary = ledger.summary()
@@ -493,19 +502,31 @@ def cancel(ctx: Context) -> None:
 
 # -- single-file tools --------------------------------------------------------------------------
 
-@cli.command()
-@click.argument("seg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the JSON here instead of printing it.")
-@click.option("--unlabelled", is_flag=True, help="Labels are only a top-to-bottom order (no labeling model).")
-def centroids(seg: Path, out: Path | None, unlabelled: bool) -> None:
-    """Centroids, volumes and names of every label in an instance mask (the pipeline's JSON)."""
+_SPINE_OPTION = click.option(
+    "--spine", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+    help="The semantic mask (seg-spine) on the same grid: adds vertebral-body centroids (SPINEPS's ctd points).")
+_UNLABELLED_OPTION = click.option("--unlabelled", is_flag=True,
+                                  help="Labels are only a top-to-bottom order (no labeling model).")
+
+
+def _measure_or_fail(vert: Path, spine: Path | None, unlabelled: bool) -> Any:
     from .measures import measure_file
 
     try:
-        measurements = measure_file(seg, labels_anatomical=not unlabelled)
+        return measure_file(vert, spine=spine, labels_anatomical=not unlabelled)
     except StudyError as exc:
         fail(str(exc))
+
+
+@cli.command()
+@click.argument("seg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_SPINE_OPTION
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON here instead of printing it.")
+@_UNLABELLED_OPTION
+def centroids(seg: Path, spine: Path | None, out: Path | None, unlabelled: bool) -> None:
+    """Centroids (whole label and, with --spine, vertebral body), volumes, pieces and names of an instance mask."""
+    measurements = _measure_or_fail(seg, spine, unlabelled)
     if out:
         write_json(out, measurements.centroids_json())
         click.echo(f"wrote {out}")
@@ -514,25 +535,45 @@ def centroids(seg: Path, out: Path | None, unlabelled: bool) -> None:
 
 
 @cli.command()
+@click.argument("vert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_SPINE_OPTION
+@_UNLABELLED_OPTION
+def lstv(vert: Path, spine: Path | None, unlabelled: bool) -> None:
+    """LSTV findings of an instance mask as JSON: the `lstv` object the pipeline writes into the metadata."""
+    echo_json(_measure_or_fail(vert, spine, unlabelled).lstv_json())
+
+
+@cli.command()
 @click.argument("dicom_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print what was found: slices used and dropped, geometry.")
 @click.option("--plane", type=click.Choice(["sagittal", "coronal", "axial", "any"]), default="any",
               help="Require this plane (default: any).")
-def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str) -> None:
-    """Convert one DICOM series to NIfTI, or refuse with a one-line reason."""
-    from .dicom import convert_series
+@click.option("--series", "series_uid", metavar="UID", default=None,
+              help="Convert the series with this SeriesInstanceUID when the folder holds several.")
+def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str, series_uid: str | None) -> None:
+    """Convert one DICOM series (classic or enhanced multi-frame) to NIfTI, or refuse with a one-line reason.
+
+    OUT is written whole or not at all: a file already at OUT stays as it was when the conversion fails.
+    """
+    from .dicom import check_nifti_name, convert_series
 
     try:
-        report = convert_series(dicom_dir, out, require_plane=None if plane == "any" else plane)
+        check_nifti_name(out)
+    except ValueError as exc:
+        fail(one_line(exc))
+    try:
+        report = convert_series(dicom_dir, out, require_plane=None if plane == "any" else plane,
+                                series_uid=series_uid)
     except StudyError as exc:
-        fail(str(exc), code=1)
+        hint = "; convert one with --series UID" if exc.error_class == "input.mixed_series" else ""
+        fail(f"{exc}{hint}", code=1)
     if as_json:
         echo_json(report.to_dict())
     else:
-        click.echo(f"wrote {out}: {report.shape} voxels, spacing {tuple(round(s, 4) for s in report.spacing)} mm, "
-                   f"{report.orientation}, {len(report.slices_used)} slices used, "
-                   f"{len(report.slices_dropped)} dropped")
+        click.echo(f"wrote {printable(out)}: {report.shape} voxels, spacing "
+                   f"{tuple(round(s, 4) for s in report.spacing)} mm, {report.orientation}, "
+                   f"{len(report.slices_used)} slices used, {len(report.slices_dropped)} dropped")
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
 
@@ -544,17 +585,24 @@ def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str) -> None:
 @click.option("--matrix", type=click.IntRange(min=64), default=256, show_default=True,
               help="In-plane size of the sagittal series.")
 @click.option("--no-broken", is_flag=True, help="Only good studies (by default the last three are broken).")
-def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool) -> None:
+@click.option("--variant", "variants", multiple=True, metavar="NAME",
+              help="Phantom variant to cycle through (repeatable; default all: normal, L6, T13, four_lumbar, "
+                   "top_L2, eleven_thoracic, sacral_disc, top_L1, no_sacrum, duplicate_T12).")
+def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool, variants: tuple[str, ...]) -> None:
     """Write a synthetic RSNA-layout dataset with phantom spines and their ground truth."""
-    manifest = _synth(directory, n_studies, seed, matrix, not no_broken)
+    manifest = _synth(directory, n_studies, seed, matrix, not no_broken, variants)
     click.echo(f"wrote {len(manifest.studies)} studies to {manifest.root}; study list {manifest.study_list}")
 
 
-def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool) -> Any:
-    from .synth import synth_dataset
+def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool,
+           variants: tuple[str, ...] = ()) -> Any:
+    from .synth import VARIANTS, synth_dataset
 
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        fail(f"unknown phantom variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     with click.progressbar(length=n_studies, label="synthesizing studies") as bar:
-        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken,
+        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken, variants=variants or None,
                              progress=lambda done: bar.update(done - bar.pos))
 
 

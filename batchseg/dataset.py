@@ -1,9 +1,9 @@
 """The study inventory: RSNA 2024 layout, study lists and series selection.
 
-Layout (CONTEXT.md §1): `<split>_series_descriptions.csv` (study_id, series_id,
-series_description) and `<split>_images/<study>/<series>/<instance>.dcm`. The
-series type comes from the CSV only: the DICOM SeriesDescription tag is
-de-identified.
+Layout (the Kaggle competition's; docs/architecture.md, "Domain facts"):
+`<split>_series_descriptions.csv` (study_id, series_id, series_description) and
+`<split>_images/<study>/<series>/<instance>.dcm`. The series type comes from the
+CSV only: the DICOM SeriesDescription tag is de-identified.
 """
 from __future__ import annotations
 

@@ -1,25 +1,33 @@
 """DICOM series -> NIfTI: pick the slice set, check its geometry, write one volume.
 
-The slice set is decided from the headers alone (orientation, size, position
-along the slice normal); pixels are decoded only for the slices that are used.
-The output keeps the DICOM storage order (i along the row direction, j along
-the column direction, k along the slice normal) and states it in the affine,
-because the segmenter reorients by itself and every resampling costs accuracy.
+A folder is read in four steps. (1) Every file is sorted into an image, a file to ignore (not DICOM, or DICOM that
+is no image: DICOMDIR, presentation states) or a bad file: one that claims to be a DICOM image (a .dcm name, the
+DICM marker, an image SOP class) and cannot be read whole. A bad file fails the series, because a dropped end slice
+gives a shorter volume that looks right. (2) The images are grouped by SeriesInstanceUID: one conversion reads one
+series, never two merged. (3) Each image gives its slices: a classic file one, an enhanced multi-frame file one per
+frame, placed by its functional groups. (4) The slices pass the same rules whatever file they came from: one
+orientation, one size, no conflicting duplicates (several images per position are 4-D data), a regular step.
+
+The slice set is decided from the headers alone; pixels are decoded only for the slices that are used. The output
+keeps the DICOM storage order (i along the row direction, j along the column direction, k along the slice normal)
+and states it in the affine, because the segmenter reorients by itself and every resampling costs accuracy.
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataelem import RawDataElement
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from batchseg.errors import StudyError
+from batchseg.errors import StudyError, one_line
+from batchseg.files import open_atomic
 
 # gzip level of the written NIfTI. Level 1 is ~3x faster than zlib's default 6
 # for a few percent larger files on MR data (see benchmarks/RESULTS.md).
@@ -39,8 +47,13 @@ SPACING_REL_TOL = 0.05
 # Positions closer than this along the normal (mm) are the same slice.
 DUPLICATE_TOL_MM = 0.01
 
+# File names that claim to be DICOM: such a file that cannot be read fails the series instead of being ignored.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
 # Secondary Capture Image Storage and its multi-frame kinds (1.2.840.10008.5.1.4.1.1.7.x).
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -59,8 +72,10 @@ class ConversionReport:
     stacks: list[dict]
     warnings: list[str]
     dtype: str
-    # Files in the folder that are not DICOM images (README, DICOMDIR, presentation states).
+    # Files in the folder that are not images of the series (README, DICOMDIR, presentation states, other series).
     files_ignored: list[dict] = field(default_factory=list)
+    # The SeriesInstanceUID converted ("" when the files carry none).
+    series_uid: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,21 +86,32 @@ class ConversionReport:
 
 @dataclass
 class _Slice:
-    """One image file's header facts (pixels stay in `ds` until decoded)."""
+    """One 2-D image: a classic file, or one frame of a multi-frame file (pixels stay in `ds` until decoded)."""
 
     path: Path
     ds: pydicom.Dataset
+    frame: int | None  # index of the frame in a multi-frame file; None for a single-frame file
     row_cos: np.ndarray  # LPS direction of increasing column index
     col_cos: np.ndarray  # LPS direction of increasing row index
     position: np.ndarray  # LPS position of the first voxel
     rows: int
     cols: int
     spacing: tuple[float, float]  # (between rows, between columns), as in PixelSpacing
+    rescale: tuple[float, float]  # (slope, intercept) from stored values to output values
+
+    @property
+    def name(self) -> str:
+        return _slice_name(self.path, self.frame)
 
     @property
     def normal(self) -> np.ndarray:
         n = np.cross(self.row_cos, self.col_cos)
         return n / np.linalg.norm(n)
+
+
+def _slice_name(path: Path, frame: int | None) -> str:
+    """How messages and reports name a slice: the file name, and the frame (from 1) in a multi-frame file."""
+    return path.name if frame is None else f"{path.name} frame {frame + 1}"
 
 
 @dataclass
@@ -118,29 +144,37 @@ class _Stack:
 
 
 def read_series(
-    dicom_dir: Path, *, require_plane: str | None = "sagittal", study: str = ""
+    dicom_dir: Path, *, require_plane: str | None = "sagittal", study: str = "",
+    series_uid: str | None = None, files: Iterable[Path] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ConversionReport]:
-    """Read one DICOM series folder into (data, RAS affine, report).
+    """Read one DICOM series into (data, RAS affine, report).
 
-    Raises StudyError: input.missing, input.bad_dicom or input.geometry.
+    `dicom_dir` is the folder read (its files, not its subfolders). `series_uid` picks one SeriesInstanceUID when
+    the folder holds several (without it such a folder is refused). `files`, when given, are read instead of
+    listing the folder (the files of one series spread over a tree); `dicom_dir` then only names the source.
+
+    Raises StudyError: input.missing, input.bad_dicom, input.mixed_series or input.geometry.
     """
     dicom_dir = Path(dicom_dir)
     err = _Errors(study, dicom_dir)
     if require_plane is not None and require_plane not in (*PLANES, "oblique"):
         raise ValueError(f"require_plane must be one of {PLANES} or None, not {require_plane!r}")
-    if not dicom_dir.is_dir():
-        raise err("input.missing", f"DICOM folder {dicom_dir} does not exist")
+    if files is None:
+        if not dicom_dir.is_dir():
+            raise err("input.missing", f"DICOM folder {dicom_dir} does not exist")
+        paths = sorted(p for p in dicom_dir.iterdir() if p.is_file())
+    else:
+        paths = sorted(Path(p) for p in files)
 
-    slices, ignored = _read_headers(dicom_dir, err)
-    if not slices:
-        raise err("input.missing", f"no DICOM image files in {dicom_dir}")
-
+    scan = _scan(paths)
+    images, ignored = _pick_series(scan, series_uid, dicom_dir, err)
+    slices = [s for path, ds in images for s in _slices_of(path, ds, err)]
     sel = _select_slices(slices, require_plane, err)
     ordered, dropped, warn = sel.ordered, sel.dropped, sel.warnings
     step, step_warn = _check_spacing(ordered, err)
     warn += step_warn
 
-    data, dtype_warn = _load_pixels(ordered, err)
+    data, dtype_warn = _load_pixels(ordered, sel.pixels)
     warn += dtype_warn
     affine = _affine(ordered[0], step)
     report = ConversionReport(
@@ -149,44 +183,59 @@ def read_series(
         spacing=(float(ordered[0].spacing[1]), float(ordered[0].spacing[0]), float(step)),
         orientation="".join(nib.aff2axcodes(affine)),
         plane=plane_of(ordered[0].normal),
-        slices_used=[s.path.name for s in ordered],
+        slices_used=[s.name for s in ordered],
         slices_dropped=dropped,
         stacks=sel.stacks,
-        warnings=warn,
+        warnings=[one_line(w) for w in warn],
         dtype=str(data.dtype),
         files_ignored=ignored,
+        series_uid=_series_uid(images[0][1]),
     )
     return data, affine, report
 
 
 def convert_series(
-    dicom_dir: Path, out_path: Path, *, require_plane: str | None = "sagittal", study: str = ""
+    dicom_dir: Path, out_path: Path, *, require_plane: str | None = "sagittal", study: str = "",
+    series_uid: str | None = None, files: Iterable[Path] | None = None,
 ) -> ConversionReport:
-    """Convert one series folder to `out_path` (.nii.gz or .nii) and return the report."""
-    data, affine, report = read_series(dicom_dir, require_plane=require_plane, study=study)
+    """Convert one series to `out_path` (.nii.gz or .nii) and return the report (arguments as `read_series`).
+
+    The file is written beside `out_path` and renamed onto it when whole: a failure leaves whatever was at
+    `out_path` before untouched.
+    """
+    out_path = Path(out_path)
+    check_nifti_name(out_path)
+    data, affine, report = read_series(dicom_dir, require_plane=require_plane, study=study,
+                                       series_uid=series_uid, files=files)
     try:
-        write_nifti(data, affine, Path(out_path))
+        write_nifti(data, affine, out_path)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            Path(out_path).unlink(missing_ok=True)
         raise _Errors(study, Path(dicom_dir))("output.io", f"cannot write {out_path}: {e}") from e
     return report
 
 
+def check_nifti_name(path: Path) -> None:
+    """Raise ValueError unless `path` ends in .nii or .nii.gz (the gzip choice follows the name)."""
+    if not Path(path).name.lower().endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"{path}: the output must be named .nii or .nii.gz")
+
+
 def write_nifti(data: np.ndarray, affine: np.ndarray, out_path: Path, *, level: int = GZIP_LEVEL) -> None:
-    """Write a NIfTI-1 with sform and qform both scanner-anatomical (code 1)."""
+    """Write a NIfTI-1 with sform and qform both scanner-anatomical (code 1), atomically."""
+    out_path = Path(out_path)
+    check_nifti_name(out_path)
     img = nib.Nifti1Image(data, affine)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(data.dtype)
-    if out_path.name.endswith(".gz"):
-        # mtime=0 and no file name in the gzip header keep the bytes identical across runs.
-        with open(out_path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                        compresslevel=level, mtime=0) as fh:
-            img.to_file_map({"image": nib.FileHolder(fileobj=fh)})
-    else:
-        img.to_filename(out_path)
+    with open_atomic(out_path, "wb") as raw:
+        if out_path.name.lower().endswith(".gz"):
+            # mtime=0 and no file name in the gzip header keep the bytes identical across runs.
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0) as fh:
+                img.to_file_map({"image": nib.FileHolder(fileobj=fh)})
+        else:
+            img.to_file_map({"image": nib.FileHolder(fileobj=raw)})
 
 
 def plane_of(normal: np.ndarray) -> str:
@@ -206,7 +255,7 @@ def axcodes(row_cos: np.ndarray, col_cos: np.ndarray, normal: np.ndarray) -> str
     return "".join(nib.aff2axcodes(_LPS_TO_RAS @ m))
 
 
-# ---------------------------------------------------------------- reading
+# ---------------------------------------------------------------- reading files
 
 
 class _Errors:
@@ -219,22 +268,31 @@ class _Errors:
         return StudyError(cls, self.prefix + msg)
 
 
-def _read_headers(folder: Path, err: _Errors) -> tuple[list[_Slice], list[dict]]:
-    slices: list[_Slice] = []
-    ignored: list[dict] = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        ds, why = _read_one(path, err)
-        if ds is None:
-            ignored.append({"file": path.name, "reason": why})
-            continue
-        slices.append(_slice_of(path, ds, err))
-    return slices, ignored
+@dataclass
+class _Scan:
+    """Every file of the folder, sorted into images, bad files and files to ignore."""
+
+    images: list[tuple[Path, pydicom.Dataset]] = field(default_factory=list)
+    # (file, why it cannot be read, its SeriesInstanceUID when the readable part names one)
+    bad: list[tuple[Path, str, str | None]] = field(default_factory=list)
+    ignored: list[dict] = field(default_factory=list)
 
 
-def _sniff(path: Path) -> str:
+def _scan(paths: list[Path]) -> _Scan:
+    scan = _Scan()
+    for path in paths:
+        ds, bad, why = _read_one(path)
+        if ds is not None:
+            scan.images.append((path, ds))
+        elif bad is not None:
+            scan.bad.append((path, why, bad))
+        else:
+            scan.ignored.append({"file": path.name, "reason": why})
+    return scan
+
+
+def _sniff(head: bytes) -> str:
     """"dicom" (preamble + DICM), "raw" (may be preamble-less DICOM) or "other"."""
-    with open(path, "rb") as fh:
-        head = fh.read(132)
     if len(head) == 132 and head[128:132] == b"DICM":
         return "dicom"
     # Preamble-less DICOM starts with an element of group 0002 or 0008 (little
@@ -244,85 +302,253 @@ def _sniff(path: Path) -> str:
     return "other"
 
 
-def _read_one(path: Path, err: _Errors) -> tuple[pydicom.Dataset | None, str]:
-    """Read a whole file; (None, why) for files that are not DICOM images."""
+def _cut_preamble(path: Path, head: bytes) -> bool:
+    """A file named as PACS exports name images (no extension: IM_0001, or a UID such as 1.2.840.113619.2.5)
+    that holds nothing but the start of a DICOM preamble (NUL bytes, part of "DICM"), or nothing at all: what
+    such an image file looks like when its copy broke off at once."""
+    bare = not path.suffix or path.suffix[1:].isdigit()
+    if not bare or path.name.startswith("."):
+        return False
+    return len(head) < 132 and not head[:128].strip(b"\0") and b"DICM".startswith(head[128:])
+
+
+def _read_one(path: Path) -> tuple[pydicom.Dataset | None, str | None, str]:
+    """(image, None, "") for a DICOM image; (None, series_uid or "", why) for a file that claims to be a DICOM image
+    and cannot be read whole; (None, None, why) for a file to ignore."""
+    named = path.suffix.lower() in DICOM_SUFFIXES
     try:
-        kind = _sniff(path)
+        with open(path, "rb") as fh:
+            head = fh.read(132)
     except OSError as e:
-        raise err("input.bad_dicom", f"{path.name} cannot be opened ({e.strerror or e})") from e
+        return None, "", f"cannot be opened ({e.strerror or e})"
+    kind = _sniff(head)
     if kind == "other":
-        return None, "not DICOM"
+        if named or _cut_preamble(path, head):
+            return None, "", ("is empty" if not head else
+                              "is not DICOM or is cut short: no DICM marker and no DICOM element at its start")
+        return None, None, "not DICOM"
     magic = kind == "dicom"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             # Files without the preamble may be old-style DICOM: read them leniently
             # and keep them only if they look like an image.
             ds = pydicom.dcmread(path, force=not magic)
-    except Exception as e:  # noqa: BLE001 - pydicom meets garbage with any exception type
-        if magic:
-            raise err("input.bad_dicom", f"{path.name} is unreadable ({type(e).__name__}: {e})") from e
-        return None, "not DICOM"
+        except Exception as e:  # noqa: BLE001 - pydicom meets garbage with any exception type
+            if magic or named:
+                return None, "", f"is unreadable ({type(e).__name__}: {e})"
+            return None, None, "not DICOM"
     try:
+        sop = str(ds.get("SOPClassUID") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID") or "")
         has_pixels = "PixelData" in ds
-        looks_like_image = "Rows" in ds or "ImagePositionPatient" in ds
+        looks_like_image = ("Rows" in ds or "ImagePositionPatient" in ds
+                            or "PerFrameFunctionalGroupsSequence" in ds)
+        series = _series_uid(ds)
+        cut = _truncation(ds, caught)
     except Exception as e:  # noqa: BLE001 - a garbled header raises from anywhere in pydicom
-        if magic:
-            raise err("input.bad_dicom", f"{path.name} is unreadable ({type(e).__name__}: {e})") from e
-        return None, "not DICOM"
-    if not magic and not (has_pixels and looks_like_image):
-        return None, "not DICOM"
-    if has_pixels and "TransferSyntaxUID" not in ds.file_meta:
+        if magic or named:
+            return None, "", f"is unreadable ({type(e).__name__}: {e})"
+        return None, None, "not DICOM"
+    sop_name = UID(sop).name if sop else ""
+    image_sop = "Image Storage" in sop_name
+    claims = magic or named or image_sop or looks_like_image
+    if cut:
+        if sop and not image_sop and not looks_like_image:
+            return None, None, f"cut short ({cut}), and not an image ({sop_name})"
+        return (None, series, f"is cut short ({cut})") if claims else (None, None, "not DICOM")
+    if not has_pixels:
+        if looks_like_image or image_sop:
+            return None, series, "has image attributes but no pixel data (cut short?)"
+        if not sop:
+            if magic or named:
+                # The marker or the name promised DICOM, yet nothing identifies what the file is.
+                return None, "", "is unreadable (DICOM marker or name but no recognisable content)"
+            return None, None, "not DICOM"
+        return None, None, f"no pixel data ({sop_name})"
+    if not (magic or named or looks_like_image):
+        return None, None, "not DICOM"
+    if "TransferSyntaxUID" not in ds.file_meta:
         # No file meta (pre-1993 style): the pixels are native, in the encoding the reader found.
         implicit, little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit
                                           else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    if not has_pixels:
-        if looks_like_image:
-            raise err("input.bad_dicom", f"{path.name} has image attributes but no pixel data (truncated?)")
-        sop = ds.get("SOPClassUID") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID")
-        if not sop:
-            # The preamble promised DICOM, yet nothing identifies what the file is.
-            raise err("input.bad_dicom", f"{path.name} is unreadable (DICOM preamble but no recognisable content)")
-        return None, f"no pixel data ({getattr(sop, 'name', sop)})"
-    sop = str(ds.get("SOPClassUID", ""))
     if sop.startswith(_SECONDARY_CAPTURE) and "ImagePositionPatient" not in ds:
         # A screenshot or scanned report filed with the series: an image, but not a slice.
-        return None, f"image without patient position ({getattr(ds.SOPClassUID, 'name', sop)})"
-    return ds, ""
+        return None, None, f"image without patient position ({sop_name})"
+    return ds, None, ""
 
 
-def _floats(ds: pydicom.Dataset, keyword: str, n: int, path: Path, err: _Errors) -> np.ndarray:
+def _truncation(ds: pydicom.Dataset, caught: list[warnings.WarningMessage]) -> str:
+    """What shows that the file ends before its data does ("" if nothing).
+
+    pydicom reads a cut file without an error: an undefined-length value (encapsulated pixels, a sequence)
+    cut before its delimiter only warns, and a value cut midway is kept short. The last element, being read
+    last, is the one a cut leaves short.
+    """
+    for w in caught:
+        if "End of file" in str(w.message):
+            return "the file ends before a delimiter"
+    if not len(ds):
+        return ""
+    last = ds.get_item(max(ds.keys()))
+    if isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH:
+        got = len(last.value) if last.value is not None else 0
+        if got < last.length:
+            what = pydicom.datadict.keyword_for_tag(last.tag) or str(last.tag)
+            return f"{what} holds {got} of its {last.length} bytes"
+    return ""
+
+
+def _series_uid(ds: pydicom.Dataset) -> str:
+    return str(ds.get("SeriesInstanceUID", "") or "")
+
+
+def _pick_series(scan: _Scan, series_uid: str | None, folder: Path,
+                 err: _Errors) -> tuple[list[tuple[Path, pydicom.Dataset]], list[dict]]:
+    """The images of one series, and every file left out with the reason; refuse bad files and mixed folders."""
+    ignored = list(scan.ignored)
+    bad = []
+    for path, why, uid in scan.bad:
+        # A cut inside the SeriesInstanceUID leaves a prefix of it: only a UID that cannot be
+        # the one asked for, cut short, puts the bad file in another series.
+        if series_uid is not None and uid and not series_uid.startswith(uid):
+            ignored.append({"file": path.name, "reason": f"unreadable, of another series ({uid}): {why}"})
+        else:
+            bad.append((path, why))
+    if bad:
+        (first, why), rest = bad[0], [p.name for p, _ in bad[1:]]
+        more = f" (and {len(rest)} more: {', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''})" if rest else ""
+        raise err("input.bad_dicom", f"{first.name} {why}{more}")
+    if not scan.images:
+        raise err("input.missing", f"no DICOM image files in {folder}")
+
+    groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    for path, ds in scan.images:
+        groups.setdefault(_series_uid(ds), []).append((path, ds))
+    if series_uid is None:
+        if len(groups) > 1:
+            raise err("input.mixed_series", f"the folder holds images of {len(groups)} series, which are never "
+                                             f"merged: {_describe_series(groups)}")
+        return scan.images, ignored
+    if series_uid not in groups:
+        raise err("input.missing", f"no images of series {series_uid} (found {_describe_series(groups)})")
+    for uid, members in groups.items():
+        if uid != series_uid:
+            ignored += [{"file": path.name, "reason": f"other series ({uid or 'no SeriesInstanceUID'})"}
+                        for path, _ in members]
+    return groups[series_uid], ignored
+
+
+def _describe_series(groups: dict[str, list[tuple[Path, pydicom.Dataset]]]) -> str:
+    parts = []
+    for uid, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        desc = str(members[0][1].get("SeriesDescription", "") or "")
+        parts.append(f"{uid or '(no SeriesInstanceUID)'} ({len(members)} image{'s' * (len(members) != 1)}"
+                     f"{', ' + repr(desc) if desc else ''})")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- slices of a file
+
+
+def _fmt_numbers(values: Iterable) -> str:
+    """[1, 0.5, -3.25]: plain numbers for messages (a numpy scalar's repr says np.float64(...))."""
+    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+
+
+def _floats(holder: pydicom.Dataset | None, keyword: str, n: int, where: str, err: _Errors) -> np.ndarray:
     try:
-        v = np.asarray([float(x) for x in ds[keyword].value], dtype=float)
+        v = np.asarray([float(x) for x in holder[keyword].value], dtype=float)  # type: ignore[index]
     except (KeyError, TypeError, ValueError) as e:
-        raise err("input.geometry", f"{path.name} lacks a valid {keyword}") from e
+        raise err("input.geometry", f"{where} lacks a valid {keyword}") from e
     if v.shape != (n,) or not np.all(np.isfinite(v)):
-        raise err("input.geometry", f"{path.name} has a malformed {keyword} {list(v)}")
+        raise err("input.geometry", f"{where} has a malformed {keyword} {_fmt_numbers(v)}")
     return v
 
 
-def _slice_of(path: Path, ds: pydicom.Dataset, err: _Errors) -> _Slice:
+def _rescale_of(holder: pydicom.Dataset | None) -> tuple[float, float]:
+    """(slope, intercept) as stated in `holder`; identity when absent or unusable."""
+    if holder is None:
+        return (1.0, 0.0)
+    slope = holder.get("RescaleSlope", None)
+    inter = holder.get("RescaleIntercept", None)
+    try:
+        slope = 1.0 if slope in (None, "") else float(slope)
+        inter = 0.0 if inter in (None, "") else float(inter)
+    except (TypeError, ValueError):
+        return (1.0, 0.0)
+    if not np.isfinite(slope) or slope == 0 or not np.isfinite(inter):
+        return (1.0, 0.0)
+    return (slope, inter)
+
+
+def _is_mosaic(ds: pydicom.Dataset) -> bool:
+    image_type = ds.get("ImageType") or []
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return any(str(v).strip().upper() == "MOSAIC" for v in values)
+
+
+def _slices_of(path: Path, ds: pydicom.Dataset, err: _Errors) -> list[_Slice]:
+    """The 2-D images of one file: one for a classic file, one per frame for an enhanced multi-frame file."""
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         spp = int(ds.get("SamplesPerPixel", 1) or 1)
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError) as e:
         raise err("input.bad_dicom", f"{path.name} lacks valid Rows/Columns") from e
-    if frames != 1:
-        raise err("input.bad_dicom", f"{path.name} is a multi-frame image ({frames} frames); "
-                                     "only single-frame series are supported")
     if spp != 1:
         raise err("input.bad_dicom", f"{path.name} has {spp} samples per pixel; only grayscale is supported")
-    iop = _floats(ds, "ImageOrientationPatient", 6, path, err)
-    ipp = _floats(ds, "ImagePositionPatient", 3, path, err)
-    ps = _floats(ds, "PixelSpacing", 2, path, err)
+    if _is_mosaic(ds):
+        raise err("input.geometry", f"{path.name} is a Siemens mosaic (ImageType MOSAIC: several slices tiled in "
+                                    f"one {rows}x{cols} image); mosaics are not converted here (dcm2niix reads them)")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    if per_frame is None and shared_seq is None:
+        if frames != 1:
+            raise err("input.bad_dicom", f"{path.name} is a multi-frame image ({frames} frames) without "
+                                         "per-frame functional groups to place them")
+        return [_slice(path, ds, None, ds, ds, ds, _rescale_of(ds), rows, cols, err)]
+
+    # Enhanced multi-frame (Enhanced MR, Legacy Converted Enhanced, ...): each frame's geometry and rescale live
+    # in its per-frame functional groups; the shared functional groups hold what all frames have in common.
+    per_frame = per_frame or []
+    if len(per_frame) != frames:
+        raise err("input.bad_dicom", f"{path.name} has {frames} frames but {len(per_frame)} per-frame "
+                                     "functional group items")
+    shared = shared_seq[0] if shared_seq else None
+    out = []
+    for k in range(frames):
+        transform = _group(per_frame[k], shared, "PixelValueTransformationSequence")
+        out.append(_slice(path, ds, k, _group(per_frame[k], shared, "PlaneOrientationSequence"),
+                          _group(per_frame[k], shared, "PlanePositionSequence"),
+                          _group(per_frame[k], shared, "PixelMeasuresSequence"),
+                          _rescale_of(transform if transform is not None else ds), rows, cols, err))
+    return out
+
+
+def _group(item: pydicom.Dataset, shared: pydicom.Dataset | None, keyword: str) -> pydicom.Dataset | None:
+    """A frame's functional group `keyword` (its first item): the frame's own, else the shared one."""
+    for holder in (item, shared):
+        if holder is not None and keyword in holder and len(holder[keyword].value):
+            return holder[keyword].value[0]
+    return None
+
+
+def _slice(path: Path, ds: pydicom.Dataset, frame: int | None, orientation: pydicom.Dataset | None,
+           position: pydicom.Dataset | None, measures: pydicom.Dataset | None, rescale: tuple[float, float],
+           rows: int, cols: int, err: _Errors) -> _Slice:
+    """One slice from the elements that hold its geometry (the dataset itself, or a frame's functional groups)."""
+    where = _slice_name(path, frame)
+    iop = _floats(orientation, "ImageOrientationPatient", 6, where, err)
+    ipp = _floats(position, "ImagePositionPatient", 3, where, err)
+    ps = _floats(measures, "PixelSpacing", 2, where, err)
     row_cos, col_cos = iop[:3], iop[3:]
     nr, nc = np.linalg.norm(row_cos), np.linalg.norm(col_cos)
     if min(nr, nc) < 1e-6 or min(ps) <= 0 or np.linalg.norm(np.cross(row_cos, col_cos)) < 0.5 * nr * nc:
-        raise err("input.geometry", f"{path.name} has degenerate ImageOrientationPatient {list(iop)} "
-                                    f"or PixelSpacing {list(ps)}")
-    return _Slice(path, ds, row_cos / nr, col_cos / nc, ipp, rows, cols, (float(ps[0]), float(ps[1])))
+        raise err("input.geometry", f"{where} has degenerate ImageOrientationPatient {_fmt_numbers(iop)} "
+                                    f"or PixelSpacing {_fmt_numbers(ps)}")
+    return _Slice(path, ds, frame, row_cos / nr, col_cos / nc, ipp, rows, cols, (float(ps[0]), float(ps[1])),
+                  rescale)
 
 
 # ---------------------------------------------------------------- slice set
@@ -334,6 +560,7 @@ class _Selection:
     dropped: list[dict]
     warnings: list[str]
     stacks: list[dict]
+    pixels: _Pixels
 
 
 def _select_slices(slices: list[_Slice], require_plane: str | None, err: _Errors) -> _Selection:
@@ -345,7 +572,7 @@ def _select_slices(slices: list[_Slice], require_plane: str | None, err: _Errors
     for st in stacks:
         if st is not chosen:
             why = f"other stack ({st.plane}, {len(st.slices)} slices)"
-            dropped += [{"file": s.path.name, "reason": why} for s in st.slices]
+            dropped += [{"file": s.name, "reason": why} for s in st.slices]
     if len(stacks) > 1:
         warn.append(f"{len(stacks)} stacks of different orientation; converted the {chosen.plane} one "
                     f"with {len(chosen.slices)} slices")
@@ -363,18 +590,19 @@ def _select_slices(slices: list[_Slice], require_plane: str | None, err: _Errors
         for g in by_size:
             if g is not main:
                 why = f"size {g.first.rows}x{g.first.cols} @ {_fmt_spacing(g.first.spacing)} mm differs from the stack"
-                dropped += [{"file": s.path.name, "reason": why} for s in g.slices]
+                dropped += [{"file": s.name, "reason": why} for s in g.slices]
                 warn.append(f"dropped {len(g.slices)} slice(s) of another size: "
-                            + ", ".join(s.path.name for s in g.slices))
+                            + ", ".join(s.name for s in g.slices))
 
-    ordered, dups = _order_slices(main.slices, err)
+    pixels = _Pixels(err)
+    ordered, dups = _order_slices(main.slices, pixels, err)
     dropped += dups
     if dups:
         warn.append(f"dropped {len(dups)} duplicate slice(s) with identical pixels")
     if len(ordered) < 2:
-        raise err("input.geometry", f"only one slice ({ordered[0].path.name}); a volume needs at least two")
+        raise err("input.geometry", f"only one slice ({ordered[0].name}); a volume needs at least two")
     stacks_found = [g.describe(chosen=(g is main)) for _, groups in sized for g in groups]
-    return _Selection(ordered, dropped, warn, stacks_found)
+    return _Selection(ordered, dropped, warn, stacks_found, pixels)
 
 
 def _group_by_orientation(slices: list[_Slice]) -> list[_Stack]:
@@ -408,24 +636,75 @@ def _choose_stack(stacks: list[_Stack], require_plane: str | None, err: _Errors)
     return max(candidates, key=lambda st: len(st.slices))
 
 
-def _order_slices(slices: list[_Slice], err: _Errors) -> tuple[list[_Slice], list[dict]]:
-    """Sort along the normal; fold identical duplicates, fail on conflicting ones."""
+def _order_slices(slices: list[_Slice], pixels: _Pixels, err: _Errors) -> tuple[list[_Slice], list[dict]]:
+    """Sort along the normal; fold identical duplicates, fail on conflicting ones (named 4-D when they are)."""
     normal = slices[0].normal
-    ordered = sorted(slices, key=lambda s: (float(s.position @ normal), s.path.name))
-    kept: list[_Slice] = [ordered[0]]
+    ordered = sorted(slices, key=lambda s: (float(s.position @ normal), s.path.name, s.frame or 0))
+    positions: list[list[_Slice]] = []  # the distinct images at each position, in order along the normal
     dropped: list[dict] = []
-    for s in ordered[1:]:
-        prev = kept[-1]
-        if abs(float((s.position - prev.position) @ normal)) > DUPLICATE_TOL_MM:
-            kept.append(s)
-            continue
-        a, b = _pixels(prev, err), _pixels(s, err)
-        same = a.shape == b.shape and np.array_equal(a, b) and _rescale(prev) == _rescale(s)
-        if not same:
-            raise err("input.geometry", f"{prev.path.name} and {s.path.name} share the position "
-                                        f"{_fmt_pos(s.position)} but hold different pixels")
-        dropped.append({"file": s.path.name, "reason": f"duplicate of {prev.path.name}"})
-    return kept, dropped
+    for s in ordered:
+        if positions and abs(float((s.position - positions[-1][0].position) @ normal)) <= DUPLICATE_TOL_MM:
+            twin = next((d for d in positions[-1] if _same_image(d, s, pixels)), None)
+            if twin is None:
+                positions[-1].append(s)
+            else:
+                dropped.append({"file": s.name, "reason": f"duplicate of {twin.name}"})
+        else:
+            positions.append([s])
+    conflicts = [images for images in positions if len(images) > 1]
+    if conflicts:
+        raise err("input.geometry", _conflict_message(conflicts, len(positions)))
+    return [images[0] for images in positions], dropped
+
+
+def _same_image(a: _Slice, b: _Slice, pixels: _Pixels) -> bool:
+    """A copy of one image (a file present twice): same pixels and rescale. Two frames of one
+    multi-frame image are never copies of each other, even with equal pixels."""
+    if a.frame is not None and b.frame is not None and a.frame != b.frame \
+            and str(a.ds.get("SOPInstanceUID", "")) == str(b.ds.get("SOPInstanceUID", "")):
+        return False
+    pa, pb = pixels(a), pixels(b)
+    return pa.shape == pb.shape and a.rescale == b.rescale and np.array_equal(pa, pb)
+
+
+# What tells the volumes of 4-D data apart: (what it is, keyword in a classic image,
+# (functional group, keyword) in an enhanced frame).
+_VOLUME_TAGS = (
+    ("echo time", "EchoTime", ("MREchoSequence", "EffectiveEchoTime")),
+    ("echo number", "EchoNumbers", None),
+    ("b-value", "DiffusionBValue", ("MRDiffusionSequence", "DiffusionBValue")),
+    ("temporal position", "TemporalPositionIdentifier", ("FrameContentSequence", "TemporalPositionIndex")),
+    ("trigger time", "TriggerTime", ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")),
+    ("image type", "ImageType", ("MRImageFrameTypeSequence", "FrameType")),
+    ("acquisition number", "AcquisitionNumber", None),
+)
+
+
+def _volume_tag(s: _Slice, keyword: str, group: tuple[str, str] | None) -> str:
+    if s.frame is None:
+        return str(s.ds.get(keyword, ""))
+    if group is None:
+        return ""
+    shared = s.ds.get("SharedFunctionalGroupsSequence")
+    item = _group(s.ds.PerFrameFunctionalGroupsSequence[s.frame], shared[0] if shared else None, group[0])
+    return "" if item is None else str(item.get(group[1], ""))
+
+
+def _conflict_message(conflicts: list[list[_Slice]], n_positions: int) -> str:
+    if 2 * len(conflicts) <= n_positions:
+        a, b = conflicts[0][:2]
+        return f"{a.name} and {b.name} share the position {_fmt_pos(b.position)} but hold different pixels"
+    # Most positions hold several different images: several volumes of one geometry.
+    counts = sorted({len(images) for images in conflicts})
+    if len(conflicts) == n_positions and len(counts) == 1:
+        how = f"{counts[0]} volumes at the same {n_positions} positions"
+    else:
+        how = f"{counts[0]} to {counts[-1]} images at {len(conflicts)} of {n_positions} positions"
+    differ = [what for what, keyword, group in _VOLUME_TAGS
+              if any(len({_volume_tag(s, keyword, group) for s in images}) > 1 for images in conflicts)]
+    why = f" (they differ in {', '.join(differ)})" if differ else ""
+    return (f"4-D data: {how}{why}, e.g. {conflicts[0][0].name} and {conflicts[0][1].name}; "
+            "only one 3-D volume is converted: split the series first")
 
 
 def _check_spacing(ordered: list[_Slice], err: _Errors) -> tuple[float, list[str]]:
@@ -442,8 +721,8 @@ def _check_spacing(ordered: list[_Slice], err: _Errors) -> tuple[float, list[str
             n_missing = round(ratio) - 1
             what = (f"missing slice{'s' if n_missing > 1 else ''}" if n_missing >= 1 and abs(ratio - round(ratio)) < 0.1
                     else "irregular spacing")
-            raise err("input.geometry", f"{what}: gap of {d:.3g} mm between {a.path.name} "
-                                        f"({along[i]:.2f} mm) and {b.path.name} ({along[i + 1]:.2f} mm) "
+            raise err("input.geometry", f"{what}: gap of {d:.3g} mm between {a.name} "
+                                        f"({along[i]:.2f} mm) and {b.name} ({along[i + 1]:.2f} mm) "
                                         f"where the step is {typical:.3g} mm")
     # The slices must line up along the normal; a sheared stack (gantry tilt)
     # cannot be described by this affine.
@@ -462,49 +741,58 @@ def _check_spacing(ordered: list[_Slice], err: _Errors) -> tuple[float, list[str
 # ---------------------------------------------------------------- pixels
 
 
-def _pixels(s: _Slice, err: _Errors) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = s.ds.pixel_array
-    except Exception as e:  # noqa: BLE001 - decoders raise anything from RuntimeError to struct.error
-        raise err("input.bad_dicom", f"{s.path.name}: pixel data cannot be decoded "
-                                     f"({type(e).__name__}: {e})") from e
-    if arr.shape != (s.rows, s.cols):
-        raise err("input.bad_dicom", f"{s.path.name}: pixel data has shape {arr.shape}, "
-                                     f"header says {s.rows}x{s.cols}")
-    return arr
+class _Pixels:
+    """Decodes a slice's stored values; a multi-frame file is decoded once and kept for its other frames."""
+
+    def __init__(self, err: _Errors):
+        self.err = err
+        self.frames: dict[int, np.ndarray] = {}
+
+    def __call__(self, s: _Slice) -> np.ndarray:
+        if s.frame is None:
+            arr = self._decode(s)
+        else:
+            block = self.frames.get(id(s.ds))
+            if block is None:
+                block = self._decode(s)
+                if block.ndim == 2:  # pydicom drops the frame axis of a one-frame file
+                    block = block[np.newaxis]
+                self.frames[id(s.ds)] = block
+            if s.frame >= block.shape[0]:
+                raise self.err("input.bad_dicom", f"{s.path.name}: pixel data holds {block.shape[0]} frames, "
+                                                  f"frame {s.frame + 1} is missing")
+            arr = block[s.frame]
+        if arr.shape != (s.rows, s.cols):
+            raise self.err("input.bad_dicom", f"{s.name}: pixel data has shape {arr.shape}, "
+                                              f"header says {s.rows}x{s.cols}")
+        return arr
+
+    def _decode(self, s: _Slice) -> np.ndarray:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return s.ds.pixel_array
+        except Exception as e:  # noqa: BLE001 - decoders raise anything from RuntimeError to struct.error
+            raise self.err("input.bad_dicom", f"{s.path.name}: pixel data cannot be decoded "
+                                              f"({type(e).__name__}: {e})") from e
 
 
-def _rescale(s: _Slice) -> tuple[float, float]:
-    slope = s.ds.get("RescaleSlope", None)
-    inter = s.ds.get("RescaleIntercept", None)
-    try:
-        slope = 1.0 if slope in (None, "") else float(slope)
-        inter = 0.0 if inter in (None, "") else float(inter)
-    except (TypeError, ValueError):
-        return (1.0, 0.0)
-    if not np.isfinite(slope) or slope == 0 or not np.isfinite(inter):
-        return (1.0, 0.0)
-    return (slope, inter)
-
-
-def _load_pixels(ordered: list[_Slice], err: _Errors) -> tuple[np.ndarray, list[str]]:
+def _load_pixels(ordered: list[_Slice], pixels: _Pixels) -> tuple[np.ndarray, list[str]]:
     """Decode into one (slices, rows, cols) block and return it as (cols, rows, slices).
 
     The transpose is a view: the C-ordered block is exactly the Fortran order
     NIfTI stores, so nibabel writes it without another copy.
     """
-    first = _pixels(ordered[0], err)
+    first = pixels(ordered[0])
     vol = np.empty((len(ordered), *first.shape), dtype=first.dtype)
     vol[0] = first
     for k, s in enumerate(ordered[1:], start=1):
-        a = _pixels(s, err)
+        a = pixels(s)
         if a.dtype != vol.dtype:
             vol = vol.astype(np.result_type(vol.dtype, a.dtype))
         vol[k] = a
     warn: list[str] = []
-    scales = [_rescale(s) for s in ordered]
+    scales = [s.rescale for s in ordered]
     if any(sc != (1.0, 0.0) for sc in scales):
         vol = _apply_rescale(vol, scales)
     if len(set(scales)) > 1:

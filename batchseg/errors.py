@@ -6,6 +6,7 @@ decides whether the ledger gives the study another attempt.
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 # class -> (retryable, what it means). A retryable class sends the study back to
@@ -16,6 +17,7 @@ ERROR_CLASSES: dict[str, tuple[bool, str]] = {
     "input.missing": (False, "a file or folder the study needs does not exist"),
     "input.bad_dicom": (False, "a DICOM file is truncated, unreadable or lacks pixel data"),
     "input.geometry": (False, "the slices do not form one regular volume"),
+    "input.mixed_series": (False, "the series folder holds images of more than one SeriesInstanceUID"),
     "input.not_sagittal": (False, "the series is not in the sagittal plane the model expects"),
     "input.bad_id": (False, "the study or series id is not a plain number"),
     "segment.error": (True, "the segmenter raised an error"),
@@ -32,9 +34,26 @@ ERROR_CLASSES: dict[str, tuple[bool, str]] = {
 }
 
 
+# Control characters (terminal escapes, DEL, C1), format characters (bidi overrides, zero widths) and the lone
+# surrogates that stand for undecodable bytes in file names: shown escaped, never sent to a terminal as they are.
+_UNPRINTABLE = {"Cc", "Cf", "Cs"}
+
+
+def printable(text: object) -> str:
+    """`text` with every control, format and surrogate character written as its Python escape (`\\x1b`, `\\u202e`).
+
+    File names and DICOM tags can hold terminal escape sequences or invisible characters; escaped, they show
+    what is there without acting on the terminal.
+    """
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in _UNPRINTABLE else c for c in s)
+
+
 def one_line(text: object, limit: int | None = None) -> str:
-    """`text` on one line (scanners put newlines in tags, tracebacks have many), cut to `limit` characters."""
-    line = " ".join(str(text).split())
+    """`text` on one printable line (scanners put newlines in tags, tracebacks have many), cut to `limit` characters."""
+    line = printable(" ".join(str(text).split()))
     if limit is not None and len(line) > limit:
         line = line[: max(0, limit - 3)] + "..."
     return line

@@ -1,9 +1,9 @@
 """The ledger: SQLAlchemy Core tables and the study state machine.
 
-States (DESIGN.md): pending -> running -> done | failed; running -> pending on a
-retryable error, an expired lease, a lost Slurm task or a graceful release;
-failed -> pending only by retry_failed; skipped for studies that cannot be
-processed by design. Every transition appends a row to `history`; nothing is
+States (docs/architecture.md, "Study states"): pending -> running -> done |
+failed; running -> pending on a retryable error, an expired lease, a lost Slurm
+task or a graceful release; failed -> pending only by retry_failed; skipped for
+studies that cannot be processed by design. Every transition appends a row to `history`; nothing is
 ever deleted.
 
 A claim is one UPDATE ... WHERE study_id = (SELECT ... LIMIT 1) RETURNING

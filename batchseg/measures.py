@@ -1,67 +1,80 @@
-"""Label statistics of an instance mask in one pass: centroids, volumes, names, LSTV findings.
+"""Label statistics of an instance mask: centroids, volumes, pieces, names, the ordered sequence, LSTV findings.
 
 The counts and coordinate sums of every label come from `np.bincount` over the
 labelled voxels only (one scan for the nonzero positions, then four bincounts),
 so the cost does not grow with the number of labels: no per-label boolean mask
-over the volume is ever built.
+over the volume is ever built. Connected components (components.py) work on
+runs of that same list of labelled voxels; per-piece sums are only computed for
+labels that are split.
 
-Voxel coordinates are (i, j, k) array indices; world coordinates come from the
-NIfTI affine, i.e. RAS+ millimetres (DESIGN.md, "Outputs").
+Two centroids, named (docs/architecture.md, "Domain facts"):
+* `centroid_voxel` / `centroid_world`: the centre of mass of the WHOLE label
+  (for a vertebra: body, arch and processes).
+* `body_centroid_voxel` / `body_centroid_world`: the centre of mass of the
+  vertebra label restricted to the vertebral-body classes (49, 50) of the
+  semantic mask: the point SPINEPS's ctd.json holds. Only with a semantic mask;
+  null for a vertebra with no body voxel and for the sacrum (no body class).
+
+Voxel coordinates are (i, j, k) indices of the NIfTI array; world coordinates
+come from the NIfTI affine, i.e. RAS+ millimetres.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .components import memory_order, voxel_components
+from .enumeration import SpineSequence, build_sequence
 from .errors import StudyError
-from .labels import DISC_ABOVE_TOP, L6, LUMBAR, SACRUM, T13, VERTEBRA_NAMES, label_kind, label_name
+from .labels import SACRUM, SEM_BODY_CLASSES, label_kind
+from .lstv import LstvFindings, assess
+from .structures import Piece, Structure
 
 # Labels above this are not SPINEPS labels; refusing them bounds the bincount size.
 MAX_LABEL = 65535
+# 26-connectivity: pieces touching at a corner are one piece (the issue's and TPTBox's choice).
+CONNECTIVITY = 26
 
-
-@dataclass
-class Structure:
-    instance_id: int
-    kind: str                     # vertebra | sacrum | disc | endplate | other
-    anatomical_label: str
-    centroid_voxel: tuple[float, float, float]
-    centroid_world: tuple[float, float, float]
-    volume_voxels: int
-    volume_mm3: float
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}_{self.instance_id}"
-
-
-@dataclass
-class LstvFindings:
-    """Lumbosacral transitional vertebra evidence, as candidates for review (not diagnoses)."""
-
-    assessed: bool
-    lumbar_count: int | None
-    l6_present: bool
-    t13_present: bool
-    candidates: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+DEFINITIONS = {
+    "centroid_voxel": "centre of mass of the whole label (a vertebra's body, arch and processes), voxel indices "
+                      "(i, j, k) of the NIfTI grid",
+    "centroid_world": "the same point in world RAS+ millimetres (through the NIfTI affine)",
+    "body_centroid_voxel": "centre of mass of the vertebra label restricted to the vertebral-body classes (49, 50) "
+                           "of the semantic mask, voxel indices (i, j, k): the point SPINEPS's ctd.json holds; "
+                           "null when the label has no body voxel, and for the sacrum (no body class; SPINEPS's "
+                           "ctd gives the whole sacrum's centroid_voxel); absent without a semantic mask",
+    "body_centroid_world": "the body centroid in world RAS+ millimetres",
+    "volume_voxels": "number of voxels of the label",
+    "volume_mm3": "volume_voxels times the voxel volume (|det| of the affine's 3x3 part), cubic millimetres",
+    "components": "26-connected pieces of the label; endplate labels (200+X) hold the endplates on both sides of "
+                  "disc 100+X, so two is normal for them",
+    "pieces": "only when components > 1: every piece, largest first, with its centroid and volume",
+    "anatomical_label": "name from the ordered sequence: a disc after the structures above and below it",
+}
 
 
 @dataclass
 class Measurements:
     structures: list[Structure]
+    sequence: SpineSequence
     lstv: LstvFindings
     labels_anatomical: bool
+    semantic: bool = False        # a semantic mask gave body centroids
 
     def centroids_json(self) -> dict:
-        out = {}
+        out: dict = {"definitions": DEFINITIONS}
         for s in self.structures:
-            d = asdict(s)
-            d.pop("kind")
-            d["centroid_voxel"] = list(s.centroid_voxel)
-            d["centroid_world"] = list(s.centroid_world)
+            d: dict = {"instance_id": s.instance_id, "anatomical_label": s.anatomical_label,
+                       "centroid_voxel": list(s.centroid_voxel), "centroid_world": list(s.centroid_world)}
+            if self.semantic and s.kind in ("vertebra", "sacrum"):
+                d["body_centroid_voxel"] = _maybe_list(s.body_centroid_voxel)
+                d["body_centroid_world"] = _maybe_list(s.body_centroid_world)
+            d.update(volume_voxels=s.volume_voxels, volume_mm3=s.volume_mm3, components=s.components)
+            if s.pieces:
+                d["pieces"] = [{"centroid_voxel": list(p.centroid_voxel), "centroid_world": list(p.centroid_world),
+                                "volume_voxels": p.volume_voxels} for p in s.pieces]
             out[s.key] = d
         return out
 
@@ -70,18 +83,22 @@ class Measurements:
         return {str(s.instance_id): s.anatomical_label for s in self.structures}
 
     def lstv_json(self) -> dict:
-        return asdict(self.lstv)
+        return self.lstv.to_json()
 
 
-def measure(mask: np.ndarray, affine: np.ndarray, *, labels_anatomical: bool = True) -> Measurements:
-    """Measure every nonzero label of a 3-D integer label map."""
+def measure(mask: np.ndarray, affine: np.ndarray, *, spine: np.ndarray | None = None,
+            labels_anatomical: bool = True) -> Measurements:
+    """Measure every nonzero label of a 3-D integer label map; `spine` is the semantic mask on the same grid."""
     labels = _as_labels(mask)
-    affine = np.asarray(affine, dtype=float)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise StudyError("measure.error", f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    affine = check_affine(affine)
+    if spine is not None:
+        spine = np.asarray(spine)
+        if spine.shape != labels.shape:
+            raise StudyError("measure.error", f"semantic mask shape {spine.shape} differs from the instance mask's "
+                                              f"{labels.shape}")
 
     # NIfTI arrays come Fortran-ordered: walk them in memory order, no copy.
-    order = "F" if labels.flags.f_contiguous and not labels.flags.c_contiguous else "C"
+    order = memory_order(labels)
     flat = labels.ravel(order=order)
     nz = np.flatnonzero(flat)
     lab = flat[nz]
@@ -91,23 +108,105 @@ def measure(mask: np.ndarray, affine: np.ndarray, *, labels_anatomical: bool = T
     ijk = np.unravel_index(nz, labels.shape, order=order)
     sums = np.stack([np.bincount(lab, weights=c, minlength=n) for c in ijk], axis=1)
 
+    comp, n_comp = voxel_components(nz, lab, labels.shape, order, CONNECTIVITY)
+    comp_label = np.zeros(n_comp, dtype=np.int64)
+    comp_label[comp] = lab
+    n_pieces = np.bincount(comp_label, minlength=n)
+
+    body = None
+    if spine is not None:
+        sem = np.asarray(spine).ravel(order=order)[nz]
+        body = np.isin(sem, SEM_BODY_CLASSES)
+        body_counts = np.bincount(lab[body], minlength=n)
+        body_sums = np.stack([np.bincount(lab[body], weights=c[body], minlength=n) for c in ijk], axis=1)
+
+    pieces: dict[int, list[Piece]] = {}
+    split = np.flatnonzero(n_pieces > 1)
+    if split.size:
+        # Per-piece sums only for the voxels of split labels.
+        sel = np.isin(lab, split)
+        pieces = _pieces(comp[sel], comp_label, [c[sel] for c in ijk], None if body is None else body[sel],
+                         n_comp, affine)
+
     present = [int(v) for v in np.flatnonzero(counts) if v != 0]
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    names = _names(present, labels_anatomical)
     structures = []
     for v in present:
         c = sums[v] / counts[v]
-        w = affine[:3, :3] @ c + affine[:3, 3]
-        structures.append(Structure(
+        s = Structure(
             instance_id=v,
             kind=label_kind(v),
-            anatomical_label=names[v],
-            centroid_voxel=tuple(float(x) for x in c),
-            centroid_world=tuple(float(x) for x in w),
+            anatomical_label="",
+            centroid_voxel=_point(c),
+            centroid_world=_point(_world(affine, c)),
             volume_voxels=int(counts[v]),
             volume_mm3=float(counts[v]) * voxel_mm3,
-        ))
-    return Measurements(structures, lstv_findings(present, labels_anatomical), labels_anatomical)
+            components=int(n_pieces[v]),
+            pieces=pieces.get(v, []),
+        )
+        if body is not None and s.kind == "vertebra" and body_counts[v]:
+            b = body_sums[v] / body_counts[v]
+            s.body_centroid_voxel, s.body_centroid_world = _point(b), _point(_world(affine, b))
+        structures.append(s)
+
+    sequence = build_sequence(structures, labels_anatomical)
+    for s in structures:
+        s.anatomical_label = sequence.label_names[s.instance_id]
+    sacrum_top = None
+    if any(s.components > 1 and s.kind == "disc" for s in structures) and SACRUM < n and counts[SACRUM]:
+        # Only to tell a disc inside the sacrum from one above it: the sacrum's topmost voxel along the spine.
+        at = lab == SACRUM
+        pts = np.stack([c[at] for c in ijk]).astype(float)
+        along = np.asarray(sequence.axis_world) @ _world(affine, pts)
+        top = sequence.entries[0]     # position_mm counts from it
+        sacrum_top = float(along.min() - np.dot(top.centroid_world, sequence.axis_world))
+    lstv = assess(sequence, structures, sacrum_top_mm=sacrum_top)
+    return Measurements(structures, sequence, lstv, labels_anatomical, semantic=spine is not None)
+
+
+def check_affine(affine: np.ndarray) -> np.ndarray:
+    """The affine as a float 4x4 array; StudyError("measure.error") unless finite and invertible."""
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise StudyError("measure.error", f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    sv = np.linalg.svd(affine[:3, :3], compute_uv=False)
+    if sv[0] == 0.0 or sv[-1] <= sv[0] * 1e-9:
+        what = "zero" if sv[0] == 0.0 else "singular"
+        raise StudyError("measure.error", f"the affine is {what} (its 3x3 part has rank {int(np.sum(sv > sv[0] * 1e-9))}"
+                                          "): voxels have no size or direction, so no centroid or volume in mm exists")
+    return affine
+
+
+def _pieces(comp: np.ndarray, comp_label: np.ndarray, ijk: list[np.ndarray], body: np.ndarray | None,
+            n_comp: int, affine: np.ndarray) -> dict[int, list[Piece]]:
+    counts = np.bincount(comp, minlength=n_comp)
+    sums = np.stack([np.bincount(comp, weights=c, minlength=n_comp) for c in ijk], axis=1)
+    if body is not None:
+        body_counts = np.bincount(comp[body], minlength=n_comp)
+        body_sums = np.stack([np.bincount(comp[body], weights=c[body], minlength=n_comp) for c in ijk], axis=1)
+    out: dict[int, list[Piece]] = {}
+    for c in np.flatnonzero(counts):
+        p = Piece(_point(sums[c] / counts[c]), _point(_world(affine, sums[c] / counts[c])), int(counts[c]))
+        if body is not None and body_counts[c] and label_kind(int(comp_label[c])) == "vertebra":
+            b = body_sums[c] / body_counts[c]
+            p.body_centroid_voxel, p.body_centroid_world = _point(b), _point(_world(affine, b))
+        out.setdefault(int(comp_label[c]), []).append(p)
+    for v in out:
+        out[v].sort(key=lambda p: -p.volume_voxels)   # stable: ties keep memory order
+    return out
+
+
+def _world(affine: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Voxel point(s) (3,) or (3, N) -> RAS+ mm, as the seed computed it (bit for bit)."""
+    return affine[:3, :3] @ c + (affine[:3, 3] if c.ndim == 1 else affine[:3, 3:4])
+
+
+def _point(c: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(x) for x in c)
+
+
+def _maybe_list(p: tuple | None) -> list | None:
+    return None if p is None else list(p)
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -121,70 +220,18 @@ def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise StudyError("measure.error", f"{path}: cannot read label map ({type(e).__name__}: {e})") from e
 
 
-def measure_file(path: Path, *, labels_anatomical: bool = True) -> Measurements:
+def measure_file(path: Path, *, spine: Path | None = None, labels_anatomical: bool = True) -> Measurements:
+    """Measure the instance mask at `path`, with the semantic mask at `spine` (same grid) for body centroids."""
     data, affine = read_label_map(path)
+    spine_data = None
+    if spine is not None:
+        spine_data, spine_affine = read_label_map(spine)
+        if spine_data.shape != data.shape or not np.allclose(spine_affine, affine, atol=1e-3):
+            raise StudyError("measure.error", f"{spine}: the semantic mask is not on the grid of {path}")
     try:
-        return measure(data, affine, labels_anatomical=labels_anatomical)
+        return measure(data, affine, spine=spine_data, labels_anatomical=labels_anatomical)
     except StudyError as e:
         raise StudyError(e.error_class, f"{path}: {e.message}") from e
-
-
-def lstv_findings(present: list[int], labels_anatomical: bool = True) -> LstvFindings:
-    """LSTV candidates from the set of labels present (CONTEXT.md §3).
-
-    Only evidence the labels can carry: L6 present, T13 present, the count of
-    lumbar labels. Label 126 is never read as an S1-S2 disc or sacralization.
-    """
-    labels = set(present)
-    notes: list[str] = []
-    if DISC_ABOVE_TOP in labels:
-        notes.append("label 126 present: disc above the top vertebra, not S1-S2")
-    if not labels_anatomical:
-        notes.insert(0, "not assessed: labels not anatomical (no labeling model; vertebrae are numbered top to bottom)")
-        return LstvFindings(False, None, False, False, [], notes)
-
-    lumbar = sorted(v for v in labels if v in LUMBAR)
-    l6, t13 = L6 in labels, T13 in labels
-    candidates = []
-    if l6:
-        candidates.append("lumbarization (L6 present)")
-    if t13:
-        candidates.append("thoracolumbar (T13 present)")
-    if SACRUM in labels and lumbar == [20, 21, 22, 23]:
-        # The labeling model has no 4-lumbar class, but a segmenter that counts
-        # (or a shifted labeling) can show one; worth a look, nothing more.
-        candidates.append("four lumbar vertebrae above the sacrum (sacralization or miscount)")
-    if SACRUM not in labels:
-        notes.append("sacrum (26) not in the mask: the lumbar count may be incomplete")
-    if lumbar and lumbar != list(range(lumbar[0], lumbar[-1] + 1)):
-        missing = [VERTEBRA_NAMES[v] for v in range(lumbar[0], lumbar[-1]) if v not in labels]
-        notes.append(f"gap in lumbar labels: {', '.join(missing)} missing")
-    return LstvFindings(True, len(lumbar), l6, t13, candidates, notes)
-
-
-def _names(present: list[int], labels_anatomical: bool) -> dict[int, str]:
-    if labels_anatomical:
-        return {v: label_name(v, present) for v in present}
-    # Without the labeling model SPINEPS numbers vertebrae top to bottom: the
-    # number is an order, not an identity. Say so instead of naming a level.
-    verts = [v for v in present if label_kind(v) == "vertebra"]
-    rank = {v: i + 1 for i, v in enumerate(sorted(verts))}
-    names = {}
-    for v in present:
-        kind = label_kind(v)
-        if kind == "vertebra":
-            names[v] = f"unlabelled vertebra #{rank[v]} from top"
-        elif kind == "sacrum":
-            names[v] = "sacrum"
-        elif kind == "disc" and v == DISC_ABOVE_TOP:
-            names[v] = label_name(v)
-        elif kind == "disc" and v - 100 in rank:
-            names[v] = f"unlabelled disc below vertebra #{rank[v - 100]}"
-        elif kind == "endplate" and v - 200 in rank:
-            names[v] = f"unlabelled endplate of vertebra #{rank[v - 200]}"
-        else:
-            names[v] = f"unlabelled {kind} (label {v})"
-    return names
 
 
 def _as_labels(mask: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ class StudyOutcome:
 
 
 def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
-    """Final location of every output of one study (DESIGN.md, the seed's names)."""
+    """Final location of every output of one study: the seed's names (docs/architecture.md, "Output layout")."""
     return {
         "nifti": out_dir / "nifti" / f"{study}_T2w.nii.gz",
         "vert_mask": out_dir / "segmentations" / f"{study}_seg-vert_msk.nii.gz",
@@ -51,6 +51,7 @@ def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
         "centroids": out_dir / "centroids" / f"{study}_centroids.json",
         "vertebra_labels": out_dir / "centroids" / f"{study}_vertebra_labels.json",
         "qc": out_dir / "qc" / f"{study}_qc.png",
+        "qc_segmenter": out_dir / "qc" / f"{study}_spineps.png",
         "metadata": out_dir / "metadata" / f"{study}_metadata.json",
     }
 
@@ -123,7 +124,7 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         with timer.stage("segment"):
             result = segmenter.segment(staged["nifti"], staging / "work", sid)
         for name, produced in (("vert_mask", result.vert_mask), ("spine_mask", result.spine_mask),
-                               ("ctd", result.ctd_json)):
+                               ("ctd", result.ctd_json), ("qc_segmenter", result.snapshot)):
             if produced is None:
                 staged.pop(name)
                 final.pop(name)
@@ -132,7 +133,9 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
 
         with timer.stage("measure"):
             labels, label_affine = read_label_map(staged["vert_mask"])
-            measurements = measure(labels, label_affine, labels_anatomical=result.labels_anatomical)
+            # The semantic mask gives the vertebral-body centroids (SPINEPS's ctd points).
+            spine = read_label_map(staged["spine_mask"])[0] if "spine_mask" in staged else None
+            measurements = measure(labels, label_affine, spine=spine, labels_anatomical=result.labels_anatomical)
             write_json(staged["centroids"], measurements.centroids_json())
             write_json(staged["vertebra_labels"], measurements.vertebra_labels_json())
 

@@ -1,14 +1,20 @@
-"""The QC picture: one sagittal slice, upright, with the labels and their names drawn on it.
+"""The QC picture: one sagittal slice, upright, with the labels drawn on it and the vertebrae named.
 
 The slice axis is the voxel axis whose world direction is closest to left-right;
-the slice is the one through the labelled spine (the median of the structures'
-centroids along that axis), falling back to the middle. The picture is shown
+the slice is the one through the spine (the median of the vertebral points of
+the sequence along that axis), falling back to the middle. The picture is shown
 the way radiologists look at a sagittal: superior up, anterior left, with the
 pixel aspect ratio taken from the voxel spacing.
+
+Made to be read at the report's thumbnail size (~150 px high): only vertebrae
+and the sacrum are named, in a large font, anterior to each body; discs get a
+tick; names never leave the picture and never overlap; a label that a caveat
+names is marked "!" in red (and a caveated disc is named, posterior to it).
 """
 from __future__ import annotations
 
 import colorsys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +23,13 @@ from PIL import Image, ImageDraw, ImageFont
 from .measures import Measurements
 
 HEIGHT = 512            # pixels of the image part; the title band comes on top
-TITLE_BAND = 18
+FONT_SIZE = 28          # ~8 px in a 150 px thumbnail
+TITLE_BAND = FONT_SIZE + 10
 ALPHA = 0.45            # overlay opacity
+CAVEAT_COLOR = (255, 60, 60)
+CAVEAT_MARK = " !"
+MARGIN = 3              # pixels kept free at the picture's edges
+STROKE = 2              # black outline around names, so they read on any background
 
 
 def display_axes(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
@@ -36,8 +47,28 @@ def display_axes(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
     return lr, si, ap, bool(dirs[2, si] > 0), bool(dirs[1, ap] > 0)
 
 
+@dataclass(frozen=True)
+class PlacedText:
+    """A name drawn on the picture: its text, its box in picture pixels (x0, y0, x1, y1), what it names."""
+
+    text: str
+    box: tuple[float, float, float, float]
+    label: int
+    caveat: bool
+
+
 def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measurements: Measurements, out: Path,
-                 *, title: str = "") -> None:
+                 *, title: str = "") -> list[PlacedText]:
+    """Write the QC picture to `out`; returns the names drawn on it."""
+    canvas, texts = render_qc(image, affine, mask, measurements, title=title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+    return texts
+
+
+def render_qc(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measurements: Measurements,
+              *, title: str = "") -> tuple[Image.Image, list[PlacedText]]:
     image = np.asarray(image)
     if image.ndim == 4 and image.shape[3] == 1:
         image = image[..., 0]
@@ -46,8 +77,9 @@ def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measur
         raise ValueError(f"image {image.shape} and mask {mask.shape} must be 3-D arrays of one shape")
     affine = np.asarray(affine, float)
     lr, si, ap, flip_v, flip_h = display_axes(affine)
+    sequence = measurements.sequence
 
-    along = [s.centroid_voxel[lr] for s in measurements.structures]
+    along = [e.centroid_voxel[lr] for e in sequence.vertebral] or [s.centroid_voxel[lr] for s in measurements.structures]
     idx = int(round(float(np.median(along)))) if along else image.shape[lr] // 2
     idx = min(max(idx, 0), image.shape[lr] - 1)
     img2 = _orient(np.take(image, idx, axis=lr), lr, si, ap, flip_v, flip_h).astype(np.float64)
@@ -73,42 +105,105 @@ def write_qc_png(image: np.ndarray, affine: np.ndarray, mask: np.ndarray, measur
         rgb[sel] = (1 - ALPHA) * rgb[sel] + ALPHA * np.array(label_color(v), float)
     canvas = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
 
-    band = TITLE_BAND if title else 0
+    title_font = _font()
+    flagged = set(measurements.lstv.caveat_labels)
+    band = TITLE_BAND if (title or flagged) else 0
     if band:
         framed = Image.new("RGB", (width, HEIGHT + band), (0, 0, 0))
         framed.paste(canvas, (0, band))
         canvas = framed
     draw = ImageDraw.Draw(canvas)
-    font = _font()
-    if title:
-        draw.text((4, 3), title, fill=(255, 255, 255), font=font)
 
-    for s in measurements.structures:
-        # Centroid -> display pixel (the flips and the scale of the picture).
-        v = s.centroid_voxel[si]
-        h = s.centroid_voxel[ap]
+    def place(point: tuple[float, float, float]) -> tuple[float, float]:
+        """Voxel point -> display pixel (x, y) of the picture (the flips and the scale)."""
+        v, h = point[si], point[ap]
         if flip_v:
             v = nv - 1 - v
         if flip_h:
             h = nh - 1 - h
-        y = (v + 0.5) * HEIGHT / nv
-        x = (h + 0.5) * width / nh
-        text = s.anatomical_label
-        tw = draw.textlength(text, font=font)
-        row = lab_big[min(max(int(y), 0), HEIGHT - 1)]
-        hit = np.flatnonzero(row == s.instance_id)
-        # Discs are named on the anterior (left) side, everything else posterior, so they do not collide.
-        if s.kind == "disc":
-            tx = (hit.min() if hit.size else x) - tw - 4
-        else:
-            tx = (hit.max() if hit.size else x) + 4
-        tx = float(min(max(tx, 0), max(0, width - tw)))
-        ty = y + band - 6
-        draw.text((tx, ty), text, fill=label_color(s.instance_id), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+        return (h + 0.5) * width / nh, (v + 0.5) * HEIGHT / nv
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG")
+    def extent(label: int, y: float) -> np.ndarray:
+        return np.flatnonzero(lab_big[min(max(int(y), 0), HEIGHT - 1)] == label)
+
+    anatomical = measurements.labels_anatomical
+    # Smaller letters only when there are more names than lines of the full size (a whole-spine image).
+    n_names = max(len(sequence.vertebral), sum(1 for e in sequence.entries if e.kind == "disc" and e.label in flagged))
+    size = max(10, min(FONT_SIZE, (HEIGHT - 2 * MARGIN) // max(n_names, 1) - 2 * STROKE - 2))
+    font = _font(size)
+    rank = {v: n + 1 for n, v in enumerate(sorted({e.label for e in sequence.vertebral if e.kind == "vertebra"}))}
+    # (y, x of the text's left edge, text, colour, label): vertebrae anterior to the body, caveated discs posterior.
+    anterior: list[tuple[float, float, str, tuple[int, int, int], int]] = []
+    posterior: list[tuple[float, float, str, tuple[int, int, int], int]] = []
+    for e in sequence.entries:
+        x, y = place(e.centroid_voxel)
+        hit = extent(e.label, y)
+        mark = e.label in flagged
+        if e.kind == "disc":
+            # A tick on the anterior side; a caveated disc is also named, posterior to it.
+            x0 = float(hit.min()) if hit.size else x
+            yy = y + band
+            draw.line([(max(x0 - 14, 0), yy), (max(x0 - 2, 0), yy)], fill=label_color(e.label), width=3)
+            if mark:
+                text = e.name + CAVEAT_MARK
+                x1 = float(hit.max()) if hit.size else x
+                posterior.append((y, x1 + 6, text, CAVEAT_COLOR, e.label))
+            continue
+        short = e.name if anatomical else ("sacrum" if e.kind == "sacrum" else f"#{rank[e.label]}")
+        text = short + (CAVEAT_MARK if mark else "")
+        tw = draw.textlength(text, font=font)
+        x0 = float(hit.min()) if hit.size else x
+        anterior.append((y, x0 - 6 - tw, text, CAVEAT_COLOR if mark else label_color(e.label), e.label))
+
+    line = size + 2 * STROKE + 2
+    # A picture narrower than its widest name (a thin slab of a field of view) gets a black strip on the right.
+    legend = f"{CAVEAT_MARK.strip()} caveat" if flagged else ""
+    widest = max([draw.textlength(n[2], font=font) + 2 * STROKE + 2 * MARGIN for n in anterior + posterior]
+                 + [draw.textlength(legend, font=title_font) + 2 * MARGIN])
+    if widest > width:
+        wider = Image.new("RGB", (int(np.ceil(widest)), canvas.height), (0, 0, 0))
+        wider.paste(canvas, (0, 0))
+        canvas, width = wider, wider.width
+        draw = ImageDraw.Draw(canvas)
+    if flagged:
+        lw = draw.textlength(legend, font=title_font)
+        draw.text((max(MARGIN, width - lw - MARGIN), 4), legend, fill=CAVEAT_COLOR, font=title_font)
+        width_for_title = width - lw - 3 * MARGIN
+    else:
+        width_for_title = width - 2 * MARGIN
+    if title:
+        draw.text((MARGIN, 4), _fit(draw, title, title_font, width_for_title), fill=(255, 255, 255), font=title_font)
+    placed = []
+    for names in (anterior, posterior):     # each side spread on its own: they never meet
+        for (y, tx, text, color, label), ty in zip(*_spread(names, line)):
+            tw = draw.textlength(text, font=font) + 2 * STROKE
+            tx = float(min(max(tx, MARGIN), max(MARGIN, width - tw - MARGIN))) + STROKE
+            draw.text((tx, ty + band), text, fill=color, font=font, stroke_width=STROKE, stroke_fill=(0, 0, 0))
+            box = draw.textbbox((tx, ty + band), text, font=font, stroke_width=STROKE)
+            placed.append(PlacedText(text, tuple(float(v) for v in box), label, text.endswith(CAVEAT_MARK)))
+    return canvas, placed
+
+
+def _spread(names: list[tuple], line: int) -> tuple[list[tuple], list[float]]:
+    """Names sorted top to bottom with the top of each text box, `line` pixels apart and inside the picture."""
+    names = sorted(names, key=lambda n: n[0])
+    tops = [y - line / 2 for y, *_ in names]
+    for n in range(len(tops)):
+        lo = tops[n - 1] + line if n else MARGIN
+        tops[n] = max(tops[n], lo)
+    for n in reversed(range(len(tops))):
+        hi = tops[n + 1] - line if n + 1 < len(tops) else HEIGHT - line - MARGIN
+        tops[n] = min(tops[n], hi)
+    return names, [max(t, 0.0) for t in tops]
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    """`text`, cut with an ellipsis to fit `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
 
 
 def label_color(label: int) -> tuple[int, int, int]:
@@ -141,8 +236,9 @@ def _window(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(g * 255.0, 0, 255).astype(np.uint8))
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    # Pillow >= 10 (setup.cfg) with FreeType scales its built-in font; without FreeType only the small bitmap exists.
     try:
-        return ImageFont.load_default(size=12)
-    except TypeError:  # Pillow < 10.1 has only the bitmap font
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError):
         return ImageFont.load_default()

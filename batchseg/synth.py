@@ -1,6 +1,6 @@
 """Synthetic RSNA-layout datasets: phantom lumbar spines with known labels.
 
-A dataset looks like the RSNA 2024 Lumbar Spine training split (CONTEXT.md §1):
+A dataset looks like the RSNA 2024 Lumbar Spine training split (docs/architecture.md, "Domain facts"):
 `{split}_series_descriptions.csv`, `train.csv`, `{split}_label_coordinates.csv`,
 `{split}_images/{study}/{series}/{instance}.dcm`, plus what the real data lacks:
 `ground_truth/{study}_seg-vert_msk.nii.gz` (the phantom's instance labels),
@@ -10,8 +10,10 @@ The phantom conventions (the "intensity code") stand in for the anatomy a real
 model learns, so that a classical segmenter (segmenters/reference.py) can name
 the structures by counting:
 
-* The field of view always starts at T10: the topmost structure is the T10
-  body, a few mm below the top edge, with nothing above it.
+* The field of view starts at T10: the topmost structure is the T10 body, a
+  few mm below the top edge, with nothing above it; except the variants that
+  start lower (top_L1, top_L2), whose topmost structure is the disc above
+  L1 / L2 (SPINEPS's 126), with nothing above it.
 * On the Sagittal T2/STIR series every voxel of a class has one code value
   (INTENSITY_T2) plus Gaussian noise clipped at NOISE_CLIP. Thoracic
   (rib-bearing) bodies, lumbar bodies, sacrum and discs (bright, as on T2) are
@@ -20,8 +22,15 @@ the structures by counting:
 * Labels are decided at voxel centres, so the ground truth is exactly what the
   image encodes; no partial-volume voxels.
 
-Ground truth labels are SPINEPS's (CONTEXT.md §3): T10-T12 17-19, T13 28,
-L1-L5 20-24, L6 25, sacrum 26, disc below vertebra X 100+X.
+* A body coded "repeat_label" stands for a labeling-model error: the
+  segmenter must give it the label of the body above it (SPINEPS's "too many
+  T12"), as the ground truth does.
+
+Ground truth labels are SPINEPS's (docs/architecture.md, "Domain facts"): T10-T12 17-19, T13 28,
+L1-L5 20-24, L6 25, sacrum 26, disc below vertebra X 100+X, 126 the disc above
+the top vertebra; a disc inside the sacrum is merged into 124, as SPINEPS
+merges it. Each variant's manifest entry says the LSTV findings expected from
+it (`expected_lstv`: pattern, count_assessable, lumbar_count).
 
 The ground-truth grid is the one a correct converter (batchseg.dicom) builds
 from the Sagittal T2/STIR files: array axes (column, row, slice), slices sorted
@@ -34,7 +43,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -42,22 +51,26 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
 from .files import write_json
-from .labels import DISC_OFFSET, L1, L5, L6, LABELS, T13, disc_name, label_name
+from .enumeration import name_structures
+from .labels import DISC_ABOVE_TOP, DISC_OFFSET, L1, L5, L6, LABELS, T12, T13, VERTEBRA_NAMES, disc_name, label_kind
 from .labels import SACRUM as SACRUM_LABEL
 
-VARIANTS = ("normal", "L6", "T13", "four_lumbar")
+# The order in which studies cycle through them: the first five give a not-assessable study to an 8-study demo.
+VARIANTS = ("normal", "L6", "T13", "four_lumbar", "top_L2", "eleven_thoracic", "sacral_disc", "top_L1",
+            "no_sacrum", "duplicate_T12")
 BROKEN_KINDS = ("no_t2", "truncated", "missing_folder")
 SAG_T2, SAG_T1, AX_T2 = "Sagittal T2/STIR", "Sagittal T1", "Axial T2"
 
 # Phantom tissue classes. Structure classes (>= THORACIC) carry labels.
-AIR, SOFT, CANAL, THORACIC, LUMBAR, SACRUM, DISC = range(7)
-CLASS_NAMES = ("air", "soft_tissue", "canal", "thoracic", "lumbar", "sacrum", "disc")
-# T2 intensity code (the contract with segmenters/reference.py).
+AIR, SOFT, CANAL, THORACIC, LUMBAR, SACRUM, DISC, REPEAT = range(8)
+CLASS_NAMES = ("air", "soft_tissue", "canal", "thoracic", "lumbar", "sacrum", "disc", "repeat_label")
+# T2 intensity code (the contract with segmenters/reference.py). "repeat_label": a thoracic-sized body that
+# the labeling model gives the label of the body above it.
 INTENSITY_T2 = {"air": 30, "soft_tissue": 220, "canal": 380, "thoracic": 700, "lumbar": 1000,
-                "sacrum": 1300, "disc": 1700}
+                "sacrum": 1300, "disc": 1700, "repeat_label": 2050}
 # T1 look: fat-bright soft tissue, dark discs. Nobody segments T1; it only has to look different.
 INTENSITY_T1 = {"air": 20, "soft_tissue": 520, "canal": 200, "thoracic": 640, "lumbar": 660,
-                "sacrum": 700, "disc": 330}
+                "sacrum": 700, "disc": 330, "repeat_label": 640}
 NOISE_SIGMA = 35.0
 NOISE_CLIP = 105.0          # 3 sigma: noise never carries a voxel across a tier boundary
 TIER_HALF_WIDTH = 150.0     # a voxel belongs to a tier when |value - code| <= this
@@ -69,18 +82,46 @@ THORACIC_DISC = 6.0
 LUMBAR_DISC = 8.5
 SACRUM_WIDTH, SACRUM_DEPTH, SACRUM_LENGTH = 50.0, 36.0, 80.0
 SACRUM_TILT_DEG = 35.0      # the sacrum leans posteriorly below the L5/S1 (or last lumbar) disc
+# A disc inside the sacrum (variant sacral_disc): from this far below the sacrum's top, this high, and within
+# these half-widths (L-R, A-P) of its axis; the sacrum keeps a rim around it, so it stays one piece.
+SACRAL_DISC_AT, SACRAL_DISC_HEIGHT, SACRAL_DISC_HALF = 24.0, 6.0, (16.0, 11.0)
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-# The vertebrae of each variant, top to bottom (SPINEPS labels from labels.py); the field of view starts at T10.
 _THORACIC = tuple(LABELS[name] for name in ("T10", "T11", "T12"))
 _LUMBAR = tuple(range(L1, L5 + 1))
-_VARIANT_VERTEBRAE = {
-    "normal": (*_THORACIC, *_LUMBAR),
-    "L6": (*_THORACIC, *_LUMBAR, L6),
-    "T13": (*_THORACIC, T13, *_LUMBAR),
-    "four_lumbar": (*_THORACIC, *_LUMBAR[:-1]),
+REPEAT_T12 = -T12           # in a variant's vertebrae: a body coded repeat_label, labelled T12 like the one above
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """A phantom variant: its vertebrae top to bottom, what else is in view, and the findings it must give."""
+
+    vertebrae: tuple[int, ...]
+    disc_above_top: bool = False    # the field of view starts with the disc above the top vertebra (126)
+    sacrum: bool = True             # False: the sacrum lies below the field of view
+    sacral_disc: bool = False       # a disc inside the sacrum, merged into 124 by the segmenter
+    pattern: str = "normal"
+    lumbar_count: int | None = 5    # None: not assessable
+
+    def expected_lstv(self) -> dict:
+        return {"pattern": self.pattern, "count_assessable": self.lumbar_count is not None,
+                "lumbar_count": self.lumbar_count}
+
+
+_VARIANTS = {
+    "normal": _Variant((*_THORACIC, *_LUMBAR)),
+    "L6": _Variant((*_THORACIC, *_LUMBAR, L6), pattern="lumbarization", lumbar_count=6),
+    "T13": _Variant((*_THORACIC, T13, *_LUMBAR), pattern="thoracolumbar_t13"),
+    "four_lumbar": _Variant((*_THORACIC, *_LUMBAR[:-1]), pattern="four_lumbar", lumbar_count=4),
+    "eleven_thoracic": _Variant((*_THORACIC[:-1], *_LUMBAR), pattern="eleven_thoracic"),
+    "top_L1": _Variant(_LUMBAR, disc_above_top=True, pattern="not_assessable", lumbar_count=None),
+    "top_L2": _Variant(_LUMBAR[1:], disc_above_top=True, pattern="not_assessable", lumbar_count=None),
+    "no_sacrum": _Variant((*_THORACIC, *_LUMBAR), sacrum=False, pattern="not_assessable", lumbar_count=None),
+    "sacral_disc": _Variant((*_THORACIC, *_LUMBAR), sacral_disc=True, pattern="irregular", lumbar_count=None),
+    "duplicate_T12": _Variant((*_THORACIC, REPEAT_T12, *_LUMBAR), pattern="irregular", lumbar_count=None),
 }
+assert set(_VARIANTS) == set(VARIANTS)
 
 
 @dataclass
@@ -107,6 +148,7 @@ class _Piece:
     height: float
     width: float
     depth: float
+    level: str | None = None        # a disc's true level, where it is an RSNA level the label does not say
 
 
 @dataclass
@@ -150,6 +192,8 @@ class _Phantom:
     p: np.ndarray          # unit, posterior, perpendicular to d
     l: np.ndarray          # unit, completes the frame (patient left-right)
     pieces: list[_Piece]
+    sacrum: bool = True
+    sacral_disc: bool = False
     sacrum_tilt: float = np.radians(SACRUM_TILT_DEG)
     bounds: np.ndarray = field(init=False)
 
@@ -160,12 +204,10 @@ class _Phantom:
     def sacrum_top(self) -> float:
         return float(self.bounds[-1])
 
-    def piece_center(self, label: int) -> np.ndarray:
-        """LPS point on the spine axis at the middle of a piece (or 15 mm into the sacrum)."""
-        for i, pc in enumerate(self.pieces):
-            if pc.label == label:
-                return self.top + self.d * 0.5 * (self.bounds[i] + self.bounds[i + 1])
-        return self.top + self.d * (self.sacrum_top + 15.0) + self.p * 15.0 * np.tan(self.sacrum_tilt)
+    def piece_center(self, piece: _Piece) -> np.ndarray:
+        """LPS point on the spine axis at the middle of a piece of the stack."""
+        i = next(n for n, pc in enumerate(self.pieces) if pc is piece)
+        return self.top + self.d * 0.5 * (self.bounds[i] + self.bounds[i + 1])
 
     def classify(self, points_lps: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(class, label) at points given as three broadcastable LPS coordinate arrays."""
@@ -195,6 +237,8 @@ class _Phantom:
         cls[inside] = np.array([pc.cls for pc in self.pieces], dtype=np.int8)[idx_c[inside]]
         label[inside] = np.array([pc.label for pc in self.pieces], dtype=np.uint8)[idx_c[inside]]
 
+        if not self.sacrum:
+            return cls, label
         # Sacrum: a wedge below the last disc, leaning posteriorly and narrowing.
         t = u - self.sacrum_top
         in_len = (t >= 0) & (t < SACRUM_LENGTH)
@@ -203,6 +247,11 @@ class _Phantom:
         sac = in_len & (_superellipse(l / half_ws, pc_ / (0.5 * SACRUM_DEPTH)) <= 1.0)
         cls[sac] = SACRUM
         label[sac] = SACRUM_LABEL
+        if self.sacral_disc:
+            band = (sac & (t >= SACRAL_DISC_AT) & (t < SACRAL_DISC_AT + SACRAL_DISC_HEIGHT)
+                    & (np.abs(l) < SACRAL_DISC_HALF[0]) & (np.abs(pc_) < SACRAL_DISC_HALF[1]))
+            cls[band] = DISC
+            label[band] = self.pieces[-1].label  # SPINEPS gives it to the last body above: merged into 124
         return cls, label
 
 
@@ -216,10 +265,13 @@ def _superellipse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int = 256, broken: bool = True,
-                  split: str = "train", progress: Callable[[int], None] | None = None) -> SynthManifest:
+                  split: str = "train", variants: Sequence[str] | None = None,
+                  progress: Callable[[int], None] | None = None) -> SynthManifest:
     """Write a synthetic RSNA-layout dataset under `root`; deterministic in `seed`.
 
-    Variants cycle normal, L6, T13, four_lumbar over the studies (sorted by id).
+    Variants cycle over the studies (sorted by id) in the order of `variants`
+    (default VARIANTS: normal, L6, T13, four_lumbar, top_L2, eleven_thoracic,
+    sacral_disc, top_L1, no_sacrum, duplicate_T12).
     With `broken` and at least 4 studies, the last three studies are broken:
     no_t2 (no Sagittal T2/STIR series at all), truncated (one T2 slice file cut
     to half its bytes), missing_folder (listed everywhere, no image folder).
@@ -230,6 +282,9 @@ def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int 
     root = Path(root)
     if n_studies < 1:
         raise ValueError("n_studies must be at least 1")
+    cycle = tuple(variants) if variants else VARIANTS
+    for v in cycle:
+        _variant(v)
     if matrix < 64:
         # Below 64 the pixel (~290 mm / matrix) outgrows the 6 mm thoracic discs, which then
         # break into pieces or vanish: the phantom would no longer encode its own labels.
@@ -251,7 +306,7 @@ def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int 
     manifest_studies: dict[str, dict] = {}
     coord_rows: list[list] = []
     for n, sid in enumerate(study_ids):
-        variant = VARIANTS[n % len(VARIANTS)]
+        variant = cycle[n % len(cycle)]
         kind = kinds[n]
         series = {SAG_T1: series_ids[3 * n], SAG_T2: series_ids[3 * n + 1], AX_T2: series_ids[3 * n + 2]}
         if kind == "no_t2":
@@ -273,11 +328,18 @@ def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int 
         "matrix": matrix,
         "split": split,
         "conventions": {
-            "field_of_view_top": "T10 (the topmost structure; nothing above it)",
+            "field_of_view_top": "T10 (the topmost structure; nothing above it); top_L1/top_L2: the disc above "
+                                 "L1/L2 (label 126), nothing above it",
+            "variants": {name: {"vertebrae": [VERTEBRA_NAMES[abs(v)] + (" (labelled like the one above)"
+                                                                        if v < 0 else "") for v in spec.vertebrae],
+                                "disc_above_top": spec.disc_above_top, "sacrum_in_view": spec.sacrum,
+                                "disc_inside_sacrum": spec.sacral_disc, "expected_lstv": spec.expected_lstv()}
+                         for name, spec in _VARIANTS.items()},
             "intensity_code_t2": INTENSITY_T2,
             "noise": {"sigma": NOISE_SIGMA, "clip": NOISE_CLIP},
             "tier_half_width": TIER_HALF_WIDTH,
-            "labels": "SPINEPS/TPTBox: T10-T12 17-19, T13 28, L1-L6 20-25, sacrum 26, disc below X 100+X",
+            "labels": "SPINEPS/TPTBox: T10-T12 17-19, T13 28, L1-L6 20-25, sacrum 26, disc below X 100+X, "
+                      "126 the disc above the top vertebra; a disc inside the sacrum is merged into 124",
             "grid": "ground truth uses the Sagittal T2/STIR grid: axes (column, row, slice), RAS affine",
         },
         "studies": manifest_studies,
@@ -292,30 +354,46 @@ def read_manifest(root: Path) -> dict:
 
 
 def variant_labels(variant: str) -> dict[int, str]:
-    """The instance labels (and names) a phantom of this variant holds, top to bottom."""
-    pieces = _stack(variant, np.random.default_rng(0))
-    labels = [pc.label for pc in pieces] + [SACRUM_LABEL]
-    return {v: label_name(v, labels) for v in labels}
+    """The instance labels a phantom of this variant holds, with the names its sequence gives them."""
+    spec = _variant(variant)
+    order = [(pc.label, label_kind(pc.label)) for pc in _stack(variant, np.random.default_rng(0))]
+    if spec.sacrum:
+        order.append((SACRUM_LABEL, "sacrum"))
+    _, names = name_structures(order, [v for v, _ in order])
+    return names
+
+
+def expected_lstv(variant: str) -> dict:
+    """What the LSTV findings of a phantom of this variant must say: pattern, count_assessable, lumbar_count."""
+    return _variant(variant).expected_lstv()
 
 
 # ---------------------------------------------------------------- one study
 
 
+def _variant(variant: str) -> _Variant:
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown phantom variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return _VARIANTS[variant]
+
+
 def _stack(variant: str, rng: np.random.Generator) -> list[_Piece]:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown phantom variant {variant!r}; choose one of {VARIANTS}")
-    vertebrae = _VARIANT_VERTEBRAE[variant]
-    thoracic = [v for v in vertebrae if v in _THORACIC or v == T13]
-    lumbar = [v for v in vertebrae if v not in thoracic]
+    spec = _variant(variant)
     pieces = []
-    for v in thoracic:
-        h, w, dp = THORACIC_BODY
-        pieces.append(_Piece(v, THORACIC, h + rng.uniform(-0.5, 0.5), w, dp))
-        pieces.append(_Piece(DISC_OFFSET + v, DISC, THORACIC_DISC + rng.uniform(-0.3, 0.3), w, dp))
-    for v in lumbar:
-        h, w, dp = LUMBAR_BODY
-        pieces.append(_Piece(v, LUMBAR, h + rng.uniform(-0.5, 0.5), w, dp))
-        pieces.append(_Piece(DISC_OFFSET + v, DISC, LUMBAR_DISC + rng.uniform(-0.3, 0.3), w, dp))
+    if spec.disc_above_top:
+        # The field of view cuts through the spine above the top vertebra: its disc is the top structure.
+        top = spec.vertebrae[0]
+        level = f"{VERTEBRA_NAMES[top - 1]}/{VERTEBRA_NAMES[top]}"   # what a radiologist calls it
+        _, w, dp = LUMBAR_BODY if top in _LUMBAR else THORACIC_BODY
+        pieces.append(_Piece(DISC_ABOVE_TOP, DISC, LUMBAR_DISC + rng.uniform(-0.3, 0.3), w, dp, level))
+    for v in spec.vertebrae:
+        label = T12 if v == REPEAT_T12 else v
+        if v in _LUMBAR or v == L6:
+            (h, w, dp), cls, disc = LUMBAR_BODY, LUMBAR, LUMBAR_DISC
+        else:
+            (h, w, dp), cls, disc = THORACIC_BODY, (REPEAT if v == REPEAT_T12 else THORACIC), THORACIC_DISC
+        pieces.append(_Piece(label, cls, h + rng.uniform(-0.5, 0.5), w, dp))
+        pieces.append(_Piece(DISC_OFFSET + label, DISC, disc + rng.uniform(-0.3, 0.3), w, dp))
     return pieces
 
 
@@ -351,6 +429,7 @@ def _sagittal_geometry(matrix: int, rng: np.random.Generator) -> _Geometry:
 
 
 def _phantom(variant: str, geo: _Geometry, rng: np.random.Generator) -> _Phantom:
+    spec = _variant(variant)
     a = geo.affine_lps()
     row_cos = a[:3, 0] / np.linalg.norm(a[:3, 0])   # posterior-ish
     col_cos = a[:3, 1] / np.linalg.norm(a[:3, 1])   # caudal-ish
@@ -364,9 +443,10 @@ def _phantom(variant: str, geo: _Geometry, rng: np.random.Generator) -> _Phantom
     top_mid = a[:3, 3] + a[:3, 0] * (geo.cols - 1) / 2 + a[:3, 2] * (n - 1) / 2
     # The body sits a little anterior of the image centre: the spine leans and the sacrum tilts backwards.
     top = top_mid + col_cos * margin + row_cos * rng.uniform(-22, -12) + normal * rng.uniform(-2, 2)
-    # Keep the whole top body below the edge whatever the lean: its corners rise by depth/2 * sin(tilt).
-    top = top + col_cos * (0.5 * THORACIC_BODY[2] * abs(np.sin(tilt)))
-    return _Phantom(top, d, p, np.cross(d, p), _stack(variant, rng))
+    pieces = _stack(variant, rng)
+    # Keep the whole top structure below the edge whatever the lean: its corners rise by depth/2 * sin(tilt).
+    top = top + col_cos * (0.5 * pieces[0].depth * abs(np.sin(tilt)))
+    return _Phantom(top, d, p, np.cross(d, p), pieces, sacrum=spec.sacrum, sacral_disc=spec.sacral_disc)
 
 
 def _voxel_points(affine_lps: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -401,7 +481,7 @@ def _write_study(root: Path, images: Path, sid: int, series: dict[str, int], var
                              f"expected {sorted(expected)}")
 
     entry = {"variant": variant, "broken": kind, "series": {k: v for k, v in series.items()},
-             "expected_labels": {}, "ground_truth": None}
+             "expected_labels": {}, "expected_lstv": None, "ground_truth": None}
     coords: list[list] = []
     if kind != "missing_folder":
         study_dir = images / str(sid)
@@ -423,6 +503,7 @@ def _write_study(root: Path, images: Path, sid: int, series: dict[str, int], var
         img.header.set_xyzt_units("mm", "sec")
         nib.save(img, gt)
         entry["expected_labels"] = {str(k): v for k, v in expected.items()}
+        entry["expected_lstv"] = expected_lstv(variant)
         entry["ground_truth"] = str(gt.relative_to(root))
     if SAG_T2 in series:
         coords = _label_coordinates(sid, series[SAG_T2], ph, geo)
@@ -453,11 +534,11 @@ def _write_axial(folder: Path, ph: _Phantom, sag: _Geometry, sid: int, series_id
     """A few small axial slices through the lowest discs: present for the layout, never segmented."""
     n = max(32, sag.rows // 2)
     ps = round(180.0 / n, 6)
-    discs = [pc.label for pc in ph.pieces if pc.cls == DISC][-3:]
+    discs = [pc for pc in ph.pieces if pc.cls == DISC][-3:]
     iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     positions = []
-    for lab in discs:
-        c = ph.piece_center(lab)
+    for disc in discs:
+        c = ph.piece_center(disc)
         positions.append(tuple(round(float(v), 5) for v in (c[0] - ps * (n - 1) / 2, c[1] - ps * (n - 1) / 2, c[2])))
     positions.sort(key=lambda q: q[2])
     geo = _Geometry(n, n, (ps, ps), iop, positions, list(range(1, len(positions) + 1)))
@@ -526,13 +607,17 @@ def _label_coordinates(sid: int, series_id: int, ph: _Phantom, geo: _Geometry) -
     """Plausible 'Spinal Canal Stenosis' points at the lumbar discs of the T2 mid slice."""
     inv = np.linalg.inv(geo.affine_lps())
     mid = len(geo.positions) // 2
-    # RSNA's five levels, by the common spine's disc names (L5/S1 even when an L6 is present).
-    level = {DISC_OFFSET + v: disc_name(v) for v in _LUMBAR}
+    # RSNA's five levels; a disc is called by the common spine's name of its label (L5/S1 even when an L6 is
+    # present, as annotators assuming normal anatomy would), or by its true level where the label says none.
+    rsna = {disc_name(v) for v in _LUMBAR}
     rows = []
-    for lab, name in level.items():
-        if not any(pc.label == lab for pc in ph.pieces):
+    for pc in ph.pieces:
+        if pc.cls != DISC:
             continue
-        i, j, _ = (inv @ np.append(ph.piece_center(lab), 1.0))[:3]
+        name = pc.level or (disc_name(pc.label - DISC_OFFSET) if pc.label - DISC_OFFSET in _LUMBAR else None)
+        if name not in rsna:
+            continue
+        i, j, _ = (inv @ np.append(ph.piece_center(pc), 1.0))[:3]
         rows.append([sid, series_id, geo.instance_numbers[mid], "Spinal Canal Stenosis", name,
                      round(float(i), 2), round(float(j), 2)])
     return rows

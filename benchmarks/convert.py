@@ -2,7 +2,8 @@
 
     python benchmarks/convert.py [--repeats 9] [--levels 1,6]
 
-For each series the two tools run alternately (batchseg, dcm2niix, batchseg, ...)
+For each series (the real decubitus series, the same as one enhanced multi-frame
+file, a synthetic 512x512 series) the two tools run alternately (batchseg, dcm2niix, batchseg, ...)
 so that cache and CPU-frequency drift hit both alike; the median wall time of
 each is printed with the ratio. batchseg runs in-process (as the pipeline calls
 it); dcm2niix as a subprocess with `-z y`, its usual invocation. --levels also
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from batchseg import dicom  # noqa: E402
-from tests.dicom_factory import make_volume, write_series  # noqa: E402
+from tests.dicom_factory import make_volume, write_enhanced, write_series  # noqa: E402
 
 REAL = ROOT / ".." / "shared" / "data" / "dcm_qa_decubitus" / "HFS" / "dicom"
 
@@ -96,6 +97,10 @@ def main() -> None:
         if REAL.is_dir():
             (tmp / "real").mkdir()
             bench("real HFS 35x256x256 uint16", REAL, tmp / "real", exe, args.repeats, levels)
+            write_enhanced(sorted(REAL.iterdir()), tmp / "enhanced_dicom" / "series.dcm")
+            (tmp / "enhanced").mkdir()
+            bench("real HFS as one enhanced multi-frame file", tmp / "enhanced_dicom", tmp / "enhanced", exe,
+                  args.repeats, levels)
         else:
             print("\n(real HFS series absent: shared data folder missing)")
         synth = tmp / "synth_dicom"

@@ -4,7 +4,8 @@
 keyword arguments bend one rule each (instance order, rescale, transfer syntax,
 ...). Quirks that break the stack (a missing slice, a duplicate, a truncated
 file) are made by the tests themselves from the paths it returns, with
-`write_slice` for extra files.
+`write_slice` for extra files. `write_enhanced` turns classic files (synthetic
+or real) into one Enhanced MR Image Storage file.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGLossless,
@@ -65,6 +68,7 @@ class Series:
     origin: np.ndarray  # LPS position of the first voxel of slice 0
     pixel_spacing: tuple[float, float]  # (between rows, between columns)
     step: float
+    series_uid: str
 
     def position(self, k: int) -> np.ndarray:
         return self.origin + k * self.step * self.normal
@@ -131,14 +135,15 @@ def write_series(folder: Path, volume: np.ndarray | None = None, *,
                  rescale: tuple[float, float] | None = None,
                  instance_order: str = "ascending", file_names: str = "instance",
                  transfer_syntax: str | None = None, name_prefix: str = "",
-                 seed: int = 0) -> Series:
+                 series_uid: str | None = None, seed: int = 0) -> Series:
     """Write one regular stack, one file per slice, into `folder`.
 
     instance_order: "ascending" | "descending" | "shuffled" | "gaps" (InstanceNumber
     against position along the normal). file_names: "instance" (<InstanceNumber>.dcm,
     as in RSNA) or "uid". transfer_syntax: None (explicit little endian) or a UID
     given to `compress`. slice_thickness defaults to anything but the step, so
-    that a converter using it gets the geometry wrong.
+    that a converter using it gets the geometry wrong. series_uid: a new one unless
+    given (give another stack's to put two stacks into one series).
     """
     folder.mkdir(parents=True, exist_ok=True)
     if volume is None:
@@ -156,7 +161,7 @@ def write_series(folder: Path, volume: np.ndarray | None = None, *,
             raise ValueError(instance_order)
         instances = list(range(1, n + 1))
         random.Random(seed).shuffle(instances)
-    uids = dict(series_uid=generate_uid(), study_uid=generate_uid(), frame_uid=generate_uid())
+    uids = dict(series_uid=series_uid or generate_uid(), study_uid=generate_uid(), frame_uid=generate_uid())
     origin = np.asarray(origin, float)
     thickness = slice_thickness if slice_thickness is not None else step * 0.75
     paths = []
@@ -168,7 +173,7 @@ def write_series(folder: Path, volume: np.ndarray | None = None, *,
         path = folder / name
         save(ds, path, transfer_syntax)
         paths.append(path)
-    return Series(paths, volume, row_cos, col_cos, normal, origin, tuple(pixel_spacing), step)
+    return Series(paths, volume, row_cos, col_cos, normal, origin, tuple(pixel_spacing), step, uids["series_uid"])
 
 
 def write_slice(path: Path, pixels: np.ndarray, *, like: Path, position=None, instance: int | None = None,
@@ -185,6 +190,85 @@ def write_slice(path: Path, pixels: np.ndarray, *, like: Path, position=None, in
         series_uid=ref.SeriesInstanceUID, study_uid=ref.StudyInstanceUID, frame_uid=ref.FrameOfReferenceUID,
     )
     save(ds, path, None)
+    return path
+
+
+def _item(**elements) -> Sequence:
+    """A one-item sequence holding `elements` (keyword=value)."""
+    ds = Dataset()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    return Sequence([ds])
+
+
+def write_enhanced(classic: list[Path], path: Path, *, shared: tuple[str, ...] = ("PlaneOrientationSequence",
+                   "PixelMeasuresSequence"), order: list[int] | None = None,
+                   echoes: tuple[float, ...] = (), transfer_syntax: str | None = None) -> Path:
+    """One Enhanced MR Image Storage file whose frames are the classic files' slices.
+
+    Each frame's geometry is copied from its classic header as written (the decimal strings, so a correct
+    reader finds the same numbers): ImagePositionPatient into the frame's PlanePositionSequence, the
+    orientation and pixel spacing into the functional groups named in `shared` (shared by all frames) or,
+    when left out of it, into every frame's own; each frame's rescale into its PixelValueTransformationSequence.
+    `order` permutes the frames (the standard fixes no order). `echoes` makes a multi-echo file: the frames are
+    repeated once per echo time (MREchoSequence), with the pixels of echo e divided by e + 1.
+    """
+    src = [pydicom.dcmread(p) for p in classic]
+    first = src[0]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientName",
+                    "PatientPosition", "StudyDate", "SeriesDescription", "SeriesNumber", "Modality"):
+        if keyword in first:
+            setattr(ds, keyword, first[keyword].value)
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+                    "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(ds, keyword, first[keyword].value)
+    order = list(range(len(src))) if order is None else order
+    frames = [(e, k) for e in range(max(1, len(echoes))) for k in order]
+    ds.NumberOfFrames = len(frames)
+
+    def geometry(c: Dataset) -> dict[str, Sequence]:
+        return {"PlaneOrientationSequence": _item(ImageOrientationPatient=c.ImageOrientationPatient),
+                "PixelMeasuresSequence": _item(PixelSpacing=c.PixelSpacing,
+                                               SliceThickness=c.get("SliceThickness", "1"))}
+
+    ds.SharedFunctionalGroupsSequence = Sequence([Dataset()])
+    for keyword, seq in geometry(first).items():
+        if keyword in shared:
+            setattr(ds.SharedFunctionalGroupsSequence[0], keyword, seq)
+    ds.DimensionIndexSequence = Sequence([Dataset(), Dataset()])
+    for dim, (pointer, group) in zip(ds.DimensionIndexSequence, [(0x00189082, 0x00189114), (0x00209057, 0x00209111)]):
+        dim.DimensionIndexPointer = pointer  # EffectiveEchoTime, InStackPositionNumber
+        dim.FunctionalGroupPointer = group  # MREchoSequence, FrameContentSequence
+    per_frame, pixels = [], []
+    dtype = first.pixel_array.dtype
+    for e, k in frames:
+        c = src[k]
+        item = Dataset()
+        item.PlanePositionSequence = _item(ImagePositionPatient=c.ImagePositionPatient)
+        for keyword, seq in geometry(c).items():
+            if keyword not in shared:
+                setattr(item, keyword, seq)
+        item.FrameContentSequence = _item(StackID="1", InStackPositionNumber=k + 1, DimensionIndexValues=[e + 1, k + 1])
+        item.PixelValueTransformationSequence = _item(RescaleSlope=c.get("RescaleSlope", "1"),
+                                                      RescaleIntercept=c.get("RescaleIntercept", "0"),
+                                                      RescaleType="US")
+        if echoes:
+            item.MREchoSequence = _item(EffectiveEchoTime=echoes[e])
+        per_frame.append(item)
+        pixels.append((c.pixel_array // (e + 1)).astype(dtype))
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PixelData = np.stack(pixels).astype(dtype.newbyteorder("<")).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(ds, path, transfer_syntax)
     return path
 
 

@@ -50,13 +50,48 @@ def test_centroids_command_prints_and_writes_the_pipeline_json(tmp_path: Path) -
     affine = np.diag([0.5, 0.7, 4.0, 1.0])
     nib.save(nib.Nifti1Image(labels, affine), tmp_path / "seg.nii.gz")
     printed = json.loads(batchseg("centroids", str(tmp_path / "seg.nii.gz")).stdout)
-    l6 = next(v for v in printed.values() if v["instance_id"] == 25)
+    assert "whole label" in printed["definitions"]["centroid_voxel"]
+    l6 = next(v for k, v in printed.items() if k != "definitions" and v["instance_id"] == 25)
     assert l6["anatomical_label"] == "L6" and l6["centroid_voxel"] == [3.5, 6.5, 11.5]
     assert l6["centroid_world"] == pytest.approx([1.75, 4.55, 46.0])
     assert l6["volume_voxels"] == 64 and l6["volume_mm3"] == pytest.approx(64 * 0.5 * 0.7 * 4.0)
-    assert not any("S1/S2" in v["anatomical_label"] or "S1-S2" in v["anatomical_label"] for v in printed.values())
+    assert not any("S1/S2" in v["anatomical_label"] or "S1-S2" in v["anatomical_label"]
+                   for k, v in printed.items() if k != "definitions")
     batchseg("centroids", str(tmp_path / "seg.nii.gz"), "--out", str(tmp_path / "c.json"))
     assert json.loads((tmp_path / "c.json").read_text()) == printed
+
+
+def test_centroids_with_the_semantic_mask_adds_body_centroids(tmp_path: Path) -> None:
+    vert = np.zeros((20, 8, 30), dtype=np.int16)
+    spine = np.zeros_like(vert)
+    vert[2:8, 2:6, 4:12] = 20
+    spine[2:8, 2:6, 4:12] = 49        # body, centre (4.5, 3.5, 7.5)
+    vert[8:16, 3:5, 6:10] = 20
+    spine[8:16, 3:5, 6:10] = 41       # arch behind it
+    affine = np.diag([0.5, 0.7, 4.0, 1.0])
+    nib.save(nib.Nifti1Image(vert, affine), tmp_path / "vert.nii.gz")
+    nib.save(nib.Nifti1Image(spine, affine), tmp_path / "spine.nii.gz")
+    printed = json.loads(batchseg("centroids", str(tmp_path / "vert.nii.gz"), "--spine",
+                                  str(tmp_path / "spine.nii.gz")).stdout)
+    l1 = printed["vertebra_20"]
+    assert l1["body_centroid_voxel"] == [4.5, 3.5, 7.5]
+    assert l1["body_centroid_world"] == pytest.approx([2.25, 2.45, 30.0])
+    assert l1["centroid_voxel"][0] > 6.0 and l1["components"] == 1
+
+
+@pytest.mark.parametrize("affine", [np.zeros((4, 4)), np.diag([1.0, 1.0, 0.0, 1.0])])
+def test_centroids_refuses_a_singular_or_zero_affine(tmp_path: Path, affine: np.ndarray) -> None:
+    labels = np.zeros((6, 6, 6), dtype=np.int16)
+    labels[1:4, 1:4, 1:4] = 20
+    image = nib.Nifti1Image(labels, np.eye(4))
+    image.set_sform(affine, code=1)   # nibabel keeps a singular sform as given
+    image.set_qform(None, code=0)
+    nib.save(image, tmp_path / "seg.nii.gz")
+    result = batchseg("centroids", str(tmp_path / "seg.nii.gz"), check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "the affine is singular" in result.stderr or "the affine is zero" in result.stderr
+    assert "seg.nii.gz" in result.stderr
 
 
 def test_synth_command_writes_the_rsna_layout(tmp_path: Path) -> None:

@@ -115,7 +115,8 @@ def test_stack_running_against_the_normal_is_sorted_ascending(tmp_path):
 
 def test_several_stacks_convert_the_required_plane(tmp_path):
     sag = write_series(tmp_path / "s", volume=make_volume(10))
-    write_series(tmp_path / "s", volume=make_volume(15, 32, 32, seed=3), orientation=AXIAL, name_prefix="ax")
+    write_series(tmp_path / "s", volume=make_volume(15, 32, 32, seed=3), orientation=AXIAL, name_prefix="ax",
+                 series_uid=sag.series_uid)
     data, _, rep = read_series(tmp_path / "s")
     np.testing.assert_array_equal(data, sag.expected_data())
     assert rep.plane == "sagittal"
@@ -135,7 +136,8 @@ def test_several_stacks_convert_the_required_plane(tmp_path):
 
 def test_two_sagittal_stacks_the_larger_wins(tmp_path):
     big = write_series(tmp_path / "s", volume=make_volume(9))
-    write_series(tmp_path / "s", volume=make_volume(6, seed=5), orientation=tilted_sagittal(10.0), name_prefix="t")
+    write_series(tmp_path / "s", volume=make_volume(6, seed=5), orientation=tilted_sagittal(10.0), name_prefix="t",
+                 series_uid=big.series_uid)
     data, _, rep = read_series(tmp_path / "s")
     np.testing.assert_array_equal(data, big.expected_data())
     assert sorted(st["n_slices"] for st in rep.stacks) == [6, 9]
@@ -282,15 +284,16 @@ def _presentation_state(path):
 def test_non_dicom_and_non_image_files_are_ignored(tmp_path):
     s = write_series(tmp_path / "s")
     (tmp_path / "s" / "README").write_text("scanned on a Tuesday\n")
+    (tmp_path / "s" / "README.txt").write_text("")
+    (tmp_path / "s" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(range(256)))
     (tmp_path / "s" / "notes.json").write_text('{"a": 1}')
-    (tmp_path / "s" / "empty.dcm").write_bytes(b"")
     (tmp_path / "s" / "sub").mkdir()
     _dicomdir(tmp_path / "s" / "DICOMDIR")
     _presentation_state(tmp_path / "s" / "pr.dcm")
     data, _, rep = read_series(tmp_path / "s")
     np.testing.assert_array_equal(data, s.expected_data())
     ignored = {d["file"]: d["reason"] for d in rep.files_ignored}
-    assert set(ignored) == {"README", "notes.json", "empty.dcm", "DICOMDIR", "pr.dcm"}
+    assert set(ignored) == {"README", "README.txt", ".DS_Store", "notes.json", "DICOMDIR", "pr.dcm"}
     assert ignored["README"] == "not DICOM"
     assert "Presentation State" in ignored["pr.dcm"]
     assert rep.slices_dropped == []
@@ -467,3 +470,56 @@ def test_unwritable_output_is_output_io(tmp_path):
     err = _raises("output.io", convert_series, tmp_path / "s", tmp_path / "no" / "such" / "dir" / "x.nii.gz",
                   study="3")
     assert "study 3" in err.message
+
+
+# ---------------------------------------------------------------- refusals that say what the data is
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize("keyword, value, shown", [
+    ("ImageOrientationPatient", ["1", "0", "0", "0", "0", "0"], "[1, 0, 0, 0, 0, 0]"),
+    ("ImageOrientationPatient", ["0", "1", "0", "0", "0", "-1", "0"], "[0, 1, 0, 0, 0, -1, 0]"),
+    ("ImagePositionPatient", ["1.5", "nan", "2"], "[1.5, nan, 2]"),
+    ("PixelSpacing", ["0.5", "0"], "[0.5, 0]"),
+])
+def test_messages_print_plain_numbers(tmp_path, keyword, value, shown):
+    s = write_series(tmp_path / "s", volume=make_volume(4, 16, 12))
+    ds = pydicom.dcmread(s.paths[1])
+    setattr(ds, keyword, value)
+    ds.save_as(s.paths[1])
+    err = _raises("input.geometry", read_series, tmp_path / "s")
+    assert shown in err.message and "np." not in err.message and "float64" not in err.message
+    assert s.paths[1].name in err.message
+
+
+def test_several_volumes_at_the_same_positions_are_named_4d(tmp_path):
+    """Two echoes of one stack as classic files: 4-D data, not a 'duplicate' slice."""
+    first = write_series(tmp_path / "s", volume=make_volume(5, 16, 12, seed=1), name_prefix="e1_")
+    second = write_series(tmp_path / "s", volume=make_volume(5, 16, 12, seed=2), name_prefix="e2_",
+                          series_uid=first.series_uid)
+    for echo, series in ((1, first), (2, second)):
+        for p in series.paths:
+            ds = pydicom.dcmread(p)
+            ds.EchoTime, ds.EchoNumbers = str(40 * echo), echo
+            ds.save_as(p)
+    err = _raises("input.geometry", read_series, tmp_path / "s")
+    assert "4-D data: 2 volumes at the same 5 positions" in err.message
+    assert "echo time" in err.message and "echo number" in err.message
+
+
+def test_one_conflicting_slice_is_not_called_4d(tmp_path):
+    s = write_series(tmp_path / "s", volume=make_volume(6, 16, 12))
+    write_slice(tmp_path / "s" / "other.dcm", s.volume[2] + 1, like=s.paths[2])
+    err = _raises("input.geometry", read_series, tmp_path / "s")
+    assert "4-D" not in err.message and "share the position" in err.message
+
+
+def test_a_siemens_mosaic_is_named(tmp_path):
+    """A mosaic tiles a volume's slices into one image: every file sits at one position."""
+    s = write_series(tmp_path / "s", volume=make_volume(3, 64, 64))
+    for p in s.paths:
+        ds = pydicom.dcmread(p)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        ds.save_as(p)
+    err = _raises("input.geometry", read_series, tmp_path / "s", require_plane=None)
+    assert "Siemens mosaic" in err.message and s.paths[0].name in err.message

@@ -25,7 +25,7 @@ def _canonical(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
     return np.asanyarray(can.dataobj, dtype=np.float64), can.affine
 
 
-def _max_world_distance(a: np.ndarray, b: np.ndarray, shape) -> float:
+def max_world_distance(a: np.ndarray, b: np.ndarray, shape) -> float:
     """Largest distance between the world positions two affines give one voxel centre, over the grid.
 
     The difference of two affine maps is affine, so its largest norm over a box
@@ -35,12 +35,13 @@ def _max_world_distance(a: np.ndarray, b: np.ndarray, shape) -> float:
     return float(np.linalg.norm((corners @ (a - b).T)[:, :3], axis=1).max())
 
 
-def _assert_same_in_world(ours: Path, theirs: Path, *, exact: bool = True) -> None:
-    a, b = nib.load(ours), nib.load(theirs)
+def assert_same_in_world(ours: Path, theirs: Path | nib.Nifti1Image, *, exact: bool = True,
+                          mm: float = 1e-3) -> None:
+    a, b = nib.load(ours), (theirs if isinstance(theirs, nib.Nifti1Image) else nib.load(theirs))
     va, aa = _canonical(a)
     vb, ab = _canonical(b)
     assert va.shape == vb.shape
-    assert _max_world_distance(aa, ab, va.shape) < 1e-3
+    assert max_world_distance(aa, ab, va.shape) < mm
     if exact:
         np.testing.assert_array_equal(va, vb)
     else:
@@ -55,7 +56,7 @@ def test_real_series_matches_dcm2niix_reference(tmp_path, position):
     assert rep.shape == (256, 256, 35) and rep.plane == "sagittal" and rep.orientation == "PIR"
     assert rep.spacing == pytest.approx((1.015625, 1.015625, 4.8), abs=1e-4)
     assert rep.slices_dropped == [] and len(rep.slices_used) == 35
-    _assert_same_in_world(out, DECUBITUS / position / "dcm2niix.nii.gz")
+    assert_same_in_world(out, DECUBITUS / position / "dcm2niix.nii.gz")
 
 
 def _dcm2niix() -> str:
@@ -64,9 +65,9 @@ def _dcm2niix() -> str:
     return found
 
 
-def run_dcm2niix(dicom_dir: Path, out_dir: Path) -> Path:
+def run_dcm2niix(dicom_dir: Path, out_dir: Path, *options: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([_dcm2niix(), "-z", "y", "-b", "n", "-f", "ref", "-o", str(out_dir), str(dicom_dir)],
+    proc = subprocess.run([_dcm2niix(), "-z", "y", "-b", "n", "-f", "ref", *options, "-o", str(out_dir), str(dicom_dir)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (nii,) = out_dir.glob("*.nii.gz")
@@ -91,4 +92,4 @@ def test_synthetic_quirk_matches_dcm2niix(tmp_path, quirk):
     ours = tmp_path / "ours.nii.gz"
     convert_series(tmp_path / "dicom", ours)
     theirs = run_dcm2niix(tmp_path / "dicom", tmp_path / "dcm2niix")
-    _assert_same_in_world(ours, theirs, exact="fractional" not in quirk)
+    assert_same_in_world(ours, theirs, exact="fractional" not in quirk)

@@ -71,7 +71,7 @@ def test_centroids_match_the_phantom_ground_truth(finished: Path, synth_small: P
         labels = np.asarray(truth.dataobj).astype(int)
         spacing = np.abs(np.linalg.eigvalsh(truth.affine[:3, :3] @ truth.affine[:3, :3].T)) ** 0.5
         found = json.loads((finished / "results" / "centroids" / f"{study}_centroids.json").read_text())
-        by_label = {entry["instance_id"]: entry for entry in found.values()}
+        by_label = {entry["instance_id"]: entry for key, entry in found.items() if key != "definitions"}
         expected = sorted(int(v) for v in np.unique(labels) if v)
         assert sorted(by_label) == expected, f"study {study} ({info['variant']})"
         for label in expected:
@@ -83,7 +83,7 @@ def test_centroids_match_the_phantom_ground_truth(finished: Path, synth_small: P
         lstv = metadata["lstv"]
         assert lstv["l6_present"] == (info["variant"] == "L6")
         assert lstv["t13_present"] == (info["variant"] == "T13")
-        assert lstv["lumbar_count"] == {"L6": 6, "four_lumbar": 4}.get(info["variant"], 5)
+        assert {k: lstv[k] for k in ("pattern", "count_assessable", "lumbar_count")} == info["expected_lstv"]
         checked += 1
     assert checked >= 4
 
@@ -94,7 +94,14 @@ def test_status_for_people_and_for_one_study(finished: Path, synth_small: Path) 
     manifest = read_manifest(synth_small)
     study = next(s for s, info in manifest["studies"].items() if info["broken"] == "truncated")
     detail = batchseg("status", "--project", str(finished), "--study", study).stdout
-    assert "claimed" in detail and "input.bad_dicom" in detail
+    assert "claimed" in detail and "input.bad_dicom" in detail and "lstv:" not in detail
+    done = next(s for s, info in manifest["studies"].items() if not info["broken"] and info["variant"] == "L6")
+    detail = batchseg("status", "--project", str(finished), "--study", done).stdout
+    assert "lstv:\n  pattern: lumbarization\n  count_assessable: True\n  lumbar_count: 6" in detail
+    assert "  candidates:\n    - lumbarization: L6 (label 25) present" in detail
+    assert "  sequence: T10 | T10/T11 | T11" in detail
+    data = json.loads(batchseg("status", "--project", str(finished), "--study", done, "--json").stdout)
+    assert data["lstv"]["pattern"] == "lumbarization" and data["lstv"]["lumbar_count"] == 6
     batchseg("report", "--project", str(finished), "--csv", str(finished / "studies.csv"))
     assert (finished / "studies.csv").read_text().splitlines()[0].startswith("study_id,")
 

@@ -108,3 +108,75 @@ def test_real_phantom_output(tmp_path):
     write_qc_png(data, aff, vert, measure(vert, aff), out, title=f"study {s.study_id}")
     px = _png(out)
     assert px.shape[0] == HEIGHT + TITLE_BAND and 400 < px.shape[1] < 620   # square ~290 mm field
+
+
+# ---------------------------------------------------------------- names readable at thumbnail size
+
+
+def _names_scene(labels: list[int], **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tall stack (tests/label_maps.py) with an image: one bright body per label."""
+    from tests.label_maps import AFFINE, spine_map
+
+    mask = spine_map(labels, **kwargs)
+    img = np.where(mask > 0, 800.0, 100.0)
+    return img, mask, AFFINE
+
+
+def _inside(box, width: int, height: int) -> bool:
+    x0, y0, x1, y1 = box
+    return 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height
+
+
+def test_only_vertebrae_and_sacrum_are_named_and_nothing_is_clipped(tmp_path):
+    from tests.label_maps import stack
+
+    labels = stack("126", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1")
+    img, mask, aff = _names_scene(labels)
+    # Endplates on both sides of each lumbar disc, as SPINEPS writes 200+X.
+    for v in (120, 121, 122, 123, 124):
+        k = np.flatnonzero((mask == v).any(axis=(0, 1)))
+        mask[4:16, 2:10, k[0] - 1] = 100 + v
+        mask[4:16, 2:10, k[-1] + 1] = 100 + v
+    m = measure(mask, aff)
+    out = tmp_path / "qc.png"
+    texts = write_qc_png(img, aff, mask, m, out, title="study 123456789012 with a long title that must be cut")
+    assert [t.text for t in texts] == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    px = _png(out)
+    height, width = px.shape[:2]
+    for t in texts:
+        assert _inside(t.box, width, height), t
+    ordered = sorted(texts, key=lambda t: t.box[1])
+    for a, b in zip(ordered, ordered[1:]):
+        assert a.box[3] <= b.box[1] + 1, (a, b)     # no two names overlap
+
+
+def test_caveated_labels_are_marked(tmp_path):
+    from tests.label_maps import stack
+
+    img, mask, aff = _names_scene(stack("T11", "T12", "T12", "L1", "L2", "L3", "L4", "L5", "S1"))
+    m = measure(mask, aff)
+    assert 19 in m.lstv.caveat_labels
+    texts = write_qc_png(img, aff, mask, m, tmp_path / "qc.png", title="x")
+    marked = [t.text for t in texts if t.caveat]
+    assert sorted(marked) == ["T12 !", "T12 !", "T12/L1 !", "T12/T12 !"]
+    assert not any(t.caveat for t in texts if t.label not in m.lstv.caveat_labels)
+    px = _png(tmp_path / "qc.png")
+    band = px[:TITLE_BAND]
+    red = (band[:, :, 0] > 200) & (band[:, :, 1] < 120) & (band[:, :, 2] < 120)
+    assert red[:, px.shape[1] // 2:].any()              # the "! caveat" legend, right of the title
+
+
+def test_a_whole_spine_gets_smaller_names_that_still_do_not_overlap(tmp_path):
+    from batchseg.labels import VERTEBRA_NAMES
+
+    names = [VERTEBRA_NAMES[v] for v in range(1, 25)] + ["S1"]
+    from tests.label_maps import stack
+
+    img, mask, aff = _names_scene(stack(*names))
+    texts = write_qc_png(img, aff, mask, measure(mask, aff), tmp_path / "qc.png")
+    assert len(texts) == 25
+    px = _png(tmp_path / "qc.png")
+    ordered = sorted(texts, key=lambda t: t.box[1])
+    for a, b in zip(ordered, ordered[1:]):
+        assert a.box[3] <= b.box[1] + 1
+    assert all(_inside(t.box, px.shape[1], px.shape[0]) for t in texts)

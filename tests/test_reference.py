@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from pathlib import Path
 
 import nibabel as nib
@@ -15,15 +14,15 @@ from batchseg.errors import StudyError
 from batchseg.measures import measure_file
 from batchseg.segmenters import load_segmenter
 from batchseg.segmenters.noop import NoopSegmenter
-from batchseg.segmenters.reference import ReferenceSegmenter, label_components, segment_volume
-from batchseg.synth import INTENSITY_T2, SAG_T2, synth_dataset
+from batchseg.segmenters.reference import ReferenceSegmenter, segment_volume
+from batchseg.synth import INTENSITY_T2, SAG_T2, VARIANTS, expected_lstv, read_manifest, synth_dataset
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """Every good phantom study converted from its DICOM by the real converter."""
     root = tmp_path_factory.mktemp("ref") / "rsna"
-    m = synth_dataset(root, n_studies=8, seed=11, matrix=112)
+    m = synth_dataset(root, n_studies=len(VARIANTS), seed=11, matrix=96, broken=False)
     out = []
     for s in m.studies:
         if s.broken:
@@ -33,7 +32,7 @@ def converted(tmp_path_factory):
         nii = work / f"{s.study_id}_T2w.nii.gz"
         convert_series(root / "train_images" / str(s.study_id) / str(s.series[SAG_T2]), nii, study=str(s.study_id))
         out.append((s, nii, root / "ground_truth" / f"{s.study_id}_seg-vert_msk.nii.gz"))
-    assert {s.variant for s, _, _ in out} == {"normal", "L6", "T13", "four_lumbar"}
+    assert [s.variant for s, _, _ in out] == list(VARIANTS)
     return out
 
 
@@ -52,14 +51,29 @@ def test_reference_recovers_ground_truth_on_every_variant(converted):
         assert _dice(got, gt) == 1.0, s.variant
         assert np.array_equal(got, gt), s.variant
 
-        mg, mt = measure_file(r.vert_mask), measure_file(gt_path)
+        mg, mt = measure_file(r.vert_mask, spine=r.spine_mask), measure_file(gt_path)
         assert [x.instance_id for x in mg.structures] == [x.instance_id for x in mt.structures]
         for a, b in zip(mg.structures, mt.structures):
             assert np.max(np.abs(np.subtract(a.centroid_voxel, b.centroid_voxel))) <= 1.0
-        assert mg.lstv == mt.lstv
-        want = {"normal": [], "L6": ["lumbarization (L6 present)"], "T13": ["thoracolumbar (T13 present)"],
-                "four_lumbar": ["four lumbar vertebrae above the sacrum (sacralization or miscount)"]}[s.variant]
-        assert mg.lstv.candidates == want
+        assert mg.lstv.pattern == mt.lstv.pattern and mg.lstv.caveats == mt.lstv.caveats
+        want = expected_lstv(s.variant)
+        assert (mg.lstv.pattern, mg.lstv.count_assessable, mg.lstv.lumbar_count) == \
+            (want["pattern"], want["count_assessable"], want["lumbar_count"]), s.variant
+
+
+def test_names_and_findings_are_the_manifests(converted):
+    manifest = read_manifest(converted[0][2].parent.parent)["studies"]
+    for s, _, gt_path in converted:
+        m = measure_file(gt_path)
+        entry = manifest[str(s.study_id)]
+        assert m.vertebra_labels_json() == entry["expected_labels"], s.variant
+        assert entry["expected_lstv"] == expected_lstv(s.variant)
+        assert {c["pattern"] for c in m.lstv.candidates} == {
+            "normal": set(), "L6": {"lumbarization"}, "T13": {"thoracolumbar_t13"}, "four_lumbar": {"four_lumbar"},
+            "eleven_thoracic": {"eleven_thoracic"}, "top_L1": set(), "top_L2": set(), "no_sacrum": set(),
+            "sacral_disc": {"lumbarization"}, "duplicate_T12": set()}[s.variant]
+        assert bool(m.lstv.caveats) == (s.variant in ("top_L1", "top_L2", "no_sacrum", "sacral_disc",
+                                                      "duplicate_T12")), s.variant
 
 
 def test_semantic_mask_and_ctd_file(converted):
@@ -125,54 +139,6 @@ def test_empty_and_impossible_volumes_raise(tmp_path):
     with pytest.raises(StudyError) as e:
         ReferenceSegmenter().segment(bad, tmp_path / "w", "7")
     assert e.value.error_class == "segment.error" and "bad_T2w" in e.value.message
-
-
-def _bfs_components(classes: np.ndarray) -> np.ndarray:
-    """Slow, obviously right 6-connected labelling for comparison."""
-    out = np.zeros(classes.shape, np.int32)
-    n = 0
-    for start in map(tuple, np.argwhere(classes > 0)):
-        if out[start]:
-            continue
-        n += 1
-        out[start] = n
-        todo = deque([start])
-        while todo:
-            p = todo.popleft()
-            for ax in range(3):
-                for d in (-1, 1):
-                    q = list(p)
-                    q[ax] += d
-                    q = tuple(q)
-                    if 0 <= q[ax] < classes.shape[ax] and not out[q] and classes[q] == classes[p]:
-                        out[q] = n
-                        todo.append(q)
-    return out
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_label_components_matches_flood_fill(seed):
-    rng = np.random.default_rng(seed)
-    shape = tuple(int(v) for v in rng.integers(3, 14, size=3))
-    classes = rng.choice([0, 0, 1, 2], size=shape, p=[0.3, 0.2, 0.3, 0.2]).astype(np.int8)
-    got, n = label_components(classes)
-    ref = _bfs_components(classes)
-    assert n == ref.max()
-    # Same partition: a one-to-one map between the two numberings.
-    fg = classes > 0
-    pairs = set(zip(got[fg].tolist(), ref[fg].tolist()))
-    assert len(pairs) == n and len({a for a, _ in pairs}) == n and len({b for _, b in pairs}) == n
-    assert not got[~fg].any()
-
-
-def test_label_components_long_snake():
-    """A single winding path: the worst case for label propagation, one component."""
-    classes = np.zeros((1, 41, 41), np.int8)
-    classes[0, ::2, :] = 1
-    for r in range(1, 41, 2):
-        classes[0, r, 40 if (r // 2) % 2 == 0 else 0] = 1
-    got, n = label_components(classes)
-    assert n == 1 and np.array_equal(got > 0, classes > 0)
 
 
 def test_describe_and_registry():

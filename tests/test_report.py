@@ -7,7 +7,6 @@ import html
 import io
 import json
 import shutil
-from dataclasses import asdict
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ from click.testing import CliRunner
 
 from batchseg.cli import cli
 from batchseg.ledger import Ledger, StudyRow, WorkerInfo
-from batchseg.measures import lstv_findings
+from batchseg.measures import measure, measure_file
 from batchseg.report.model import (
     CANDIDATE,
     NO_CANDIDATE,
-    NOT_ASSESSED,
+    NOT_ASSESSABLE,
     UNKNOWN,
     StudyFiles,
     collect_report,
@@ -32,6 +31,7 @@ from batchseg.synth import read_manifest, synth_dataset
 from tests.conftest import batchseg
 
 LSTV_VARIANTS = {"L6", "T13", "four_lumbar"}
+CANDIDATE_PATTERN = {"L6": "lumbarization", "T13": "thoracolumbar_t13", "four_lumbar": "four_lumbar"}
 BROKEN_CLASS = {"no_t2": "input.no_series", "truncated": "input.bad_dicom", "missing_folder": "input.missing"}
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quoted" \'single\''
@@ -173,15 +173,16 @@ def test_lstv_table_flags_exactly_the_transitional_phantoms(reported: Any, manif
     wanted = expected_candidates(manifest)
     assert {manifest[s]["variant"] for s in wanted} == LSTV_VARIANTS, "the dataset must hold every variant"
     table = page.tables["lstv"][0]
-    assert table[0][:4] == ["study", "lumbar count", "L6 present", "T13 present"]
+    assert table[0][:5] == ["study", "pattern", "lumbar count", "L6 present", "T13 present"]
     rows = {row[0]: row for row in body_rows(table)}
     assert set(rows) == wanted
     for sid, row in rows.items():
         variant = manifest[sid]["variant"]
-        assert row[1] == {"L6": "6", "four_lumbar": "4"}.get(variant, "5")
-        assert row[2] == ("yes" if variant == "L6" else "no")
-        assert row[3] == ("yes" if variant == "T13" else "no")
-        assert {"L6": "L6 present", "T13": "T13 present", "four_lumbar": "four lumbar"}[variant] in row[4]
+        assert row[1] == CANDIDATE_PATTERN[variant]
+        assert row[2] == {"L6": "6", "four_lumbar": "4"}.get(variant, "5")
+        assert row[3] == ("yes" if variant == "L6" else "no")
+        assert row[4] == ("yes" if variant == "T13" else "no")
+        assert row[5].startswith(CANDIDATE_PATTERN[variant] + ": ")
     # Every candidate carries a QC thumbnail and a link to the full picture, both relative.
     thumbs = [attrs for tag, attrs in page.tags if tag == "img"]
     assert len(thumbs) == len(wanted)
@@ -198,12 +199,21 @@ def test_csv_has_one_row_per_study_matching_the_manifest(reported: Any, manifest
             assert row["error_class"] == BROKEN_CLASS[info["broken"]]
             assert row["state"] == ("skipped" if info["broken"] == "no_t2" else "failed")
             assert row["lstv_status"] == "" and row["l6_present"] == "" and row["qc"] == ""
+            assert row["pattern"] == row["count_assessable"] == ""
             continue
         variant = info["variant"]
         assert row["state"] == "done" and row["error_class"] == ""
         assert row["labels_anatomical"] == "true" and row["segmenter"] == "reference"
+        assert row["pattern"] == info["expected_lstv"]["pattern"]
+        assert row["count_assessable"] == str(info["expected_lstv"]["count_assessable"]).lower()
+        if variant == "top_L2":
+            assert row["lstv_status"] == NOT_ASSESSABLE and row["lumbar_count"] == ""
+            assert row["count_reason"] == "thoracolumbar junction (T12/L1) not in view: top vertebra L2"
+            assert row["lstv_caveats"].startswith("lumbar count not assessable")
+            continue
         assert row["lstv_status"] == (CANDIDATE if variant in LSTV_VARIANTS else NO_CANDIDATE)
         assert row["lumbar_count"] == str({"L6": 6, "four_lumbar": 4}.get(variant, 5))
+        assert row["count_reason"] == "" and row["lstv_caveats"] == ""
         assert row["l6_present"] == str(variant == "L6").lower()
         assert row["t13_present"] == str(variant == "T13").lower()
         assert bool(row["candidates"]) == (variant in LSTV_VARIANTS)
@@ -267,7 +277,9 @@ def test_json_on_stdout_matches_the_csv(finished: Path, manifest: dict[str, Any]
     data = json.loads(result.stdout)
     assert not (project / "report.html").exists(), "--json alone writes no HTML"
     assert set(data["lstv_candidates"]) == expected_candidates(manifest)
-    assert data["lstv_not_assessed"] == []
+    assert data["lstv_not_assessable"] == [sid for sid, i in manifest.items()
+                                           if not i["broken"] and i["variant"] == "top_L2"]
+    assert data["lstv_with_caveats"] == []
     assert data["total"] == len(manifest) and data["states"]["done"] == len(manifest) - 3
     assert {g["error_class"] for g in data["failures"]} == {"input.bad_dicom", "input.missing"}
     by_id = {s["study_id"]: s for s in data["studies"]}
@@ -321,7 +333,9 @@ def test_unassessed_and_unreadable_studies_are_never_negatives(finished: Path, m
     labels = [int(k) for k in json.loads((project / "results" / "centroids" /
                                           f"{unlabelled}_vertebra_labels.json").read_text())]
     meta["segmenter"]["labels_anatomical"] = False
-    meta["lstv"] = asdict(lstv_findings(labels, labels_anatomical=False))
+    vert = project / "results" / "segmentations" / f"{unlabelled}_seg-vert_msk.nii.gz"
+    meta["lstv"] = measure_file(vert, labels_anatomical=False).lstv_json()
+    assert labels
     path.write_text(json.dumps(meta))
     (meta_dir / f"{missing}_metadata.json").unlink()
     (meta_dir / f"{corrupt}_metadata.json").write_text("{not json")
@@ -332,26 +346,69 @@ def test_unassessed_and_unreadable_studies_are_never_negatives(finished: Path, m
     flagged = {row[0] for row in body_rows(lstv_tables[0])} if lstv_tables[0][0][0] == "study" else set()
     assert not flagged & {unlabelled, missing, corrupt}
     cells = {row[0]: row for table in lstv_tables[1:] for row in body_rows(table)}
-    assert "not assessed" in cells[unlabelled][2]
+    assert cells[unlabelled][1] == "not_assessable" and cells[unlabelled][2].startswith("labels not anatomical")
     assert "metadata missing" in cells[missing][1] and "metadata unreadable" in cells[corrupt][1]
     with (project / "r.csv").open(newline="", encoding="utf-8") as handle:
         rows = {r["study_id"]: r for r in csv.DictReader(handle)}
-    assert rows[unlabelled]["lstv_status"] == NOT_ASSESSED and rows[unlabelled]["labels_anatomical"] == "false"
+    assert rows[unlabelled]["lstv_status"] == NOT_ASSESSABLE and rows[unlabelled]["labels_anatomical"] == "false"
     assert rows[missing]["lstv_status"] == UNKNOWN and rows[corrupt]["lstv_status"] == UNKNOWN
     for sid in (unlabelled, missing, corrupt):
         assert rows[sid]["l6_present"] == rows[sid]["t13_present"] == rows[sid]["lumbar_count"] == ""
 
 
 def test_label_126_alone_is_no_candidate() -> None:
-    """A disc above the top vertebra (126) is a caveat, never sacralization."""
-    present = [126, 17, 18, 19, 20, 21, 22, 23, 24, 26, 117, 118, 119, 120, 121, 122, 123, 124]
+    """A disc above the top vertebra (126) is an informational note, never sacralization and never a caveat."""
+    from tests.label_maps import AFFINE, spine_map, stack
+
+    labels = stack("126", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1")
+    findings = measure(spine_map(labels), AFFINE)
     files = StudyFiles(metadata_path="m.json", segmenter={"name": "spineps", "labels_anatomical": True},
-                       lstv=asdict(lstv_findings(present)),
-                       vertebra_labels={str(v): "x" for v in present})
+                       lstv=findings.lstv_json(), vertebra_labels=findings.vertebra_labels_json())
     entry = study_entry({"study_id": "1", "state": "done", "attempts": 1}, files, [])
     assert entry.lstv is not None and entry.lstv.status == NO_CANDIDATE and entry.lstv.candidates == []
-    assert any("126" in note and "not S1-S2" in note for note in entry.lstv.notes)
+    assert entry.lstv.pattern == "normal" and entry.lstv.lumbar_count == 5 and entry.lstv.caveats == []
+    assert any("126" in note and "not an S1-S2" in note for note in entry.lstv.notes)
     assert entry.problems == []
+
+
+def test_not_assessable_apart_and_caveats_only_with_a_caveat(finished: Path, manifest: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """Not assessable is its own list; "with caveats" holds a counted study only when a caveat says so."""
+    project = copy_project(finished, tmp_path)
+    by_variant = {info["variant"]: sid for sid, info in manifest.items() if not info["broken"]}
+    # The normal study, with a stray fragment of L3: counted, no candidate, one caveat.
+    fragment = by_variant["normal"]
+    path = project / "results" / "metadata" / f"{fragment}_metadata.json"
+    meta = json.loads(path.read_text())
+    meta["lstv"]["caveats"] = ["L3 (22) in 2 pieces: 1 fragment (3 voxels) apart from the main piece"]
+    path.write_text(json.dumps(meta))
+    data = json.loads(invoke("report", "--project", str(project), "--json").stdout)
+    assert data["lstv_with_caveats"] == [fragment]
+    assert data["lstv_not_assessable"] == [by_variant["top_L2"]]
+    assert data["lstv_counts"] == {CANDIDATE: 3, NO_CANDIDATE: 1, NOT_ASSESSABLE: 1, UNKNOWN: 0}
+    invoke("report", "--project", str(project))
+    page = parse_page((project / "report.html").read_text(encoding="utf-8"))
+    candidates, unassessable, caveats = page.tables["lstv"]
+    assert [r[0] for r in body_rows(unassessable)] == [by_variant["top_L2"]]
+    assert unassessable[0][:3] == ["study", "pattern", "why"]
+    assert [r[0] for r in body_rows(caveats)] == [fragment] and "fragment" in body_rows(caveats)[0][2]
+    assert by_variant["top_L2"] not in {r[0] for r in body_rows(candidates) + body_rows(caveats)}
+
+
+def test_odd_or_older_findings_are_unknown_never_negative() -> None:
+    from batchseg.report.model import lstv_view
+
+    older = {"assessed": True, "lumbar_count": 5, "l6_present": False, "t13_present": False, "candidates": [],
+             "notes": []}
+    assert lstv_view(older, True).status == UNKNOWN
+    assert lstv_view({"pattern": "normal", "count_assessable": "yes"}, True).status == UNKNOWN
+    odd = {"pattern": "normal", "count_assessable": True, "lumbar_count": "5", "candidates": ["x", 3],
+           "caveats": "not a list", "notes": [1, "n"]}
+    view = lstv_view(odd, True)
+    assert view.status == NO_CANDIDATE and view.lumbar_count is None and view.caveats == [] and view.notes == ["n"]
+    # Counted findings from a segmenter whose labels are only an order do not stand.
+    forced = lstv_view({"pattern": "normal", "count_assessable": True, "lumbar_count": 5}, False)
+    assert forced.status == NOT_ASSESSABLE and forced.lumbar_count is None
 
 
 def test_one_ledger_read_for_the_whole_report(finished: Path) -> None:

@@ -95,3 +95,25 @@ def test_without_weights_nothing_is_claimed(tmp_path: Path, synth_small: Path) -
     ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
     assert not [e for e in ledger.history() if e["event"] == "claimed"]
     ledger.close()
+
+
+def test_spineps_snapshot_is_kept_and_body_centroids_are_its_ctd(spineps_project: tuple[Path, dict, str]) -> None:
+    project, manifest, blank = spineps_project
+    out = project / "results"
+    for study in manifest["studies"]:
+        if study == blank:
+            continue
+        snapshot = out / "qc" / f"{study}_spineps.png"
+        assert snapshot.is_file() and snapshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        metadata = json.loads((out / "metadata" / f"{study}_metadata.json").read_text())
+        assert metadata["outputs"]["qc_segmenter"] == snapshot.name and "qc_segmenter" in metadata["checksums"]
+        centroids = json.loads((out / "centroids" / f"{study}_centroids.json").read_text())
+        _, ctd = json.loads((out / "segmentations" / f"{study}_ctd.json").read_text())
+        by_label = {v["instance_id"]: v for k, v in centroids.items() if k != "definitions"}
+        assert ctd, "SPINEPS found vertebrae"
+        for label, points in ctd.items():
+            entry = by_label[int(label)]
+            # SPINEPS's point is the body centroid; for the sacrum (no body class) its whole-label centroid.
+            ours = entry["centroid_voxel"] if int(label) == 26 else entry["body_centroid_voxel"]
+            assert np.max(np.abs(np.subtract(ours, points["50"]))) <= 1.0, (study, label)
+        assert "lstv" in metadata and metadata["lstv"]["pattern"]

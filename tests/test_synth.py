@@ -15,8 +15,9 @@ import pytest
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
 from batchseg.dicom import read_series
-from batchseg.synth import (AX_T2, BROKEN_KINDS, INTENSITY_T2, SAG_T1, SAG_T2, TIER_HALF_WIDTH, read_manifest,
-                            synth_dataset, variant_labels)
+from batchseg.measures import measure_file
+from batchseg.synth import (AX_T2, BROKEN_KINDS, INTENSITY_T2, SAG_T1, SAG_T2, TIER_HALF_WIDTH, VARIANTS,
+                            expected_lstv, read_manifest, synth_dataset, variant_labels)
 
 MATRIX = 96
 SEED = 3
@@ -90,7 +91,8 @@ def test_ids_look_like_rsna(ds):
 
 def test_variants_cycle_and_last_three_are_broken(ds):
     m, _ = ds
-    assert [s.variant for s in m.studies] == ["normal", "L6", "T13", "four_lumbar"] * 2
+    assert [s.variant for s in m.studies] == list(VARIANTS[:8])
+    assert VARIANTS[:5] == ("normal", "L6", "T13", "four_lumbar", "top_L2")   # a demo of 8 shows all five
     assert [s.broken for s in m.studies] == [None] * 5 + list(BROKEN_KINDS)
     images = m.root / "train_images"
     by_kind = {s.broken: s for s in m.studies}
@@ -181,41 +183,109 @@ def test_ground_truth_is_on_batchseg_converter_grid(ds):
 
 
 def _assert_code_encodes_labels(data: np.ndarray, labels: np.ndarray) -> None:
-    """Each intensity tier holds exactly the voxels of its label class."""
-    classes = {"thoracic": np.isin(labels, [17, 18, 19, 28]), "lumbar": np.isin(labels, range(20, 26)),
-               "sacrum": labels == 26, "disc": labels >= 100}
-    for name, want in classes.items():
-        got = np.abs(data.astype(np.float64) - INTENSITY_T2[name]) <= TIER_HALF_WIDTH
-        assert np.array_equal(got, want), name
-        assert want.sum() > 0, name
+    """Each intensity tier holds exactly the voxels of its label class; repeat_label bodies carry T12's label."""
+    tier = {name: np.abs(data.astype(np.float64) - INTENSITY_T2[name]) <= TIER_HALF_WIDTH
+            for name in ("thoracic", "lumbar", "sacrum", "disc", "repeat_label")}
+    assert np.array_equal(tier["thoracic"] | tier["repeat_label"], np.isin(labels, [17, 18, 19, 28]))
+    assert not (tier["repeat_label"] & (labels != 19)).any()
+    assert np.array_equal(tier["lumbar"], np.isin(labels, range(20, 26)))
+    assert np.array_equal(tier["sacrum"], labels == 26)
+    assert np.array_equal(tier["disc"], labels >= 100)
+
+
+_THORACIC = {17, 18, 19, 117, 118, 119}
+_LUMBAR = {20, 21, 22, 23, 24, 120, 121, 122, 123, 124}
+WANT_LABELS = {
+    "normal": _THORACIC | _LUMBAR | {26},
+    "L6": _THORACIC | _LUMBAR | {25, 125, 26},
+    "T13": _THORACIC | {28, 128} | _LUMBAR | {26},
+    "four_lumbar": _THORACIC | _LUMBAR - {24, 124} | {26},
+    "top_L2": {126} | _LUMBAR - {20, 120} | {26},
+    "top_L1": {126} | _LUMBAR | {26},
+    "eleven_thoracic": _THORACIC - {19, 119} | _LUMBAR | {26},
+    "no_sacrum": _THORACIC | _LUMBAR,
+    "sacral_disc": _THORACIC | _LUMBAR | {26},
+    "duplicate_T12": _THORACIC | _LUMBAR | {26},
+}
 
 
 def test_expected_labels_per_variant(ds):
     m, _ = ds
     man = read_manifest(m.root)["studies"]
-    want = {
-        "normal": {17, 18, 19, 20, 21, 22, 23, 24, 26, 117, 118, 119, 120, 121, 122, 123, 124},
-        "L6": {17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 117, 118, 119, 120, 121, 122, 123, 124, 125},
-        "T13": {17, 18, 19, 28, 20, 21, 22, 23, 24, 26, 117, 118, 119, 128, 120, 121, 122, 123, 124},
-        "four_lumbar": {17, 18, 19, 20, 21, 22, 23, 26, 117, 118, 119, 120, 121, 122, 123},
-    }
     for s in _good(m):
         labels = set(np.unique(np.asanyarray(_gt(m.root, s.study_id).dataobj)).tolist()) - {0}
-        assert labels == want[s.variant]
+        assert labels == WANT_LABELS[s.variant]
         assert {int(k) for k in man[str(s.study_id)]["expected_labels"]} == labels
-        assert set(variant_labels(s.variant)) == labels
+    for variant in VARIANTS:
+        assert set(variant_labels(variant)) == WANT_LABELS[variant]
     assert variant_labels("T13")[119] == "T12/T13" and variant_labels("L6")[124] == "L5/L6"
+    assert variant_labels("eleven_thoracic")[118] == "T11/L1" and variant_labels("top_L2")[126] == "above L2"
+    assert variant_labels("no_sacrum")[124] == "below L5" and variant_labels("duplicate_T12")[119] == "T12/T12"
 
 
-def test_field_of_view_starts_at_t10(ds):
-    """The top structure is T10 and nothing lies above it: the convention the reference segmenter counts from."""
+@pytest.fixture(scope="module")
+def every_variant(tmp_path_factory):
+    """One good study of each variant at the smallest matrix."""
+    root = tmp_path_factory.mktemp("variants") / "rsna"
+    return synth_dataset(root, n_studies=len(VARIANTS), seed=SEED, matrix=64, broken=False)
+
+
+def test_every_variant_gives_its_expected_findings(every_variant):
+    m = every_variant
+    man = read_manifest(m.root)
+    assert [s.variant for s in m.studies] == list(VARIANTS)
+    for s in m.studies:
+        entry = man["studies"][str(s.study_id)]
+        assert entry["expected_lstv"] == expected_lstv(s.variant) == \
+            man["conventions"]["variants"][s.variant]["expected_lstv"]
+        lstv = measure_file(m.root / entry["ground_truth"]).lstv
+        got = {"pattern": lstv.pattern, "count_assessable": lstv.count_assessable,
+               "lumbar_count": lstv.lumbar_count}
+        assert got == entry["expected_lstv"], s.variant
+        assert measure_file(m.root / entry["ground_truth"]).vertebra_labels_json() == entry["expected_labels"]
+
+
+def test_repeat_label_and_sacral_disc_phantoms(every_variant):
+    m = every_variant
+    by = {s.variant: s for s in m.studies}
+    dup = measure_file(m.root / "ground_truth" / f"{by['duplicate_T12'].study_id}_seg-vert_msk.nii.gz")
+    t12 = next(x for x in dup.structures if x.instance_id == 19)
+    assert t12.components == 2 and dup.lstv.sequence.count("T12") == 2
+    sac = measure_file(m.root / "ground_truth" / f"{by['sacral_disc'].study_id}_seg-vert_msk.nii.gz")
+    disc = next(x for x in sac.structures if x.instance_id == 124)
+    sacrum = next(x for x in sac.structures if x.instance_id == 26)
+    assert disc.components == 2 and sacrum.components == 1     # the sacrum keeps a rim around the disc
+    assert sac.lstv.split_labels[0]["reading"] == "disc inside the sacrum"
+
+
+def test_rsna_points_name_the_true_level(every_variant):
+    m = every_variant
+    rows = {}
+    with open(m.root / "train_label_coordinates.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.setdefault(int(row["study_id"]), []).append(row["level"])
+    levels = {s.variant: rows.get(s.study_id, []) for s in m.studies}
+    assert levels["normal"] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
+    assert levels["top_L2"] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]   # the disc SPINEPS calls 126
+    assert levels["four_lumbar"] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5"]
+
+
+def test_unknown_variant_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown phantom variant"):
+        synth_dataset(tmp_path / "x", n_studies=1, variants=["L7"])
+    one = synth_dataset(tmp_path / "y", n_studies=2, seed=1, matrix=64, broken=False, variants=["no_sacrum"])
+    assert [s.variant for s in one.studies] == ["no_sacrum", "no_sacrum"]
+
+
+def test_field_of_view_top(ds):
+    """T10 is the top structure with nothing above it (the reference counts from it); top_L*: the disc above."""
     m, _ = ds
     for s in _good(m):
         gt = _gt(m.root, s.study_id)
         lab = np.asanyarray(gt.dataobj)
         z = (gt.affine[:3, :3] @ np.argwhere(lab > 0).T.astype(float))[2] + gt.affine[2, 3]
         top_label = lab[tuple(np.argwhere(lab > 0)[np.argmax(z)])]
-        assert top_label == 17
+        assert top_label == (126 if s.variant.startswith("top_") else 17)
 
 
 def test_deterministic_in_seed(ds, tmp_path):

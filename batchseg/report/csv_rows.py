@@ -13,7 +13,8 @@ from .model import OUTPUT_NAMES, Report, StudyEntry
 # Columns of the per-study CSV, in order; researchers load it with pandas.
 CSV_FIELDS = ("study_id", "series_id", "state", "attempts", "error_class", "error_message", "log_path",
               "seconds", "attempt_seconds", "attempt_errors", "worker", "segmenter", "labels_anatomical",
-              "lstv_status", "lumbar_count", "l6_present", "t13_present", "candidates", "lstv_notes",
+              "lstv_status", "pattern", "count_assessable", "count_reason", "lumbar_count", "l6_present",
+              "t13_present", "candidates", "lstv_caveats", "lstv_notes",
               "vertebrae", "problems", *OUTPUT_NAMES)
 
 
@@ -36,10 +37,14 @@ def csv_row(s: StudyEntry) -> dict[str, str]:
         "worker": s.worker, "segmenter": s.segmenter, "labels_anatomical": s.labels_anatomical,
         # Blank, not false, wherever nothing was assessed: a blank cell reads as NaN in pandas.
         "lstv_status": lstv.status if lstv else "",
+        "pattern": lstv.pattern if lstv else None,
+        "count_assessable": lstv.count_assessable if lstv else None,
+        "count_reason": lstv.count_reason if lstv else None,
         "lumbar_count": lstv.lumbar_count if lstv else None,
         "l6_present": lstv.l6_present if lstv else None,
         "t13_present": lstv.t13_present if lstv else None,
         "candidates": lstv.candidates if lstv else [],
+        "lstv_caveats": lstv.caveats if lstv else [],
         "lstv_notes": lstv.notes if lstv else [],
         "vertebrae": s.vertebrae, "problems": s.problems,
         **{name: s.outputs.get(name) for name in OUTPUT_NAMES},

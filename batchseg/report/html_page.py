@@ -16,13 +16,16 @@ from typing import Any
 
 from ..files import write_atomic
 from ..ledger import STATES
-from .model import CANDIDATE, NO_CANDIDATE, NOT_ASSESSED, UNKNOWN, ErrorGroup, LstvView, Report, StudyEntry
+from .model import CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN, ErrorGroup, LstvView, Report, StudyEntry
 from .status_text import format_duration
 
 LABEL_126_NOTE = ("Label 126 is SPINEPS's \"disc above the topmost vertebra\" class: it is never read as an "
                   "S1-S2 disc or as sacralization.")
-LSTV_EVIDENCE_NOTE = ("The only LSTV evidence the labels carry: L6 (label 25) present, T13 (label 28) present, "
-                      "and the number of lumbar labels. These are candidates for review, not diagnoses.")
+LSTV_EVIDENCE_NOTE = ("The LSTV evidence the labels can carry: L6 (label 25) or T13 (label 28) present, T11 directly "
+                      "above L1 (T12 skipped), L4 directly above the sacrum, a disc inside the sacrum. A lumbar count "
+                      "needs both junctions in view (a thoracic vertebra above the first lumbar one, the sacrum below "
+                      "the last) and regular labels; otherwise the study is not assessable. These are candidates "
+                      "for review, not diagnoses.")
 
 
 
@@ -76,7 +79,7 @@ def _flag(value: bool | None) -> str:
     return '<span class="yes">yes</span>' if value else '<span class="no">no</span>'
 
 
-_LSTV_BADGE = {CANDIDATE: "candidate", NO_CANDIDATE: "none", NOT_ASSESSED: "unassessed", UNKNOWN: "unknown"}
+_LSTV_BADGE = {CANDIDATE: "candidate", NO_CANDIDATE: "none", NOT_ASSESSABLE: "unassessed", UNKNOWN: "unknown"}
 
 
 def _ids(ids: list[str], limit: int = 60) -> str:
@@ -216,35 +219,37 @@ def _progress(report: Report) -> Iterator[str]:
 
 
 def _lstv(report: Report, links: Links) -> Iterator[str]:
-    """The candidates for review, then the studies that are not assessed, unknown, or negative with caveats."""
+    """The candidates for review, then the studies not assessable, unknown, or without a candidate but caveated."""
     counts = report.lstv_counts()
     candidates = report.with_lstv(CANDIDATE)
     yield (f'<section id="lstv">\n<h2>LSTV candidates for review <span class="count">{len(candidates)} of '
            f'{sum(counts.values())} done studies</span></h2>\n')
-    yield (f'<p class="explain">{_e(LSTV_EVIDENCE_NOTE)} {_e(LABEL_126_NOTE)} Assessed: '
-           f'<b>{counts[CANDIDATE]}</b> candidate · <b>{counts[NO_CANDIDATE]}</b> no candidate · '
-           f'<b>{counts[NOT_ASSESSED]}</b> not assessed (labels not anatomical) · '
+    yield (f'<p class="explain">{_e(LSTV_EVIDENCE_NOTE)} {_e(LABEL_126_NOTE)} '
+           f'<b>{counts[CANDIDATE]}</b> candidate · <b>{counts[NO_CANDIDATE]}</b> no candidate (counted) · '
+           f'<b>{counts[NOT_ASSESSABLE]}</b> not assessable · '
            f'<b>{counts[UNKNOWN]}</b> unknown (findings missing).</p>\n')
     if candidates:
-        yield '<p class="facts">by finding: ' + " · ".join(
+        yield '<p class="facts">by pattern: ' + " · ".join(
             f"{_e(kind)} <b>{n}</b>" for kind, n in report.candidate_kinds().items()) + "</p>\n"
         yield from _table(
-            ["study", "lumbar count", "L6 present", "T13 present", "candidates", "notes", "vertebrae", "QC"],
-            (f"<tr><td>{_e(s.study_id)}</td><td class=\"num\">{_e(s.lstv.lumbar_count)}</td>"
+            ["study", "pattern", "lumbar count", "L6 present", "T13 present", "candidates", "caveats", "notes",
+             "vertebrae", "QC"],
+            (f"<tr><td>{_e(s.study_id)}</td><td>{_e(s.lstv.pattern)}</td><td class=\"num\">{_count(s.lstv)}</td>"
              f"<td>{_flag(s.lstv.l6_present)}</td><td>{_flag(s.lstv.t13_present)}</td>"
-             f"<td class=\"cand\">{_notes(s.lstv.candidates)}</td><td>{_notes(s.lstv.notes + s.problems)}</td>"
-             f"<td class=\"small\">{_e(' '.join(s.vertebrae))}</td><td>{links.qc(s)}</td></tr>\n"
-             for s in candidates if s.lstv), numeric=[1])
+             f"<td class=\"cand\">{_notes(s.lstv.candidates)}</td><td>{_notes(s.lstv.caveats + s.problems)}</td>"
+             f"<td>{_notes(s.lstv.notes)}</td><td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
+             f"<td>{links.qc(s)}</td></tr>\n" for s in candidates if s.lstv), numeric=[2])
     else:
-        yield '<p class="empty">No LSTV candidates among the assessed studies.</p>\n'
-    unassessed = report.with_lstv(NOT_ASSESSED)
-    if unassessed:
-        yield (f"<h3>Not assessed: labels not anatomical ({len(unassessed)})</h3>\n<p class=\"note\">The segmenter "
-               "numbered vertebrae top to bottom without the labeling model; these studies are neither candidates "
-               "nor negatives.</p>\n")
-        yield from _table(["study", "segmenter", "notes", "QC"], (
-            f"<tr><td>{_e(s.study_id)}</td><td>{_e(s.segmenter)}</td><td>{_notes(s.lstv.notes)}</td>"
-            f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in unassessed if s.lstv))
+        yield '<p class="empty">No LSTV candidates among the done studies.</p>\n'
+    unassessable = report.with_lstv(NOT_ASSESSABLE)
+    if unassessable:
+        yield (f"<h3>Not assessable ({len(unassessable)})</h3>\n<p class=\"note\">The lumbar count cannot be made "
+               "from what is in view or from these labels: neither candidates nor negatives.</p>\n")
+        yield from _table(["study", "pattern", "why", "caveats", "notes", "vertebrae", "QC"], (
+            f"<tr><td>{_e(s.study_id)}</td><td>{_e(s.lstv.pattern)}</td><td>{_e(s.lstv.count_reason)}</td>"
+            f"<td>{_notes(s.lstv.caveats + s.problems)}</td><td>{_notes(s.lstv.notes)}</td>"
+            f"<td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
+            f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in unassessable if s.lstv))
     unknown = report.with_lstv(UNKNOWN)
     if unknown:
         yield f"<h3>Findings unknown ({len(unknown)})</h3>\n"
@@ -253,13 +258,18 @@ def _lstv(report: Report, links: Links) -> Iterator[str]:
             for s in unknown))
     caveats = report.caveats()
     if caveats:
-        yield (f"<h3>No candidate, with caveats ({len(caveats)})</h3>\n<p class=\"note\">Assessed without a "
-               "candidate, but the labels leave room for doubt.</p>\n")
-        yield from _table(["study", "lumbar count", "notes", "vertebrae", "QC"], (
-            f"<tr><td>{_e(s.study_id)}</td><td class=\"num\">{_e(s.lstv.lumbar_count)}</td>"
-            f"<td>{_notes(s.lstv.notes)}</td><td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
+        yield (f"<h3>No candidate, with caveats ({len(caveats)})</h3>\n<p class=\"note\">Counted without a "
+               "candidate, but a caveat says how to read the result.</p>\n")
+        yield from _table(["study", "lumbar count", "caveats", "notes", "vertebrae", "QC"], (
+            f"<tr><td>{_e(s.study_id)}</td><td class=\"num\">{_count(s.lstv)}</td>"
+            f"<td>{_notes(s.lstv.caveats)}</td><td>{_notes(s.lstv.notes)}</td>"
+            f"<td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
             f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in caveats if s.lstv), numeric=[1])
     yield "</section>\n"
+
+
+def _count(lstv: LstvView) -> str:
+    return _e(lstv.lumbar_count) if lstv.count_assessable else '<span class="unk">not assessable</span>'
 
 
 def _error_groups(report: Report, links: Links, anchor: str, title: str, groups: list[ErrorGroup],

@@ -5,9 +5,11 @@ history) and each done study's metadata and vertebra labels, one file at a time;
 `study_entry` and `build_report` turn those into a `Report`; `report_json` is its `--json` form.
 The page and the table are drawn from a `Report` by `html_page` and `csv_rows`.
 
-LSTV findings are candidates for review, never diagnoses. A study whose labels are
-not anatomical is "not assessed", never "no candidate"; label 126 (the disc above
-the topmost vertebra) is never read as an S1-S2 disc or as sacralization.
+LSTV findings are candidates for review, never diagnoses. A study whose lumbar count
+is not assessable (a junction out of view, labels not anatomical, irregular labels) is
+"not assessable", never "no candidate"; label 126 (the disc above the topmost vertebra)
+is never read as an S1-S2 disc or as sacralization. "With caveats" holds only studies
+whose findings carry a caveat (lstv.py: caveats apart from informational notes).
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from .status_text import worker_of
 # The names of one study's outputs (nifti, vert_mask, ..., metadata), in the pipeline's order.
 OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
 
-# LSTV status words: "no candidate" is the only one that means "assessed and nothing found".
-CANDIDATE, NO_CANDIDATE, NOT_ASSESSED, UNKNOWN = "candidate", "no candidate", "not assessed", "unknown"
+# LSTV status words: "no candidate" is the only one that means "counted and nothing found".
+CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN = "candidate", "no candidate", "not assessable", "unknown"
 
 
 @dataclass
@@ -46,11 +48,16 @@ class StudyFiles:
 class LstvView:
     """One study's LSTV findings as the report shows them; None means unknown, never False."""
 
-    status: str                       # candidate | no candidate | not assessed | unknown
-    lumbar_count: int | None = None
+    status: str                       # candidate | no candidate | not assessable | unknown
+    pattern: str | None = None        # lstv.PATTERNS
+    count_assessable: bool | None = None
+    count_reason: str | None = None
+    lumbar_count: int | None = None   # only when the count is assessable
     l6_present: bool | None = None
     t13_present: bool | None = None
-    candidates: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)          # "pattern: evidence"
+    candidate_patterns: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -110,17 +117,17 @@ class Report:
     slurm_jobs: list[dict[str, Any]] = field(default_factory=list)
 
     def lstv_counts(self) -> dict[str, int]:
-        counts = {CANDIDATE: 0, NO_CANDIDATE: 0, NOT_ASSESSED: 0, UNKNOWN: 0}
+        counts = {CANDIDATE: 0, NO_CANDIDATE: 0, NOT_ASSESSABLE: 0, UNKNOWN: 0}
         for s in self.studies:
             if s.lstv is not None:
                 counts[s.lstv.status] += 1
         return counts
 
     def candidate_kinds(self) -> dict[str, int]:
-        """How many studies carry each kind of candidate (a study may carry several)."""
+        """How many studies carry each candidate pattern (a study may carry several)."""
         kinds: dict[str, int] = {}
         for s in self.with_lstv(CANDIDATE):
-            for c in s.lstv.candidates if s.lstv else []:
+            for c in dict.fromkeys(s.lstv.candidate_patterns if s.lstv else []):
                 kinds[c] = kinds.get(c, 0) + 1
         return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -128,8 +135,8 @@ class Report:
         return [s for s in self.studies if s.lstv is not None and s.lstv.status == status]
 
     def caveats(self) -> list[StudyEntry]:
-        """Assessed without a candidate, but with something that limits the finding (e.g. no sacrum)."""
-        return [s for s in self.with_lstv(NO_CANDIDATE) if s.lstv and s.lstv.notes]
+        """Counted without a candidate, but with a caveat on how to read it (a label in pieces, say)."""
+        return [s for s in self.with_lstv(NO_CANDIDATE) if s.lstv and s.lstv.caveats]
 
 
 # -- reading (the I/O edge) -----------------------------------------------------------------------
@@ -210,24 +217,56 @@ def collect_report(config: Any, ledger: Any, *, now: float | None = None,
 # -- building (pure) --------------------------------------------------------------------------------
 
 def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> LstvView:
-    """The report's view of a metadata `lstv` block: unassessed or unknown findings are never negatives."""
-    if labels_anatomical is False or (lstv is not None and lstv.get("assessed") is False):
-        notes = [n for n in (lstv or {}).get("notes", []) if isinstance(n, str)]
-        if not any(n.startswith("not assessed") for n in notes):
-            notes.insert(0, "not assessed: labels not anatomical")
-        return LstvView(NOT_ASSESSED, notes=notes)
+    """The report's view of a metadata `lstv` object: not assessable or unknown findings are never negatives.
+
+    Every field is type-checked: an odd or older metadata file gives "unknown", never a crash or a negative.
+    """
+    from ..lstv import PATTERNS
+
     if lstv is None:
+        if labels_anatomical is False:
+            reason = "labels not anatomical: no labeling model, vertebrae are only numbered top to bottom"
+            return LstvView(NOT_ASSESSABLE, pattern="not_assessable", count_assessable=False, count_reason=reason,
+                            caveats=[f"lumbar count not assessable: {reason}"])
         return LstvView(UNKNOWN, notes=["no LSTV findings recorded"])
-    candidates = [str(c) for c in lstv.get("candidates") or []]
-    count = lstv.get("lumbar_count")
+    pattern, assessable = lstv.get("pattern"), lstv.get("count_assessable")
+    if pattern not in PATTERNS or not isinstance(assessable, bool):
+        return LstvView(UNKNOWN, notes=["LSTV findings without a pattern and count_assessable (an older batchseg, "
+                                        "without field-of-view checks): run the study again"])
+    candidates, kinds = [], []
+    for c in lstv.get("candidates") if isinstance(lstv.get("candidates"), list) else []:
+        if isinstance(c, dict) and isinstance(c.get("pattern"), str):
+            kinds.append(c["pattern"])
+            candidates.append(f"{c['pattern']}: {c.get('evidence')}" if isinstance(c.get("evidence"), str)
+                              else c["pattern"])
+    count, reason, caveats = lstv.get("lumbar_count"), lstv.get("count_reason"), _texts(lstv.get("caveats"))
+    if assessable and labels_anatomical is False:
+        # The segmenter says its labels are only an order: no count made from them stands.
+        assessable, pattern, candidates, kinds = False, "not_assessable", [], []
+        reason = "labels not anatomical: no labeling model, vertebrae are only numbered top to bottom"
+        caveats = [f"lumbar count not assessable: {reason}", *caveats]
+    known = labels_anatomical is not False
     return LstvView(
-        CANDIDATE if candidates else NO_CANDIDATE,
-        lumbar_count=count if isinstance(count, int) else None,
-        l6_present=bool(lstv.get("l6_present")),
-        t13_present=bool(lstv.get("t13_present")),
+        CANDIDATE if candidates else (NO_CANDIDATE if assessable else NOT_ASSESSABLE),
+        pattern=pattern,
+        count_assessable=assessable,
+        count_reason=reason if isinstance(reason, str) and not assessable else None,
+        lumbar_count=count if assessable and isinstance(count, int) and not isinstance(count, bool) else None,
+        l6_present=_flag(lstv.get("l6_present")) if known else None,
+        t13_present=_flag(lstv.get("t13_present")) if known else None,
         candidates=candidates,
-        notes=[str(n) for n in lstv.get("notes") or []],
+        candidate_patterns=kinds,
+        caveats=caveats,
+        notes=_texts(lstv.get("notes")),
     )
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _texts(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
@@ -356,5 +395,6 @@ def report_json(report: Report) -> dict[str, Any]:
     data["lstv_counts"] = report.lstv_counts()
     data["lstv_candidate_kinds"] = report.candidate_kinds()
     data["lstv_candidates"] = [s.study_id for s in report.with_lstv(CANDIDATE)]
-    data["lstv_not_assessed"] = [s.study_id for s in report.with_lstv(NOT_ASSESSED)]
+    data["lstv_not_assessable"] = [s.study_id for s in report.with_lstv(NOT_ASSESSABLE)]
+    data["lstv_with_caveats"] = [s.study_id for s in report.caveats()]
     return data

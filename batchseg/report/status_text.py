@@ -88,7 +88,8 @@ def job_is_active(job: dict[str, Any]) -> bool:
     return not states or any(state not in ENDED_STATES for state in states)
 
 
-def format_study(study: dict[str, Any], events: list[dict[str, Any]]) -> str:
+def format_study(study: dict[str, Any], events: list[dict[str, Any]], lstv: dict[str, Any] | None = None) -> str:
+    """One study for people: its ledger row, its LSTV findings (done studies), its history."""
     keys = ("study_id", "state", "attempts", "series_id", "selection_reason", "input_path", "error_class",
             "error_message", "log_path")
     out = [f"{k}: {study.get(k)}" for k in keys if study.get(k) not in (None, "")]
@@ -96,10 +97,31 @@ def format_study(study: dict[str, Any], events: list[dict[str, Any]]) -> str:
         out.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in study["timings"].items()))
     if study.get("outputs"):
         out += ["outputs:"] + [f"  {k}: {v}" for k, v in study["outputs"].items()]
+    if study.get("state") == "done":
+        out += ["", *format_lstv(lstv)]
     rows = [[_clock(e["at"]), e["event"], f"{e['from_state'] or '-'} -> {e['to_state']}",
              worker_of(e), e.get("error_class") or "", e.get("message") or ""] for e in events]
     out += ["", "history:", table(rows, ["when", "event", "transition", "worker", "error", "message"])]
     return "\n".join(out)
+
+
+def format_lstv(lstv: dict[str, Any] | None) -> list[str]:
+    """The metadata's `lstv` object as lines: pattern and count first, then what qualifies them."""
+    if not isinstance(lstv, dict):
+        return ["lstv: unknown (metadata missing or unreadable)"]
+    out = ["lstv:"]
+    for key in ("pattern", "count_assessable", "lumbar_count", "count_reason"):
+        if key in lstv:
+            out.append(f"  {key}: {lstv[key]}")
+    for key in ("candidates", "caveats", "notes"):
+        items = lstv.get(key) if isinstance(lstv.get(key), list) else []
+        if items:
+            out.append(f"  {key}:")
+            out += [f"    - {c.get('pattern')}: {c.get('evidence')}" if isinstance(c, dict) else f"    - {c}"
+                    for c in items]
+    if isinstance(lstv.get("sequence"), list):
+        out.append("  sequence: " + " | ".join(str(n) for n in lstv["sequence"]))
+    return out
 
 
 def _shorten(text: str, width: int) -> str:

@@ -14,9 +14,10 @@ from typing import Any, Protocol
 class SegmentResult:
     """Files a segmenter wrote for one study, inside the folder it was given."""
 
-    vert_mask: Path                   # instance mask, SPINEPS labels (CONTEXT.md §3)
+    vert_mask: Path                   # instance mask, SPINEPS labels (labels.py)
     spine_mask: Path | None = None    # semantic / subregion mask
     ctd_json: Path | None = None      # the segmenter's own centroid file, as written
+    snapshot: Path | None = None      # the segmenter's own QC picture (SPINEPS's snapshot), when it made one
     labels_anatomical: bool = True    # False when labels are only a top-to-bottom order
     info: dict[str, Any] = field(default_factory=dict)  # versions, models, device
     timings: dict[str, float] = field(default_factory=dict)  # seconds per inner stage

@@ -2,13 +2,19 @@
 
 It reads the phantom's intensity code instead of anatomy: voxels within
 TIER_HALF_WIDTH of a tier's code value belong to that tier (thoracic body,
-lumbar body, sacrum, disc); 6-connected components of one tier are the
-structures; they are ordered superior -> inferior by world z and named by
-counting from T10, the phantom's fixed top (T10, T11, T12, then T13 for a 4th
-thoracic body; L1-L5, then L6 for a 6th lumbar body). A disc takes the label
-100+X of the vertebra just above it, or 126 when no vertebra is above it, as
-SPINEPS does. On real MRI this is meaningless; it exists so the whole batch
-machinery can be tested end to end against known answers without a GPU.
+lumbar body, sacrum, disc, "repeat_label" body); 6-connected components of one
+tier are the structures; they are ordered superior -> inferior by world z and
+named by counting, as a labeling model that sees the junctions would:
+thoracic bodies from T10, the phantom's fixed top (T10, T11, T12, then T13 for
+a 4th); lumbar bodies from L1 below a thoracic one (L1-L5, then L6 for a 6th),
+or, with no thoracic body in view, upwards from the sacrum (the last one L5);
+a "repeat_label" body takes the label of the body above it (SPINEPS's "too many
+T12"). A disc takes the label 100+X of the vertebra just above it (two discs
+under one vertebra are merged into one label, as SPINEPS merges a disc inside
+the sacrum into 124), or, with no vertebra above it, 126 when the sacrum is in
+view and the top vertebra's label - 1 + 100 when not, as SPINEPS does. On real
+MRI this is meaningless; it exists so the whole batch machinery can be tested
+end to end against known answers without a GPU.
 """
 from __future__ import annotations
 
@@ -20,13 +26,14 @@ import nibabel as nib
 import numpy as np
 
 from .. import labels
+from ..components import label_components
 from ..errors import StudyError
 from ..files import write_json
 from ..synth import INTENSITY_T2, TIER_HALF_WIDTH
 from .protocol import SegmentResult
 
-THORACIC, LUMBAR, SACRUM, DISC = 1, 2, 3, 4
-_TIERS = ((THORACIC, "thoracic"), (LUMBAR, "lumbar"), (SACRUM, "sacrum"), (DISC, "disc"))
+THORACIC, LUMBAR, SACRUM, DISC, REPEAT = 1, 2, 3, 4, 5
+_TIERS = ((THORACIC, "thoracic"), (LUMBAR, "lumbar"), (SACRUM, "sacrum"), (DISC, "disc"), (REPEAT, "repeat_label"))
 # Counting from the phantom's fixed top (T10); the transitional vertebra comes last in its tier.
 THORACIC_LABELS = (*(labels.LABELS[n] for n in ("T10", "T11", "T12")), labels.T13)
 LUMBAR_LABELS = (*range(labels.L1, labels.L5 + 1), labels.L6)
@@ -90,7 +97,7 @@ def segment_volume(data: np.ndarray, affine: np.ndarray, *, study_id: str = "",
     for tier, name in _TIERS:
         tiers[np.abs(data - INTENSITY_T2[name]) <= TIER_HALF_WIDTH] = tier
 
-    comp, n = label_components(tiers)
+    comp, n = label_components(tiers, connectivity=6)
     if n == 0:
         raise StudyError("segment.empty", f"{who}no voxel matches the phantom intensity code")
     flat = comp.reshape(-1)
@@ -110,31 +117,43 @@ def segment_volume(data: np.ndarray, affine: np.ndarray, *, study_id: str = "",
         raise StudyError("segment.empty", f"{who}only components smaller than {min_volume_mm3} mm3 found")
     # Superior first: RAS z grows upwards.
     keep.sort(key=lambda c: -z_world[c])
-    thoracic = [c for c in keep if tier_of[c] == THORACIC]
-    lumbar = [c for c in keep if tier_of[c] == LUMBAR]
+    bodies = [c for c in keep if tier_of[c] in (THORACIC, LUMBAR, REPEAT)]
+    thoracic = [c for c in bodies if tier_of[c] == THORACIC]
+    lumbar = [c for c in bodies if tier_of[c] == LUMBAR]
     sacrum = [c for c in keep if tier_of[c] == SACRUM]
     discs = [c for c in keep if tier_of[c] == DISC]
     if len(thoracic) > len(THORACIC_LABELS) or len(lumbar) > len(LUMBAR_LABELS):
         raise StudyError("segment.error", f"{who}{len(thoracic)} thoracic and {len(lumbar)} lumbar bodies: "
                                           "more than the phantom convention (T10-T13, L1-L6) allows")
-    order = thoracic + lumbar + sacrum
-    if sorted(order, key=lambda c: -z_world[c]) != order:
+    rank = {THORACIC: 0, REPEAT: 0, LUMBAR: 1, SACRUM: 2}
+    tiers_down = [rank[int(tier_of[c])] for c in bodies + sacrum]
+    if tiers_down != sorted(tiers_down) or sorted(bodies + sacrum, key=lambda c: -z_world[c]) != bodies + sacrum:
         raise StudyError("segment.error", f"{who}vertebral tiers are out of order along the spine")
 
+    if thoracic or not sacrum or len(lumbar) == len(LUMBAR_LABELS):
+        lumbar_labels = LUMBAR_LABELS[:len(lumbar)]
+    else:
+        # Only the lumbosacral junction in view: the last lumbar body above the sacrum is L5.
+        lumbar_labels = LUMBAR_LABELS[len(LUMBAR_LABELS) - 1 - len(lumbar):len(LUMBAR_LABELS) - 1]
+    next_thoracic, next_lumbar = iter(THORACIC_LABELS), iter(lumbar_labels)
     label_of = np.zeros(n + 1, dtype=np.uint8)
-    for c, v in zip(thoracic, THORACIC_LABELS):
-        label_of[c] = v
-    for c, v in zip(lumbar, LUMBAR_LABELS):
-        label_of[c] = v
+    for i, c in enumerate(bodies):
+        if tier_of[c] == REPEAT:
+            if i == 0:
+                raise StudyError("segment.error", f"{who}a repeat-label body with no body above it")
+            label_of[c] = label_of[bodies[i - 1]]
+        else:
+            label_of[c] = next(next_thoracic if tier_of[c] == THORACIC else next_lumbar)
     for c in sacrum:   # one sacrum, however many pieces the threshold left
         label_of[c] = labels.SACRUM
-    bodies = thoracic + lumbar
     for c in discs:
         above = [b for b in bodies if z_world[b] > z_world[c]]
-        label_of[c] = labels.DISC_OFFSET + label_of[above[-1]] if above else labels.DISC_ABOVE_TOP
-    used = label_of[discs]
-    if len(set(used.tolist())) != len(discs):
-        raise StudyError("segment.error", f"{who}two discs between the same pair of vertebrae")
+        if above:
+            label_of[c] = labels.DISC_OFFSET + label_of[above[-1]]
+        elif sacrum:
+            label_of[c] = labels.DISC_ABOVE_TOP
+        else:
+            label_of[c] = labels.DISC_OFFSET + label_of[bodies[0]] - 1 if bodies else labels.DISC_ABOVE_TOP
 
     vert = label_of[comp]
     sem_of = np.zeros(n + 1, dtype=np.uint8)
@@ -150,54 +169,6 @@ def segment_volume(data: np.ndarray, affine: np.ndarray, *, study_id: str = "",
         w = counts[cs].astype(float)
         cents[v] = tuple(float(x) for x in (centroid[cs] * w[:, None]).sum(0) / w.sum())
     return vert, spine, cents
-
-
-def label_components(classes: np.ndarray) -> tuple[np.ndarray, int]:
-    """6-connected components of voxels sharing one nonzero class value.
-
-    Returns (int32 array with 0 for background and 1..n per component, n).
-    Union-find in numpy: every pair of equal face neighbours is an edge; each
-    round hooks the larger root of every unresolved edge onto the smaller one,
-    then compresses paths fully. Parents only ever decrease, so no cycle can
-    form, and each round at least merges every root that has a smaller
-    neighbour, so a handful of rounds suffices on compact shapes.
-    """
-    classes = np.ascontiguousarray(classes)
-    flat = classes.reshape(-1)
-    fg = np.flatnonzero(flat)
-    out = np.zeros(classes.shape, dtype=np.int32)
-    if fg.size == 0:
-        return out, 0
-    a_parts, b_parts = [], []
-    for axis in range(classes.ndim):
-        lo = [slice(None)] * classes.ndim
-        hi = [slice(None)] * classes.ndim
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        left, right = classes[tuple(lo)], classes[tuple(hi)]
-        same = (left == right) & (left != 0)
-        f = np.ravel_multi_index(np.nonzero(same), classes.shape)
-        stride = int(np.prod(classes.shape[axis + 1:], dtype=np.int64))
-        a_parts.append(np.searchsorted(fg, f))
-        b_parts.append(np.searchsorted(fg, f + stride))
-    a = np.concatenate(a_parts)
-    b = np.concatenate(b_parts)
-    parent = np.arange(fg.size)
-    while a.size:
-        ra, rb = parent[a], parent[b]
-        open_ = ra != rb
-        if not open_.any():
-            break
-        a, b, ra, rb = a[open_], b[open_], ra[open_], rb[open_]
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
-        while True:
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                break
-            parent = nxt
-    roots, inverse = np.unique(parent, return_inverse=True)
-    flat_out = out.reshape(-1)
-    flat_out[fg] = inverse.astype(np.int32) + 1
-    return out, int(roots.size)
 
 
 def ctd_json(centroids: dict[int, tuple], affine: np.ndarray, shape: tuple[int, ...]) -> list:

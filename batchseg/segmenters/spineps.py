@@ -263,10 +263,12 @@ class SpinepsSegmenter:
         for key, path in outputs.items():
             if path is None or not path.is_file():
                 raise StudyError("segment.error", f"study {study_id}: SPINEPS reported success but wrote no {key} file")
+        snapshot = Path(paths["out_snap"]) if paths.get("out_snap") else None
         return SegmentResult(
             vert_mask=outputs["out_vert"],
             spine_mask=outputs["out_spine"],
             ctd_json=outputs["out_ctd"],
+            snapshot=snapshot if snapshot is not None and snapshot.is_file() else None,
             labels_anatomical=pipeline.model_labeling is not None,
             info={**self._study_info(), **self._gpu_peak()},
             timings=timings,
