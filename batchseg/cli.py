@@ -667,7 +667,7 @@ def models_check(models_dir: Path | None, project: str | None) -> None:
 
 def _echo_gpu_memory(config: Config) -> None:
     from .ledger import Ledger
-    from .models import gpu_memory_seen
+    from .report.model import gpu_memory_seen
 
     ledger = Ledger.for_config(config)
     try:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import SetupError
 
@@ -205,32 +205,6 @@ def check_for_config(config: "Config") -> ModelCheck:
                         labeling=options.get("labeling", "t2w_labeling"))
 
 
-@dataclass(frozen=True)
-class GpuMemorySeen:
-    """The most GPU memory one worker's SPINEPS pipeline held for a study, on one kind of GPU."""
-
-    gpu: str
-    peak_mb: float          # torch's reserved memory at its peak; the CUDA context comes on top
-    studies: int            # how many done studies this is the maximum of
-
-
-def gpu_memory_seen(config: "Config", ledger: Any, last: int = 200) -> list[GpuMemorySeen]:
-    """What the project's last `last` done studies recorded (segmenter gpu_peak_memory_mb), per GPU name.
-
-    Empty when no study of this project ran SPINEPS on a GPU: the memory is then not known.
-    """
-    from .report.model import read_study_files
-
-    done = [row["study_id"] for row in ledger.studies("done")][-last:]
-    peaks: dict[str, list[float]] = {}
-    for study_id in done:
-        segmenter = read_study_files(config.out_dir, study_id).segmenter
-        peak = segmenter.get("gpu_peak_memory_mb")
-        if isinstance(peak, (int, float)) and not isinstance(peak, bool):
-            peaks.setdefault(str(segmenter.get("gpu_name") or "unknown GPU"), []).append(float(peak))
-    return [GpuMemorySeen(gpu, max(values), len(values)) for gpu, values in sorted(peaks.items())]
-
-
 def download_models(to: Path, model_ids: list[str] | None = None) -> list[Path]:
     """Fetch the released weights into `to` with SPINEPS's own downloader; return the model folders.
 
@@ -250,5 +224,5 @@ def download_models(to: Path, model_ids: list[str] | None = None) -> list[Path]:
     return folders
 
 
-__all__ = ["GpuMemorySeen", "gpu_memory_seen", "MODEL_RELEASES", "check_for_config", "ModelRelease", "ModelCheck", "SpinepsMissing", "check_models", "download_models",
+__all__ = ["MODEL_RELEASES", "check_for_config", "ModelRelease", "ModelCheck", "SpinepsMissing", "check_models", "download_models",
            "default_models_dir", "import_spineps", "resolve_model", "disabled", "ENV_MODELS", "INSTALL_HINT"]

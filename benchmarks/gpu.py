@@ -287,7 +287,7 @@ def _batchseg(*args: str) -> subprocess.CompletedProcess[str]:
 def _read_run(project: Path) -> dict[str, Any]:
     from batchseg.config import load_config
     from batchseg.ledger import Ledger
-    from batchseg.models import gpu_memory_seen
+    from batchseg.report.model import gpu_memory_seen
 
     config = load_config(project)
     ledger = Ledger.for_config(config)

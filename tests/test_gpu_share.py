@@ -42,14 +42,14 @@ def test_submit_advice_from_the_projects_own_timings(tmp_path: Path) -> None:
     slurm = effective_slurm(config, {"gres": "gpu:2", "cpus_per_task": 4, "workers_per_task": 2})
     ledger = Ledger.for_config(config)
     try:
-        assert gpu_advice(config, effective_slurm(config, {"gres": ""}), ledger) == []
-        before = gpu_advice(config, slurm, ledger)
+        assert gpu_advice(effective_slurm(config, {"gres": ""}), ledger) == []
+        before = gpu_advice(slurm, ledger)
         assert before[0] == "each task: 2 worker(s) over 2 GPU(s), 2 CPU thread(s) per worker"
         assert "leaves it idle" in before[1]
         for total in (38.0, 40.0, 42.0):       # what the SPINEPS segmenter records (segment.net_*)
             _finish(ledger, {"total": total, "segment.net_semantic": 7.0, "segment.net_instance": 2.0,
                              "segment.net_labeling": 1.0})
-        after = gpu_advice(config, slurm, ledger)
+        after = gpu_advice(slurm, ledger)
     finally:
         ledger.close()
     assert "median of 3): 30.0 s CPU work and 10.0 s in the networks" in after[1]

@@ -398,3 +398,29 @@ def report_json(report: Report) -> dict[str, Any]:
     data["lstv_not_assessable"] = [s.study_id for s in report.with_lstv(NOT_ASSESSABLE)]
     data["lstv_with_caveats"] = [s.study_id for s in report.caveats()]
     return data
+
+
+# -- GPU memory (`models check`) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GpuMemorySeen:
+    """The most GPU memory one worker's SPINEPS pipeline held for a study, on one kind of GPU."""
+
+    gpu: str
+    peak_mb: float          # torch's reserved memory at its peak; the CUDA context comes on top
+    studies: int            # how many done studies this is the maximum of
+
+
+def gpu_memory_seen(config: Any, ledger: Any, last: int = 200) -> list[GpuMemorySeen]:
+    """What the project's last `last` done studies recorded (segmenter gpu_peak_memory_mb), per GPU name.
+
+    Empty when no study of this project ran SPINEPS on a GPU: the memory is then not known.
+    """
+    done = [row["study_id"] for row in ledger.studies("done")][-last:]
+    peaks: dict[str, list[float]] = {}
+    for study_id in done:
+        segmenter = read_study_files(config.out_dir, study_id).segmenter
+        peak = segmenter.get("gpu_peak_memory_mb")
+        if isinstance(peak, (int, float)) and not isinstance(peak, bool):
+            peaks.setdefault(str(segmenter.get("gpu_name") or "unknown GPU"), []).append(float(peak))
+    return [GpuMemorySeen(gpu, max(values), len(values)) for gpu, values in sorted(peaks.items())]

@@ -134,7 +134,7 @@ def submit_array(config: Config, ledger: Any, *, tasks: int | None = None, max_p
     scripts = [render_script(config, tasks=tasks, array_spec=spec, overrides=overrides, sbatch_args=sbatch_args)
                for spec in specs]
     result = SubmitResult([], specs, scripts[0] if scripts else "", dry_run, tasks, scripts,
-                          gpu_advice(config, slurm, ledger) if specs else [])
+                          gpu_advice(slurm, ledger) if specs else [])
     if dry_run or not specs:
         return result
     config.logs_dir.resolve().mkdir(parents=True, exist_ok=True)   # Slurm does not create it
@@ -155,15 +155,13 @@ def submit_array(config: Config, ledger: Any, *, tasks: int | None = None, max_p
 
 # -- workers per GPU ---------------------------------------------------------------------------
 
-def gpu_advice(config: Config, slurm: SlurmConfig, ledger: Any, last: int = 200) -> list[str]:
+def gpu_advice(slurm: SlurmConfig, ledger: Any, last: int = 200) -> list[str]:
     """How each task will use its GPUs, and how many workers per GPU this project's timings support.
 
     The timings are the project's own (its last `last` done studies that timed their networks,
     segment.net_*); the busy fraction and the suggestion are derived from them
     (placement.predict_gpu_share), never measured here.
     """
-    from ...models import gpu_memory_seen
-
     gpus = gpus_in_gres(slurm.gres)
     if gpus == 0:
         return []
@@ -189,7 +187,5 @@ def gpu_advice(config: Config, slurm: SlurmConfig, ledger: Any, last: int = 200)
     if wanted != workers:
         lines.append(f"suggest: --workers-per-task {wanted} --cpus-per-task {wanted * threads} "
                      f"({threads} CPU thread(s) per worker, as now)")
-    for seen in gpu_memory_seen(config, ledger):
-        lines.append(f"GPU memory: a worker held up to {seen.peak_mb / 1024:.1f} GiB on {seen.gpu} (plus its CUDA "
-                     f"context): {wanted} per task need about {wanted / gpus * seen.peak_mb / 1024:.1f} GiB per GPU")
+    lines.append("GPU memory: `batchseg models check` prints what one worker needed so far")
     return lines
