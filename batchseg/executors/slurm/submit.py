@@ -152,7 +152,6 @@ def submit_array(config: Config, ledger: Any, *, tasks: int | None = None, max_p
     return result
 
 
-
 # -- workers per GPU ---------------------------------------------------------------------------
 
 def gpu_advice(slurm: SlurmConfig, ledger: Any, last: int = 200) -> list[str]:
