@@ -67,7 +67,7 @@ INSTANCE_BATCH = 4                  # SPINEPS's proc_inst_batch_size default
 class NetworkTimes:
     device: str
     size: str
-    volume: tuple[int, int, int]          # semantic input at the model's resolution (P, I, R)
+    volume: tuple[int, int, int]          # semantic input at the model's resolution (nnU-Net's R, I, P)
     tiles: int
     vertebrae: int
     seconds: dict[str, float]             # per study, median over repeats
@@ -108,11 +108,14 @@ def gaussian_importance(patch: Sequence[int], device: Any, dtype: Any) -> Any:
 
 
 def semantic_volume(series: tuple[int, int, int], spacing: tuple[float, float], size: ModelSet) -> tuple[int, int, int]:
-    """(P, I, R) voxels of a sagittal series (slices x rows x cols) at the semantic model's resolution."""
+    """nnU-Net's (R, I, P) voxels of a sagittal series (slices x rows x cols) at the semantic model's resolution.
+
+    A sagittal slice's rows run down the spine (I) and its columns front to back (P).
+    """
     slices, rows, cols = series
     inplane, step = spacing
-    zoom = size.semantic_zoom
-    return (round(cols * inplane / zoom[0]), round(rows * inplane / zoom[1]), round(slices * step / zoom[2]))
+    zoom_p, zoom_i, zoom_r = size.semantic_zoom
+    return (round(slices * step / zoom_r), round(rows * inplane / zoom_i), round(cols * inplane / zoom_p))
 
 
 def _timer(device: Any):
@@ -449,7 +452,7 @@ def print_pipeline(result: dict[str, Any], runs: Sequence[PipelineRun]) -> None:
 
 def print_networks(times: NetworkTimes) -> None:
     print(f"\n## networks alone (measured): models '{times.size}' on {times.device}")
-    print(f"semantic input {times.volume[0]}x{times.volume[1]}x{times.volume[2]} (P, I, R) -> {times.tiles} "
+    print(f"semantic input {times.volume[0]}x{times.volume[1]}x{times.volume[2]} (R, I, P) -> {times.tiles} "
           f"tiles; {times.vertebrae} vertebrae")
     print("| network | seconds per study |")
     print("|---|---|")

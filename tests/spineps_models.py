@@ -20,8 +20,8 @@ and size, for benchmarks/gpu.py: compute cost depends on the architecture, not o
 values, so designed weights of real size give real timings and still real structures downstream:
 
 * semantic: nnU-Net v2 3d_fullres PlainConvUNet as nnU-Net's planner makes it for a patch of
-  192 x 224 x 32 at 0.86 x 0.86 x 3.3 mm (P, I, R): 6 stages, 32 to 320 features, in-plane-only
-  pooling and 3x3x1 kernels until the spacing is isotropic enough, 17 outputs (background and the
+  32 x 224 x 192 voxels at 3.3 x 0.86 x 0.86 mm (nnU-Net's axes R, I, P): 6 stages, 32 to 320
+  features, in-plane-only pooling and 1x3x3 kernels until the spacing is isotropic enough, 17 outputs (background and the
   16 labels of CONTEXT.md section 3). AN ASSUMPTION: the released plans (T2w_semantic_v1.0.9) are
   not available offline. Two departures keep the designed rule absolute: the instance norms use
   stored statistics (`track_running_stats`; same class, parameters and per-voxel cost, but no
@@ -81,12 +81,14 @@ class ModelSet:
 
     name: str
     semantic_features: tuple[int, ...]
+    # nnU-Net's axes are (R, I, P): TPTBox hands it the (P, I, R) image transposed, with the
+    # spacing reversed; kernels, strides and patch are in that order, zooms in SPINEPS's (P, I, R)
     semantic_kernels: tuple[tuple[int, int, int], ...]
     semantic_strides: tuple[tuple[int, int, int], ...]
     semantic_convs: int                       # convolutions per stage, encoder and decoder
     semantic_norm: bool                       # instance norms (with stored statistics) or none
-    semantic_patch: tuple[int, int, int]      # (P, I, R)
-    semantic_zoom: tuple[float, float, float]
+    semantic_patch: tuple[int, int, int]      # (R, I, P), nnU-Net's order
+    semantic_zoom: tuple[float, float, float]  # (P, I, R) mm, SPINEPS's order
     semantic_labels: tuple[str, ...]          # output labels after background
     semantic_normalization: str               # nnU-Net scheme: ZScoreNormalization | CTNormalization
     # rule, in the net's input units: body from the first threshold on, disc from the second
@@ -129,7 +131,7 @@ SMALL = ModelSet(
     semantic_strides=((1, 1, 1), (2, 2, 2)), semantic_convs=1,
     # no normalisation layer: an instance norm would re-scale every sliding-window tile on its
     # own and the intensity threshold would move from tile to tile
-    semantic_norm=False, semantic_patch=(128, 128, 16), semantic_zoom=tuple(SEMANTIC_ZOOM),
+    semantic_norm=False, semantic_patch=(16, 128, 128), semantic_zoom=tuple(SEMANTIC_ZOOM),
     semantic_labels=("Vertebra_Corpus_border", "Vertebra_Disc"), semantic_normalization="ZScoreNormalization",
     semantic_thresholds=(1.0, 3.0),
     instance_dim=8, instance_cutout=tuple(INSTANCE_CUTOUT), instance_zoom=tuple(INSTANCE_ZOOM),
@@ -138,9 +140,9 @@ SMALL = ModelSet(
 
 REAL = ModelSet(
     name="real", semantic_features=(32, 64, 128, 256, 320, 320),
-    semantic_kernels=((3, 3, 1), (3, 3, 1), (3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
-    semantic_strides=((1, 1, 1), (2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)), semantic_convs=2,
-    semantic_norm=True, semantic_patch=(192, 224, 32), semantic_zoom=(0.8571, 0.8571, 3.3),
+    semantic_kernels=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
+    semantic_strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)), semantic_convs=2,
+    semantic_norm=True, semantic_patch=(32, 224, 192), semantic_zoom=(0.8571, 0.8571, 3.3),
     semantic_labels=REAL_SEMANTIC_LABELS, semantic_normalization="CTNormalization",
     semantic_thresholds=(4.5, 12.4),          # x 100 = intensity after SPINEPS's [0, 1500] rescaling
     instance_dim=8, instance_cutout=(248, 304, 64), instance_zoom=(2.0, 0.09, 3.3),
@@ -148,7 +150,7 @@ REAL = ModelSet(
 )
 # The small models with the semantic net at 3 mm: the least work that still runs every stage
 # on an RSNA-sized field of view (what benchmarks/gpu.py's CPU check uses; the tests' phantoms want SMALL).
-TINY = dataclasses.replace(SMALL, name="tiny", semantic_zoom=(3.0, 3.0, 3.0))
+TINY = dataclasses.replace(SMALL, name="tiny", semantic_zoom=(3.0, 3.0, 3.0), semantic_patch=(32, 128, 128))
 SIZES = {size.name: size for size in (TINY, SMALL, REAL)}
 # CT normalisation of REAL: z = (clip(x, 0, 1500) - 0) / 100
 _CT_SCALE = 100.0
@@ -179,9 +181,11 @@ def _inference_config(**overrides: object) -> dict:
 # --- semantic: nnU-Net v2 result folder ---------------------------------------------------
 
 def _semantic_plans(size: ModelSet) -> dict:
-    # nnU-Net axes are the image's (P, I, R) after SPINEPS reoriented it.
+    # TPTBox (SPINEPS's nnU-Net glue) transposes the (P, I, R) image to (R, I, P) for nnU-Net and
+    # reverses the spacing with it: plans.json is in that order.
     resampling = "resample_data_or_seg_to_shape"  # looked up by name in nnunetv2.preprocessing.resampling
     patch = list(size.semantic_patch)
+    spacing = list(reversed(size.semantic_zoom))   # (R, I, P), as TPTBox hands nnU-Net the image
     if size.semantic_normalization == "CTNormalization":
         # fixed statistics: z = (clip(x, 0, 1500) - 0) / 100 for every image
         intensities = {"max": 1500.0, "mean": 0.0, "median": 0.0, "min": 0.0,
@@ -192,7 +196,7 @@ def _semantic_plans(size: ModelSet) -> dict:
     return {
         "dataset_name": "Dataset999_BatchsegTest",
         "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": list(size.semantic_zoom),
+        "original_median_spacing_after_transp": spacing,
         "original_median_shape_after_transp": patch,
         "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2],
@@ -207,7 +211,7 @@ def _semantic_plans(size: ModelSet) -> dict:
                 "batch_size": 2,
                 "patch_size": patch,
                 "median_image_size_in_voxels": patch,
-                "spacing": list(size.semantic_zoom),
+                "spacing": spacing,
                 "normalization_schemes": [size.semantic_normalization],
                 "use_mask_for_norm": [False],
                 "resampling_fn_data": resampling,
