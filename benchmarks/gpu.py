@@ -31,8 +31,10 @@ memory and each still has its CPU threads. The prediction ignores two workers' n
 slowing each other down beyond that sharing, and CPU stages slowing down when workers share
 too few cores.
 
-small (both modes, small, on the CPU): the tests' small designed models (semantic net at 3 mm),
-64^2 series: a check that the benchmark runs, not a measurement of anything but the arithmetic.
+small (both modes, small, on the CPU): the small designed models with the semantic net at 3 mm
+(size `tiny`), 64^2 series: a check that the benchmark runs, not a measurement of anything but
+the arithmetic. For CPU figures use `pipeline --size cpu`: the small networks at the real
+semantic model's resolution and patch, so the CPU work around the networks is the real one's.
 """
 from __future__ import annotations
 
@@ -276,6 +278,7 @@ class PipelineRun:
     cpu_seconds: float                    # median per study: everything else
     busy_fraction: float | None           # sampled, None without a GPU
     gpu_peak_memory_mb: float | None      # one worker's, from the segmenter's metadata
+    failed: dict[str, int] = field(default_factory=dict)   # error class -> studies
 
     @property
     def studies_per_hour(self) -> float:
@@ -296,6 +299,9 @@ def _read_run(project: Path) -> dict[str, Any]:
     ledger = Ledger.for_config(config)
     try:
         done = list(ledger.studies("done"))
+        failed: dict[str, int] = {}
+        for row in ledger.studies("failed"):
+            failed[row["error_class"]] = failed.get(row["error_class"], 0) + 1
         events = ledger.history()
         seen = gpu_memory_seen(config, ledger)
     finally:
@@ -319,6 +325,7 @@ def _read_run(project: Path) -> dict[str, Any]:
         "network_seconds": statistics.median(network) if network else 0.0,
         "cpu_seconds": statistics.median(cpu) if cpu else 0.0,
         "gpu_peak_memory_mb": max((item.peak_mb for item in seen), default=None),
+        "failed": failed,
     }
 
 
@@ -444,6 +451,8 @@ def print_pipeline(result: dict[str, Any], runs: Sequence[PipelineRun]) -> None:
     print("| everything else (CPU) | " + " | ".join(f"{r.cpu_seconds:.3f}" for r in runs) + " |")
     print("| CPU threads per worker | " + " | ".join(str(t) for t in result["threads_per_worker"]) + " |")
     print("| studies done | " + " | ".join(f"{r.done}/{r.studies}" for r in runs) + " |")
+    print("| studies failed | " + " | ".join(", ".join(f"{n} {c}" for c, n in sorted(r.failed.items())) or "none"
+                                             for r in runs) + " |")
     print("| studies/hour | " + " | ".join(f"{r.studies_per_hour:,.0f}" for r in runs) + " |")
     print("| GPU busy (sampled) | " + " | ".join(
         f"{r.busy_fraction:.0%}" if r.busy_fraction is not None else "n/a (no GPU)" for r in runs) + " |")

@@ -3,6 +3,7 @@ the real-size networks are the sizes they claim and the designed semantic rule h
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_the_designed_rule_holds_in_the_real_size_semantic_net() -> None:
 
 def test_the_small_setting_runs_on_the_cpu_and_prints_its_tables() -> None:
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "small"], capture_output=True,
-                         text=True, timeout=1500, env={"SPINEPS_NO_CITATION_REMINDER": "1", "PATH": "/usr/bin:/bin"})
+                         text=True, timeout=1500, env={**os.environ, "SPINEPS_NO_CITATION_REMINDER": "1"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
     for heading in ("## pipeline (measured)", "## networks alone (measured)", "## workers per GPU (derived)"):
