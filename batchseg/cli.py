@@ -8,15 +8,21 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from . import __version__
-from .config import CONFIG_NAME, PROJECT_ENV, Config, ConfigError, find_project, load_config, write_config
+from .config import (CONFIG_NAME, DB_ENV, LAYOUTS, PROJECT_ENV, Config, ConfigError, find_project, load_config,
+                     mask_passwords, url_password, write_config)
 from .errors import StudyError, one_line, printable
 from .files import write_json
+
+
+LAYOUT_CHOICES = list(LAYOUTS)
+SHOWN_REASONS = 20      # init prints the series choice of this many studies (every one stays in the ledger)
 
 
 class Context:
@@ -42,8 +48,9 @@ class Context:
 def project_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--project and --db, on every command."""
 
-    @click.option("--db", "db", metavar="URL", default=None,
-                  help="SQLAlchemy database URL of the ledger (default: the project's, else <project>/ledger.sqlite).")
+    @click.option("--db", "db", metavar="URL", default=None, envvar=DB_ENV,
+                  help="SQLAlchemy database URL of the ledger (default: the project's, else <project>/ledger.sqlite; "
+                       f"also ${DB_ENV}). Keep its password in ~/.pgpass.")
     @click.option("--project", "project", metavar="DIR", default=None, envvar=PROJECT_ENV,
                   help=f"Project folder (default: the nearest folder upwards holding {CONFIG_NAME}; "
                        f"also ${PROJECT_ENV}).")
@@ -55,8 +62,13 @@ def project_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str, code: int = 2) -> None:
-    click.echo(f"batchseg: {message}", err=True)
+    click.echo(f"batchseg: {mask_passwords(message)}", err=True)
     sys.exit(code)
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be printed: its password masked."""
+    return mask_passwords(url)
 
 
 def echo_json(data: Any) -> None:
@@ -113,26 +125,32 @@ def cli() -> None:
 
 @cli.command()
 @project_options
-@click.option("--dataset", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="RSNA 2024 layout: <split>_series_descriptions.csv and <split>_images/.")
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="The dataset: an RSNA 2024 folder, a BIDS folder, a manifest CSV or a tree of DICOM files.")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default=None,
+              help="How to read --dataset (default: the project's, else detected; the choice is printed).")
 @click.option("--studies", "studies_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Study list: .npy (int array, like valid_id.npy), .csv (study_id column) or .txt.")
 @click.option("--limit", type=click.IntRange(min=1), help="Take only the first N studies of the list.")
 @click.option("--out", default=None, help="Output folder (default: <project>/results).")
 @click.option("--segmenter", type=click.Choice(["spineps", "reference", "noop"]), default=None,
               help="spineps (the real model), reference (synthetic phantoms only) or noop (plumbing check).")
-@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Which half of the dataset.")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Which half of an RSNA dataset.")
 @click.option("--models", "models_dir", default=None, help="SPINEPS weights folder (SPINEPS_SEGMENTOR_MODELS).")
+@click.option("--link/--copy", "link", default=None,
+              help="NIfTI inputs (.nii.gz) reach results/nifti/ as a symlink instead of a copy (default: copy).")
 @click.option("--recheck-skipped", is_flag=True,
               help="Skipped studies whose series the dataset now has go back to pending.")
-def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | None, out: str | None,
-         segmenter: str | None, split: str | None, models_dir: str | None, recheck_skipped: bool) -> None:
+def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | None, limit: int | None,
+         out: str | None, segmenter: str | None, split: str | None, models_dir: str | None, link: bool | None,
+         recheck_skipped: bool) -> None:
     """Fill the ledger from the dataset (one row per study) and write batchseg.toml.
 
     Running it again adds new studies and keeps every existing state and history
     (with --recheck-skipped, skipped studies the dataset can now serve become pending).
     """
-    from .dataset import DatasetError, build_inventory, load_study_list
+    from .dataset import DatasetError, load_study_list
+    from .inventory import build, choose_layout
     from .ledger import Ledger
 
     folder = Path(ctx.project_option or os.getcwd()).resolve()
@@ -141,6 +159,7 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         config = load_config(folder) if (folder / CONFIG_NAME).exists() else Config(project_dir=folder)
     except ConfigError as exc:
         fail(str(exc))
+    saved_dataset = config.dataset_dir if (folder / CONFIG_NAME).exists() else None
     # Paths typed on the command line mean what they mean in the shell they were typed in.
     typed_paths = {"dataset": dataset, "studies_file": studies_file, "out": out, "models_dir": models_dir}
     for key, value in typed_paths.items():
@@ -149,11 +168,21 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     for key, value in (("segmenter", segmenter), ("split", split), ("db", ctx.db_option)):
         if value is not None:
             setattr(config, key, value)
+    if link is not None:
+        config.nifti_input = "link" if link else "copy"
+    live = _LiveLine()
     try:
+        chosen = choose_layout(layout, dataset.resolve(), split=config.split,
+                               saved=config.layout if saved_dataset == dataset.resolve() else None)
+        config.layout = chosen.layout
+        click.echo(f"layout {chosen.layout} ({chosen.why})")
         study_list = load_study_list(config.path(config.studies_file)) if config.studies_file else None
-        inventory = build_inventory(dataset, split=config.split, study_list=study_list, limit=limit)
+        inventory = build(config.layout, dataset, folder, split=config.split, study_list=study_list, limit=limit,
+                          progress=lambda n, total: live.show(f"DICOM tree inventory: {n}/{total} files"))
     except DatasetError as exc:
+        live.end()
         fail(f"{exc.error_class}: {exc.message}")
+    live.end()
     # The ledger opens before the config is written: a bad --db URL must not be saved.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -161,6 +190,10 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     write_config(config)
+    if url_password(config.db):
+        click.echo(f"warning: the database URL holds a password; {CONFIG_NAME} is saved readable by you only "
+                   "(mode 0600), but keep the password in ~/.pgpass instead (libpq reads it on every node) "
+                   "and drop it from the URL", err=True)
     config.logs_dir.mkdir(exist_ok=True)
     added = ledger.add_studies(inventory.rows)
     for study in ledger.requeue_skipped(inventory.rows) if recheck_skipped else []:
@@ -169,14 +202,25 @@ def init(ctx: Context, dataset: Path, studies_file: Path | None, limit: int | No
         click.echo(f"warning: {warning}", err=True)
     pending, skipped = inventory.pending, inventory.skipped
     click.echo(f"project {config.project_dir}")
-    click.echo(f"dataset {dataset.resolve()} ({inventory.csv_path.name}): {len(inventory.rows)} studies listed, "
-               f"{len(pending)} with a Sagittal T2/STIR series, {len(skipped)} skipped")
+    duplicates = f", {inventory.duplicates} duplicate row(s) read once" if inventory.duplicates else ""
+    read = "" if inventory.source == dataset.resolve() else f" ({inventory.source.name})"
+    click.echo(f"dataset {dataset.resolve()}{read}: {len(inventory.rows)} studies listed, "
+               f"{len(pending)} with {inventory.wanted}, {len(skipped)} skipped{duplicates}")
+    for note in inventory.notes:
+        click.echo(f"  {note}")
     for row in skipped:
         click.echo(f"  skipped {row.study_id}: {row.skip_class}: {row.skip_message}")
     several = [r for r in pending if r.selection_reason and not r.selection_reason.startswith("the only")]
-    for row in several:
-        click.echo(f"  study {row.study_id}: {row.selection_reason}")
-    click.echo(f"ledger {config.db_url}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
+    if inventory.layout == "rsna":
+        for row in several:
+            click.echo(f"  study {row.study_id}: {row.selection_reason}")
+    else:
+        for row in pending[:SHOWN_REASONS]:
+            click.echo(f"  study {row.study_id}: {row.selection_reason}")
+        if len(pending) > SHOWN_REASONS:
+            click.echo(f"  ... and {len(pending) - SHOWN_REASONS} more "
+                       "(`batchseg status --study ID` shows each reason)")
+    click.echo(f"ledger {shown_url(config.db_url)}: {len(added.added)} added, {len(added.existing)} already there (kept as they were)")
     click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
     ledger.close()
 
@@ -202,7 +246,8 @@ def run(ctx: Context, workers: int | None, limit: int | None, gpus: str | None) 
     """Process pending studies with N local worker processes (no Slurm needed).
 
     The workers share this machine's CPUs evenly (threads per worker for torch, numpy and ITK).
-    Exit status 0 when every study this run handled ended done, 1 when any failed.
+    Exit status 0 only when every study this run handled ended done; 1 when any did not (failed,
+    or put back to pending by a concurrent retry-failed), 128+N when signal N interrupted the run.
     """
     from .executors.local import run_local
     from .placement import PlacementError, parse_gpus
@@ -219,18 +264,39 @@ def run(ctx: Context, workers: int | None, limit: int | None, gpus: str | None) 
     live = _LiveLine()
     click.echo(f"running {workers} worker(s) on {config.project_dir} (segmenter {config.segmenter}); "
                f"logs in {config.logs_dir}")
-    result = run_local(config, workers=workers, limit=limit, gpus=gpu_list,
-                       on_tick=lambda: live.show(progress_line(ledger.summary())))
+    if ctx.db_option and url_password(ctx.db_option):
+        click.echo("warning: the password of --db does not travel to the workers: they read it from ~/.pgpass "
+                   "(or $PGPASSWORD)", err=True)
+    result = run_local(config, workers=workers, limit=limit, gpus=gpu_list, ledger=ledger,
+                       on_tick=lambda: live.show(progress_line(ledger.summary())), on_event=live.note)
     live.end()
     handled = ledger.states_of_claimed_since(result.started_at)
-    failed = [sid for sid, state in handled.items() if state == "failed"]
+    unfinished = {sid: state for sid, state in handled.items() if state != "done"}
+    states = ledger.summary()["states"]
+    left = states["pending"] + states["running"]
     click.echo(f"outputs in {config.out_dir}")
-    bad_workers = [code for code in result.returncodes if code != 0]
-    if failed:
-        click.echo(f"{len(failed)} of {len(handled)} studies failed: see `batchseg status --failed`", err=True)
-    if bad_workers:
+    bad_workers = result.failed_workers
+    if unfinished:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(Counter(unfinished.values()).items()))
+        click.echo(f"{len(unfinished)} of {len(handled)} studies this run handled did not end done ({counts}): "
+                   "see `batchseg status --failed`", err=True)
+    if bad_workers and result.interrupted is None:
         click.echo(f"{len(bad_workers)} worker(s) exited with an error; see {config.logs_dir}", err=True)
-    sys.exit(1 if failed or bad_workers else 0)
+    if result.interrupted is not None:
+        click.echo(f"interrupted by {signal_name(result.interrupted)}: {left} studies left "
+                   f"({states['pending']} pending, {states['running']} running); `batchseg run` again goes on",
+                   err=True)
+        sys.exit(128 + result.interrupted)
+    sys.exit(1 if unfinished or bad_workers else 0)
+
+
+def signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @cli.command()
@@ -243,10 +309,12 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
 
     With --workers N it starts N worker processes instead, spread over the GPUs in
     CUDA_VISIBLE_DEVICES with the CPUs split between them, passes USR1/TERM/INT on to all,
-    and exits 0 only when all of them did.
+    replaces one that dies holding a study (as `run` does), and exits 0 only when every worker
+    exited 0 or was made good that way.
     """
-    from .worker import run_worker
+    from .worker import plain_streams, run_worker
 
+    plain_streams()   # the log file gets no colour codes (SPINEPS prints them) and no passwords
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = ctx.config()
@@ -256,14 +324,17 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
         from .ledger import Ledger, WorkerInfo
 
         log = logging.getLogger("batchseg.work")
-        ledger = Ledger.for_config(config)
+        ledger = None
         try:
+            ledger = Ledger.for_config(config)
             for study in reclaim_after_requeue(ledger, WorkerInfo.from_environment()):
                 log.warning("study %s: held by an earlier run of this requeued task; marked lost", study)
         except Exception as exc:  # noqa: BLE001 - the lease still frees such studies; the task must run
+            # (an unreachable ledger included: the worker waits for it within db_retry_seconds)
             log.warning("could not look for studies of an earlier run of this task: %s", one_line(str(exc), 300))
         finally:
-            ledger.close()
+            if ledger is not None:
+                ledger.close()
         deadline_source = allocation_deadline
     if workers > 1:
         _work_group(config, workers, max_studies)
@@ -274,11 +345,16 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
         len(stats.done), len(stats.failed), len(stats.released))
     if stats.setup_error:
         sys.exit(3)
+    if stats.ledger_error:
+        fail(f"worker gives up: {stats.ledger_error}")
 
 
 def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
+    from .errors import LedgerUnreachable
     from .executors.local import group_exit_code, run_local
+    from .ledger import Ledger
     from .placement import GPU_ENV, PlacementError, parse_gpus
+    from .worker import with_retries
 
     log = logging.getLogger("batchseg.work")
     try:
@@ -287,10 +363,19 @@ def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
         fail(f"{GPU_ENV}: {exc}")
     job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     stem = f"{job}_{task}" if job and task else None
-    result = run_local(config, workers=workers, limit=max_studies, gpus=gpus, log_stem=stem,
-                       on_started=lambda run: [log.info("%s, pid %d, log %s", slot.describe(), pid, path)
-                                               for slot, pid, path in zip(run.slots, run.pids, run.logs)])
-    code = group_exit_code(result.returncodes)
+    try:   # the group marks its dead workers' studies lost: it waits for the ledger as a worker does
+        ledger = with_retries(Ledger.for_config, config, window=config.db_retry_seconds)
+    except LedgerUnreachable as exc:
+        fail(f"worker group gives up: {exc}")
+    try:
+        result = run_local(config, workers=workers, limit=max_studies, gpus=gpus, log_stem=stem, ledger=ledger,
+                           on_event=log.warning,
+                           on_started=lambda run: [log.info("%s, pid %d, log %s", slot.describe(), pid, path)
+                                                   for slot, pid, path in zip(run.slots, run.pids, run.logs)])
+    finally:
+        ledger.close()
+    # A worker that died holding a study, marked lost or replaced, is made good (as in `run`).
+    code = group_exit_code(result.failed_workers)
     log.info("workers ended with exit codes %s; this task exits %d", result.returncodes, code)
     sys.exit(code)
 
@@ -313,16 +398,17 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
         if study is None:
             fail(f"no study {study_id!r} in the ledger")
         events = ledger.history(study_id)
-        lstv = None
+        lstv = levels = None
         if study["state"] == "done":
             from .report.model import read_study_files
 
             # The findings as the study's metadata holds them (None when it cannot be read).
-            lstv = read_study_files(Path(config.out_dir), study_id).lstv
+            files = read_study_files(Path(config.out_dir), study_id)
+            lstv, levels = files.lstv, files.levels
         if as_json:
-            echo_json({"study": study, "history": events, "lstv": lstv})
+            echo_json({"study": study, "history": events, "lstv": lstv, "levels": levels})
         else:
-            click.echo(format_study(study, events, lstv))
+            click.echo(format_study(study, events, lstv, levels))
         return
     jobs = _slurm_jobs(config, ledger)
     summary = ledger.summary()
@@ -382,6 +468,45 @@ def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json:
         click.echo(f"wrote {path}", err=as_json)
     if as_json:
         echo_json(report_json(built))
+
+
+@cli.command("levels")
+@project_options
+@click.option("--study", "study_id", default=None, help="Only this study (it must be done).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"studies": [{"study_id", "levels"}, ...], "summary": {...}} for scripts.')
+def levels_command(ctx: Context, study_id: str | None, as_json: bool) -> None:
+    """Check done studies' disc levels against the dataset's <split>_label_coordinates.csv, again.
+
+    Runs no model: the masks are measured again, the annotated points placed through the series' DICOM
+    headers. Rewrites only each study's metadata (its `levels`, and the level check's caveat and
+    candidate in `lstv`), atomically. Exit 1 when a study could not be checked.
+    """
+    from .annotations import read_project_annotations
+    from .relevel import recheck_studies
+    from .report.status_text import format_levels_run
+
+    config = ctx.config()
+    ledger = ctx.ledger(config)
+    if study_id is not None:
+        row = ledger.study(study_id)
+        if row is None:
+            fail(f"no study {study_id!r} in the ledger")
+        if row["state"] != "done":
+            fail(f"study {study_id} is {row['state']}: only done studies have outputs to check")
+        rows = [row]
+    else:
+        rows = list(ledger.studies("done"))
+    ledger.close()
+    table = read_project_annotations(config.dataset_dir, config.split)
+    results, summary = recheck_studies(config.out_dir, rows, table, dataset=config.dataset_dir, split=config.split)
+    if as_json:
+        echo_json({"studies": [r.to_json() for r in results], "summary": summary})
+    else:
+        for line in table.warnings() if table.usable else []:
+            click.echo(f"warning: {line}", err=True)
+        click.echo(format_levels_run([r.to_json() for r in results], summary))
+    sys.exit(1 if summary["errors"] else 0)
 
 
 @cli.command("retry-failed")
@@ -588,22 +713,27 @@ def convert(dicom_dir: Path, out: Path, as_json: bool, plane: str, series_uid: s
 @click.option("--variant", "variants", multiple=True, metavar="NAME",
               help="Phantom variant to cycle through (repeatable; default all: normal, L6, T13, four_lumbar, "
                    "top_L2, eleven_thoracic, sacral_disc, top_L1, no_sacrum, duplicate_T12).")
-def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool, variants: tuple[str, ...]) -> None:
-    """Write a synthetic RSNA-layout dataset with phantom spines and their ground truth."""
-    manifest = _synth(directory, n_studies, seed, matrix, not no_broken, variants)
-    click.echo(f"wrote {len(manifest.studies)} studies to {manifest.root}; study list {manifest.study_list}")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default="rsna", show_default=True,
+              help="Write the phantoms as an RSNA dataset, a BIDS dataset, a manifest or a PACS-style DICOM tree.")
+def synth(directory: Path, n_studies: int, seed: int, matrix: int, no_broken: bool, variants: tuple[str, ...],
+          layout: str) -> None:
+    """Write a synthetic dataset (RSNA layout by default) with phantom spines and their ground truth."""
+    made = _synth(directory, n_studies, seed, matrix, not no_broken, variants, layout)
+    click.echo(f"wrote {len(made.ids)} studies to {made.root} ({made.layout} layout); study list {made.study_list}")
+    click.echo(f"next: batchseg init --dataset {made.dataset} --studies {made.study_list} --segmenter reference")
 
 
 def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool,
-           variants: tuple[str, ...] = ()) -> Any:
-    from .synth import VARIANTS, synth_dataset
+           variants: tuple[str, ...] = (), layout: str = "rsna") -> Any:
+    from .synth import VARIANTS
+    from .synth_layouts import synth_layout
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         fail(f"unknown phantom variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     with click.progressbar(length=n_studies, label="synthesizing studies") as bar:
-        return synth_dataset(directory, n_studies, seed, matrix=matrix, broken=broken, variants=variants or None,
-                             progress=lambda done: bar.update(done - bar.pos))
+        return synth_layout(directory, layout, n_studies, seed, matrix=matrix, broken=broken,
+                            variants=variants or None, progress=lambda done: bar.update(done - bar.pos))
 
 
 @cli.command()
@@ -615,9 +745,9 @@ def _synth(directory: Path, n_studies: int, seed: int, matrix: int, broken: bool
 def demo(click_ctx: click.Context, directory: Path, n_studies: int, workers: int, matrix: int) -> None:
     """Synthetic dataset in DIR/data, a project in DIR, init, run, status: the whole flow in one command."""
     directory = directory.resolve()
-    manifest = _synth(directory / "data", n_studies, 0, matrix, True)
+    made = _synth(directory / "data", n_studies, 0, matrix, True)
     common = ["--project", str(directory)]
-    for args in (["init", "--dataset", str(manifest.root), "--studies", str(manifest.study_list),
+    for args in (["init", "--dataset", str(made.dataset), "--studies", str(made.study_list),
                   "--segmenter", "reference"],
                  ["run", "--workers", str(workers)]):
         click.echo(f"\n$ batchseg {' '.join(args[:1] + common + args[1:])}")
@@ -628,10 +758,13 @@ def demo(click_ctx: click.Context, directory: Path, n_studies: int, workers: int
                 raise
     click.echo(f"\n$ batchseg status --project {directory}")
     cli.main(args=["status", *common], standalone_mode=False)
-    broken = ", ".join(f"{s.study_id} ({s.broken})" for s in manifest.studies if s.broken)
+    from .synth import read_manifest
+
+    broken = ", ".join(f"{sid} ({info['broken']})" for sid, info in read_manifest(made.root)["studies"].items()
+                       if info["broken"])
     click.echo(f"\nbroken on purpose, so failed or skipped as they should be: {broken}")
     click.echo(f"outputs: {directory / 'results'}  (nifti/, segmentations/, centroids/, metadata/, qc/)")
-    click.echo(f"ground truth: {manifest.root / 'ground_truth'}")
+    click.echo(f"ground truth: {made.root / 'ground_truth'}")
 
 
 # -- SPINEPS weights ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,7 +22,9 @@ from .files import write_atomic
 from .segmenters.names import SEGMENTER_NAMES
 
 CONFIG_NAME = "batchseg.toml"
+LAYOUTS = ("rsna", "bids", "manifest", "dicom")
 PROJECT_ENV = "BATCHSEG_PROJECT"
+DB_ENV = "BATCHSEG_DB"            # --db from the environment: how an override reaches workers
 
 
 class ConfigError(ValueError):
@@ -56,6 +59,8 @@ class ContainerConfig:
 class Config:
     project_dir: Path
     dataset: str = ""
+    layout: str = "rsna"           # rsna | bids | manifest | dicom (README "Dataset layouts")
+    nifti_input: str = "copy"      # copy | link: how a NIfTI input reaches results/nifti/
     studies_file: str = ""
     split: str = "train"
     out: str = "results"
@@ -66,6 +71,9 @@ class Config:
     max_attempts: int = 3
     lease_seconds: int = 900
     heartbeat_seconds: int = 30
+    # How long a worker keeps trying an unreachable ledger (a database restart or failover, a long
+    # lock on a shared filesystem) before it gives up; waits grow 1, 2, 4 ... 30 s.
+    db_retry_seconds: int = 600
     workers: int = 1
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
@@ -113,6 +121,12 @@ class Config:
             raise ConfigError("lease_seconds must be at least three heartbeats long")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.db_retry_seconds < 0:
+            raise ConfigError("db_retry_seconds must be 0 or more")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+        if self.nifti_input not in ("copy", "link"):
+            raise ConfigError(f"nifti_input must be 'copy' or 'link', not {self.nifti_input!r}")
         if self.split not in ("train", "test"):
             raise ConfigError(f"split must be 'train' or 'test', not {self.split!r}")
         if self.container.runtime not in ("none", "apptainer", "singularity"):
@@ -142,7 +156,9 @@ def _check_types(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}{f.name} must be {what}, not {value!r}")
 
 
-def _from_table(cls: type, table: dict[str, Any], where: str) -> Any:
+def _from_table(cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table, not {table!r}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(table) - set(known))
     if unknown:
@@ -154,18 +170,25 @@ def load_config(project_dir: Path) -> Config:
     project_dir = Path(project_dir).resolve()
     path = project_dir / CONFIG_NAME
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"no {CONFIG_NAME} in {project_dir}; run `batchseg init` first") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    raw = dict(raw)
-    slurm = _from_table(SlurmConfig, raw.pop("slurm", {}), "slurm")
-    container = _from_table(ContainerConfig, raw.pop("container", {}), "container")
-    raw.pop("project_dir", None)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
+        raw = dict(raw)
+        slurm = _from_table(SlurmConfig, raw.pop("slurm", {}), "slurm")
+        container = _from_table(ContainerConfig, raw.pop("container", {}), "container")
+        raw.pop("project_dir", None)
         config = _from_table(Config, {"project_dir": project_dir, **raw}, "batchseg")
     except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     config.slurm, config.container = slurm, container
     config.validate()
@@ -202,8 +225,42 @@ def render_config(config: Config) -> str:
 
 
 def write_config(config: Config) -> Path:
+    """Write batchseg.toml; readable by its owner only (0600) when the database URL holds a password."""
     config.validate()
-    return write_atomic(config.project_dir / CONFIG_NAME, render_config(config))
+    private = 0o600 if url_password(config.db) else 0o666
+    return write_atomic(config.project_dir / CONFIG_NAME, render_config(config), permissions=private)
+
+
+# user:password@ in any URL (SQLAlchemy's, libpq's): what `mask_passwords` hides.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)(?P<password>[^\s@]*)(?P<at>@)")
+
+
+def url_password(url: str) -> str:
+    """The password in a database URL ('' when there is none, or the URL does not parse)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not url:
+        return ""
+    try:
+        return make_url(url).password or ""
+    except (ArgumentError, ValueError):
+        match = _URL_PASSWORD.search(url)
+        return match.group("password") if match else ""
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***: for messages, logs and tables."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***{m.group('at')}", str(text))
+
+
+def without_password(url: str) -> str:
+    """The database URL without its password (the rest as given): what may travel to workers."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    # URL.set(password=None) keeps the password (None means "unchanged"); the NamedTuple copy drops it.
+    return parsed._replace(password=None).render_as_string(hide_password=False) if parsed.password else url
 
 
 def find_project(start: Path | None = None) -> Path:

@@ -1,9 +1,11 @@
-"""The study inventory: RSNA 2024 layout, study lists and series selection.
+"""The study inventory: study ids, study lists, dataset CSVs and the RSNA 2024 layout.
 
-Layout (the Kaggle competition's; docs/architecture.md, "Domain facts"):
+RSNA layout (the Kaggle competition's; docs/architecture.md, "Domain facts"):
 `<split>_series_descriptions.csv` (study_id, series_id, series_description) and
 `<split>_images/<study>/<series>/<instance>.dcm`. The series type comes from the
-CSV only: the DICOM SeriesDescription tag is de-identified.
+CSV only: the DICOM SeriesDescription tag is de-identified. The other layouts
+(bids.py, manifest.py, dicom_tree.py) share the id rule, the CSV reader and the
+study-list rule kept here; inventory.py picks the layout.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 
@@ -19,9 +22,14 @@ from .errors import StudyError
 from .ledger import StudyRow
 
 SAGITTAL_T2 = "Sagittal T2/STIR"
-# Ids become folder names: only plain decimal numbers ever reach a path.
-ID_PATTERN = re.compile(r"^[0-9]{1,20}$")
+# Ids become file and folder names. Every id is a label of letters, digits, '.', '_' and '-' that starts
+# with a letter or digit and holds no '..': never a path separator, a parent folder, a hidden file or an
+# option. That admits BIDS ids (sub-X_ses-Y), DICOM UIDs and a manifest's names.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# RSNA's ids (and every id of the RSNA layout) are plain decimal numbers, as they always were.
+RSNA_ID_PATTERN = re.compile(r"[0-9]{1,20}")
 SERIES_COLUMNS = ("study_id", "series_id", "series_description")
+T = TypeVar("T")
 
 
 class DatasetError(StudyError):
@@ -29,7 +37,13 @@ class DatasetError(StudyError):
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
+    """May this id become a file or folder name? (fullmatch: a trailing newline is not allowed either)"""
+    return bool(ID_PATTERN.fullmatch(value)) and ".." not in value
+
+
+def is_rsna_id(value: str) -> bool:
+    """A plain decimal number, the only id the RSNA layout has."""
+    return bool(RSNA_ID_PATTERN.fullmatch(value))
 
 
 def printable_id(value: str) -> str:
@@ -46,9 +60,15 @@ class Series:
 
 @dataclass
 class Inventory:
+    """What `init` found: one row per study, and what to tell the user about the dataset."""
+
     rows: list[StudyRow]
-    csv_path: Path
+    layout: str                   # rsna | bids | manifest | dicom
+    source: Path                  # what was read: the series CSV, the manifest, the dataset folder
+    wanted: str                   # what a pending study has, for the summary ("a Sagittal T2/STIR series")
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)    # facts for the summary (header reads, the cache)
+    duplicates: int = 0           # identical CSV rows read once
 
     @property
     def pending(self) -> list[StudyRow]:
@@ -73,12 +93,8 @@ def load_study_list(path: Path) -> list[str]:
                                    f"{path}: expected a 1-D integer array, found {array.dtype} {array.shape}")
             return [str(int(v)) for v in array]
         if suffix == ".csv":
-            # utf-8-sig: Excel starts its CSVs with a byte order mark, which would hide the study_id header.
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle)
-                if "study_id" not in (reader.fieldnames or []):
-                    raise DatasetError("dataset.study_list", f"{path}: no study_id column")
-                return [row["study_id"].strip() for row in reader if (row.get("study_id") or "").strip()]
+            _, rows = read_csv(path, ("study_id",), error_class="dataset.study_list")
+            return [row["study_id"] for _, row in rows if row["study_id"]]
         if suffix in (".txt", ".lst", ""):
             lines = path.read_text(encoding="utf-8-sig").splitlines()
             return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -89,27 +105,60 @@ def load_study_list(path: Path) -> list[str]:
     raise DatasetError("dataset.study_list", f"{path}: unknown study list type {suffix!r}; use .npy, .csv or .txt")
 
 
-def read_series_table(csv_path: Path) -> tuple[dict[str, list[Series]], list[str]]:
-    """study id -> its series, from `<split>_series_descriptions.csv`; rows with bad ids become warnings."""
+def read_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset.csv",
+             ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(columns, [(line number, row)]) of a CSV; DatasetError (`error_class`) naming the file otherwise.
+
+    UTF-8 with or without a byte order mark (Excel writes one, and it would hide the first column's
+    name), every field stripped; an encoding or csv-module error is one line naming the file and line.
+    """
+    path = Path(path)
     try:
-        handle = csv_path.open(newline="")
+        handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
-        raise DatasetError("dataset.csv", f"{csv_path}: cannot open: {exc.strerror}") from None
+        raise DatasetError(error_class, f"{path}: cannot open: {exc.strerror or exc}") from None
+    rows: list[tuple[int, dict[str, str]]] = []
+    reader = csv.DictReader(handle)
+    with handle:
+        try:
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise DatasetError(error_class, f"{path}: missing column(s) {', '.join(missing)}")
+            reader.fieldnames = columns
+            for row in reader:
+                # A short row leaves None in its missing fields; extra fields go under the key None.
+                rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}))
+        except UnicodeDecodeError as exc:
+            raise DatasetError(error_class, f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot "
+                                              "be decoded); save it as UTF-8") from None
+        except csv.Error as exc:
+            raise DatasetError(error_class, f"{path} line {reader.line_num}: not a readable CSV ({exc})") from None
+    return columns, rows
+
+
+def read_series_table(csv_path: Path) -> tuple[dict[str, list[Series]], list[str], int]:
+    """(study id -> its series, warnings, duplicate rows) from `<split>_series_descriptions.csv`.
+
+    Rows with bad ids become warnings; a row repeated word for word is read once and counted.
+    """
+    _, rows = read_csv(csv_path, SERIES_COLUMNS)
     table: dict[str, list[Series]] = defaultdict(list)
     warnings: list[str] = []
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in SERIES_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError("dataset.csv", f"{csv_path.name}: missing column(s) {', '.join(missing)}")
-        for line, row in enumerate(reader, start=2):
-            study, series = (row["study_id"] or "").strip(), (row["series_id"] or "").strip()
-            if not (is_valid_id(study) and is_valid_id(series)):
-                warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
-                                f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
-                continue
-            table[study].append(Series(series, (row["series_description"] or "").strip()))
-    return table, warnings
+    seen: set[tuple[str, str, str]] = set()
+    duplicates = 0
+    for line, row in rows:
+        study, series, description = row["study_id"], row["series_id"], row["series_description"]
+        if not (is_rsna_id(study) and is_rsna_id(series)):
+            warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
+                            f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
+            continue
+        if (study, series, description) in seen:
+            duplicates += 1
+            continue
+        seen.add((study, series, description))
+        table[study].append(Series(series, description))
+    return table, warnings, duplicates
 
 
 def count_slices(series_dir: Path) -> int:
@@ -144,14 +193,16 @@ def find_series_csv(dataset: Path, split: str) -> Path:
     return Path(dataset) / f"{split}_series_descriptions.csv"
 
 
-def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str] | None = None,
-                    limit: int | None = None) -> Inventory:
-    """One StudyRow per study: the listed ones (or every study in the CSV), pending or skipped with a reason."""
-    dataset = Path(dataset).resolve()
-    csv_path = find_series_csv(dataset, split)
-    table, warnings = read_series_table(csv_path)
-    images_dir = dataset / f"{split}_images"
-    wanted = study_list if study_list is not None else sorted(table, key=int)
+def pick_studies(found: Mapping[str, T], study_list: list[str] | None, limit: int | None, *, source: str,
+                 make_row: Callable[[str, T], StudyRow], id_ok: Callable[[str], bool] = is_valid_id,
+                 id_rule: str = "not a safe study id (letters, digits, '.', '_', '-'; no '..')",
+                 order: Callable[[str], object] = str) -> list[StudyRow]:
+    """One row per wanted study: the listed ones (or every study found, in `order`), each once.
+
+    An id that breaks the rule is skipped as input.bad_id and never reaches a path; a listed study the
+    dataset lacks is skipped as input.no_series; every other one becomes `make_row(id, found[id])`.
+    """
+    wanted = study_list if study_list is not None else sorted(found, key=order)
     if limit is not None:
         wanted = wanted[:limit]
     rows: list[StudyRow] = []
@@ -161,19 +212,35 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
         if study in seen:
             continue
         seen.add(study)
-        if not is_valid_id(study):
+        if not id_ok(study):
             shown = printable_id(study)
             rows.append(StudyRow(study_id=shown, skip_class="input.bad_id",
-                                 skip_message=f"study {shown!r}: not a plain decimal study id"))
-            continue
-        if study not in table:
+                                 skip_message=f"study {shown!r}: {id_rule}"))
+        elif study not in found:
             rows.append(StudyRow(study_id=study, skip_class="input.no_series",
-                                 skip_message=f"study {study}: not in {csv_path.name}"))
-            continue
-        chosen, reason = select_series(study, table[study], images_dir)
+                                 skip_message=f"study {study}: not in {source}"))
+        else:
+            rows.append(make_row(study, found[study]))
+    return rows
+
+
+def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str] | None = None,
+                    limit: int | None = None) -> Inventory:
+    """RSNA layout: one StudyRow per study (the listed ones, or every study in the CSV), pending or skipped."""
+    dataset = Path(dataset).resolve()
+    csv_path = find_series_csv(dataset, split)
+    table, warnings, duplicates = read_series_table(csv_path)
+    images_dir = dataset / f"{split}_images"
+
+    def row(study: str, series: list[Series]) -> StudyRow:
+        chosen, reason = select_series(study, series, images_dir)
         if chosen is None:
-            rows.append(StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason))
-            continue
-        rows.append(StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
-                             input_path=str(series_folder(dataset, split, study, chosen.series_id)), selection_reason=reason))
-    return Inventory(rows=rows, csv_path=csv_path, warnings=warnings)
+            return StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason)
+        return StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
+                        input_path=str(series_folder(dataset, split, study, chosen.series_id)),
+                        selection_reason=reason)
+
+    rows = pick_studies(table, study_list, limit, source=csv_path.name, make_row=row, id_ok=is_rsna_id,
+                        id_rule="not a plain decimal study id", order=int)
+    return Inventory(rows=rows, layout="rsna", source=csv_path, wanted=f"a {SAGITTAL_T2} series",
+                     warnings=warnings, duplicates=duplicates)

@@ -11,6 +11,10 @@ orientation, one size, no conflicting duplicates (several images per position ar
 The slice set is decided from the headers alone; pixels are decoded only for the slices that are used. The output
 keeps the DICOM storage order (i along the row direction, j along the column direction, k along the slice normal)
 and states it in the affine, because the segmenter reorients by itself and every resampling costs accuracy.
+
+`instance_planes` reads only the headers of a series folder and indexes each image's plane (`ImagePlane`) by its
+InstanceNumber tag, so that a pixel named by instance number (RSNA's level annotations) is placed in world space
+through that file's own geometry (`ImagePlane.pixel_to_world`, RAS+ mm, the frame of the NIfTI affine).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from batchseg.errors import StudyError, one_line
+from batchseg.errors import StudyError, one_line, printable
 from batchseg.files import open_atomic
 
 # gzip level of the written NIfTI. Level 1 is ~3x faster than zlib's default 6
@@ -253,6 +257,127 @@ def axcodes(row_cos: np.ndarray, col_cos: np.ndarray, normal: np.ndarray) -> str
     m = np.eye(4)
     m[:3, 0], m[:3, 1], m[:3, 2] = row_cos, col_cos, normal
     return "".join(nib.aff2axcodes(_LPS_TO_RAS @ m))
+
+
+# ---------------------------------------------------------------- one image's plane: placing a pixel
+
+
+@dataclass(frozen=True)
+class ImagePlane:
+    """Where one 2-D image file lies in the patient: what places a pixel coordinate in world space.
+
+    The values are the file's own tags: ImagePositionPatient (LPS mm of the CENTRE of the first pixel, row 0
+    column 0), ImageOrientationPatient (row direction: the way the column index grows; column direction: the
+    way the row index grows; both LPS, normalised here) and PixelSpacing (between rows, between columns; mm).
+    """
+
+    file: str
+    instance_number: int
+    position: tuple[float, float, float]
+    row_cos: tuple[float, float, float]
+    col_cos: tuple[float, float, float]
+    pixel_spacing: tuple[float, float]
+    rows: int
+    cols: int
+
+    def pixel_to_world(self, x: float, y: float) -> np.ndarray:
+        """World RAS+ mm of the point at column `x`, row `y` (pixel centres at whole numbers, 0 the first).
+
+        x walks along the row direction by the spacing between columns (PixelSpacing[1]), y along the column
+        direction by the spacing between rows (PixelSpacing[0]); the LPS sum is turned to RAS+.
+        """
+        lps = (np.asarray(self.position, float) + float(x) * self.pixel_spacing[1] * np.asarray(self.row_cos)
+               + float(y) * self.pixel_spacing[0] * np.asarray(self.col_cos))
+        return _LPS_TO_RAS[:3, :3] @ lps
+
+    def holds(self, x: float, y: float) -> bool:
+        """Whether (x, y) lies on the image: within half a pixel of the first and last pixel centres."""
+        return -0.5 <= x <= self.cols - 0.5 and -0.5 <= y <= self.rows - 0.5
+
+
+@dataclass
+class InstancePlanes:
+    """The image planes of a series folder by InstanceNumber (the tag, never the file name), and the
+    instance numbers that cannot be placed with the reason (several files hold it, a multi-frame file, a
+    malformed geometry tag)."""
+
+    folder: str
+    planes: dict[int, ImagePlane] = field(default_factory=dict)
+    problems: dict[int, str] = field(default_factory=dict)
+
+    def why_not(self, instance_number: int) -> str:
+        """Why this instance cannot be placed ("" when it can)."""
+        if instance_number in self.planes:
+            return ""
+        return self.problems.get(instance_number, f"no image with InstanceNumber {instance_number} in {self.folder}")
+
+
+def instance_planes(series_dir: Path, *, series_uid: str | None = None) -> InstancePlanes:
+    """Read the headers (not the pixels) of every DICOM file in `series_dir` and index their planes by the
+    InstanceNumber tag. `series_uid` keeps only that SeriesInstanceUID (the one converted). Files that are not
+    DICOM, or carry no InstanceNumber, are passed over. Raises StudyError (input.missing) when the folder is not
+    there."""
+    folder = Path(series_dir)
+    if not folder.is_dir():
+        raise StudyError("input.missing", f"series folder {folder} does not exist")
+    err = _Errors("", folder)
+    found: dict[int, list[tuple[str, ImagePlane | str]]] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        ds = _read_header(path)
+        if ds is None or (series_uid is not None and _series_uid(ds) != series_uid):
+            continue
+        try:
+            number = int(ds.get("InstanceNumber"))
+        except (TypeError, ValueError):
+            continue
+        found.setdefault(number, []).append((path.name, _plane_of(path, ds, number, err)))
+    out = InstancePlanes(str(folder))
+    for number, held in found.items():
+        if len(held) > 1:
+            names = ", ".join(printable(name) for name, _ in held[:3]) + (", ..." if len(held) > 3 else "")
+            out.problems[number] = f"InstanceNumber {number} is held by {len(held)} files ({names}): not guessed"
+        elif isinstance(held[0][1], str):
+            out.problems[number] = held[0][1]
+        else:
+            out.planes[number] = held[0][1]
+    return out
+
+
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """A DICOM file's header without its pixels; None for anything that is not a readable DICOM file."""
+    try:
+        with open(path, "rb") as fh:
+            kind = _sniff(fh.read(132))
+    except OSError:
+        return None
+    if kind == "other":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, stop_before_pixels=True, force=kind != "dicom")
+    except Exception:  # noqa: BLE001 - pydicom meets garbage with any exception type
+        return None
+
+
+def _plane_of(path: Path, ds: pydicom.Dataset, number: int, err: _Errors) -> ImagePlane | str:
+    """The plane of a single-frame image, or why it has none (the same geometry checks as a conversion)."""
+    frames = ds.get("NumberOfFrames", 1) or 1
+    try:
+        frames = int(frames)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return f"{printable(path.name)} (InstanceNumber {number}) lacks valid Rows/Columns"
+    if frames != 1:
+        return (f"{printable(path.name)} (InstanceNumber {number}) is a multi-frame image ({frames} frames): "
+                "an instance number does not say which frame")
+    try:
+        s = _slice(path, ds, None, ds, ds, ds, (1.0, 0.0), rows, cols, err)
+    except StudyError as exc:
+        return exc.message
+    return ImagePlane(file=path.name, instance_number=number, position=tuple(float(v) for v in s.position),
+                      row_cos=tuple(float(v) for v in s.row_cos), col_cos=tuple(float(v) for v in s.col_cos),
+                      pixel_spacing=s.spacing, rows=rows, cols=cols)
 
 
 # ---------------------------------------------------------------- reading files

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
+import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import Any, Callable, Iterable, Iterator
 
-from .dataset import SAGITTAL_T2, DatasetError, Series, is_valid_id, printable_id, read_series_table
+from .dataset import SAGITTAL_T2, DatasetError, Series, is_rsna_id, printable_id, read_series_table
 from .errors import one_line
-from .files import write_atomic
+from .files import open_atomic, write_atomic
 
 COMPETITION = "rsna-2024-lumbar-spine-degenerative-classification"
 INSTALL_HINT = "pip install 'batchseg[kaggle]'"
@@ -118,7 +121,7 @@ def check_studies(ids: Iterable[str]) -> list[str]:
     bad: list[str] = []
     for raw in ids:
         study = raw.strip()
-        if not is_valid_id(study):
+        if not is_rsna_id(study):
             bad.append(repr(printable_id(study)))
         elif study not in cleaned:
             cleaned.append(study)
@@ -138,12 +141,15 @@ def local_path(root: Path, name: str) -> Path:
 
 
 def is_complete(path: Path, size: int | None) -> bool:
-    """Present, and as large as the listing says when it says (a file that exists was renamed into place)."""
+    """Present, and as large as the listing says when it says (a file that exists was renamed into place).
+
+    A symbolic link is never complete: it is replaced by the real file, not written through.
+    """
     try:
-        stat = path.stat()
+        stat = path.lstat()
     except OSError:
         return False
-    return path.is_file() and (size is None or stat.st_size == size)
+    return S_ISREG(stat.st_mode) and (size is None or stat.st_size == size)
 
 
 # -- choosing the files of some studies (pure) -----------------------------------------------------
@@ -197,10 +203,18 @@ def _listing_cache(root: Path, competition: str) -> Path:
 
 
 def read_listing(path: Path) -> list[RemoteFile]:
+    """The cached listing; a cache that is not what write_listing wrote stops the run with one line."""
     files = []
-    for line in path.read_text().splitlines():
-        name, _, size = line.partition("\t")
-        files.append(RemoteFile(name, int(size) if size else None))
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            name, tab, size = line.partition("\t")
+            if not name or not tab or not (size == "" or size.isascii() and size.isdecimal()):
+                raise ValueError(f"line {number} is not '<name><TAB><size>'")
+            files.append(RemoteFile(name, int(size) if size else None))
+    except (OSError, ValueError) as exc:   # UnicodeDecodeError is a ValueError
+        raise DownloadError(f"the cached file listing {path} is corrupted ({one_line(exc, 120)}): "
+                            "run again with --refresh-listing", code=2) from None
     return files
 
 
@@ -314,7 +328,7 @@ def download_studies(source: "KaggleSource", root: Path, *, competition: str = C
         raise DownloadError(f"could not fetch {name}: {why}")
     series_csv = root / SPLIT_CSVS[split][0]
     try:
-        table, warnings = read_series_table(series_csv)
+        table, warnings, _ = read_series_table(series_csv)
     except DatasetError as exc:
         raise DownloadError(f"{exc.error_class}: {exc.message}") from None
     chosen = check_studies(studies) if studies is not None else sorted(table, key=int)
@@ -364,11 +378,11 @@ def extract_archive(archive: Path, root: Path,
                     present += 1
                     progress.present += 1
                 else:
+                    # A fresh temporary name opened with O_EXCL: a link planted beside the target is
+                    # never followed, and a half-written member never carries the final name.
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_name(f".{target.name}.part")
-                    with zf.open(member) as src, tmp.open("wb") as dst:
+                    with zf.open(member) as src, open_atomic(target, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
-                    os.replace(tmp, target)
                     extracted += 1
                     progress.done += 1
                     progress.bytes += member.file_size
@@ -397,6 +411,7 @@ class KaggleSource:
     @classmethod
     def connect(cls) -> "KaggleSource":
         """Import the client and find the credentials it finds; a missing one is a DownloadError (code 2)."""
+        check_key_file()
         # The client prints its help and exits when it finds no credentials (at import in 1.7, in
         # authenticate() in 2.x): keep that off the terminal and say it in one line instead.
         captured = io.StringIO()
@@ -489,6 +504,43 @@ class KaggleSource:
         raise AssertionError("unreachable")
 
 
+def kaggle_key_file() -> Path:
+    """Where the kaggle client looks for kaggle.json (kaggle_api_extended: $KAGGLE_CONFIG_DIR, ~/.kaggle,
+    else $XDG_CONFIG_HOME/kaggle on Linux)."""
+    folder = os.environ.get("KAGGLE_CONFIG_DIR")
+    if not folder:
+        home = Path("~/.kaggle").expanduser()
+        xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path("~/.config").expanduser()) / "kaggle"
+        folder = str(home if home.exists() or not sys.platform.startswith("linux") else xdg)
+    return Path(folder) / "kaggle.json"
+
+
+def check_key_file() -> None:
+    """A kaggle.json that exists but is not {"username": ..., "key": ...} is malformed, not missing.
+
+    The client reads it as 'no credentials' (or fails with an AttributeError), which sends people
+    looking for a file that is right there.
+    """
+    path = kaggle_key_file()
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DownloadError(f"{path}: cannot read the Kaggle key file: {exc.strerror}", code=2) from None
+    try:
+        data = json.loads(text)
+        problem = "" if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
+        if not problem:
+            wrong = [k for k in ("username", "key") if not isinstance(data.get(k), str) or not data.get(k)]
+            problem = f"no {' or '.join(wrong)} string" if wrong else ""
+    except (ValueError, RecursionError) as exc:   # JSONDecodeError, UnicodeDecodeError
+        problem = f"not JSON ({one_line(exc, 80)})"
+    if problem:
+        raise DownloadError(f"{path} is malformed: {problem}; it should be {{\"username\": \"...\", \"key\": \"...\"}} "
+                            "as downloaded from https://www.kaggle.com/settings/api", code=2)
+
+
 def _unwrap_zip(path: Path, name: str) -> Path:
     target = path.with_name(path.name[: -len(".zip")])
     try:
@@ -496,7 +548,7 @@ def _unwrap_zip(path: Path, name: str) -> Path:
             members = [m for m in zf.infolist() if not m.is_dir()]
             if len(members) != 1:
                 raise DownloadError(f"{name}: served as a zip of {len(members)} files, expected one")
-            with zf.open(members[0]) as src, target.open("wb") as dst:
+            with zf.open(members[0]) as src, open_atomic(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{name}: served as a broken zip ({exc})") from None

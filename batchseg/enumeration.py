@@ -19,7 +19,10 @@ Points and frames:
   entry. World -z stands in when there are fewer than two points.
 * `axis_world` of an entry is the spine's LOCAL long axis there (unit, RAS+,
   caudal): from the vertebral point above to the one below (one-sided at the
-  ends); for a disc, from the vertebra above it to the one below it.
+  ends); for a disc, from the vertebra above it to the one below it. The
+  sacrum's point (its whole label: no body class) is no lower end for the
+  structures directly above it: its centre of mass lies far below and behind
+  the top of S1, so the structure's own point stands in.
 
 A label in several pieces (26-connected components) gives one entry per piece
 that is structure-sized (PIECE_FRACTION of the study's median for its kind);
@@ -177,10 +180,18 @@ def _local_axes(ordered: list[tuple], world: np.ndarray, axis: np.ndarray) -> li
             if a == b:   # only one side: that vertebra's own local axis
                 k = vert.index(a)
                 a, b = vert[max(k - 1, 0)], vert[min(k + 1, len(vert) - 1)]
+        if b > n and a < n and _whole_sacrum(ordered[b]):
+            # The whole sacrum's centre of mass lies far below and behind the top of S1 (tilted ~20 degrees
+            # from the spine above): the structure itself is the better lower end.
+            b = n
         d = world[b] - world[a]
         norm = np.linalg.norm(d)
         out.append(d / norm if norm > 1e-9 else axis)
     return out
+
+
+def _whole_sacrum(point: tuple) -> bool:
+    return point[1] == "sacrum" and point[3] == "whole"
 
 
 def name_structures(ordered: Sequence[tuple[int, str]], present: Iterable[int],

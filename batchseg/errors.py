@@ -13,13 +13,14 @@ from dataclasses import dataclass
 # pending until its attempts are used up; a permanent one fails it at once,
 # because running bad input again only burns GPU hours.
 ERROR_CLASSES: dict[str, tuple[bool, str]] = {
-    "input.no_series": (False, "the study has no usable Sagittal T2/STIR series"),
+    "input.no_series": (False, "the study has no usable sagittal T2 series or image"),
     "input.missing": (False, "a file or folder the study needs does not exist"),
     "input.bad_dicom": (False, "a DICOM file is truncated, unreadable or lacks pixel data"),
+    "input.bad_nifti": (False, "a NIfTI input is truncated, unreadable or holds non-finite voxels"),
     "input.geometry": (False, "the slices do not form one regular volume"),
     "input.mixed_series": (False, "the series folder holds images of more than one SeriesInstanceUID"),
     "input.not_sagittal": (False, "the series is not in the sagittal plane the model expects"),
-    "input.bad_id": (False, "the study or series id is not a plain number"),
+    "input.bad_id": (False, "the study or series id could not safely become a file name"),
     "segment.error": (True, "the segmenter raised an error"),
     "segment.empty": (False, "the segmenter found no structures"),
     "segment.oom": (True, "the segmenter ran out of GPU memory"),
@@ -29,8 +30,9 @@ ERROR_CLASSES: dict[str, tuple[bool, str]] = {
     "worker.timeout": (True, "the study ran past its time limit"),
     "internal": (True, "an unexpected error inside batchseg"),
     # Dataset-level problems stop `init` before any study is added.
-    "dataset.csv": (False, "a dataset CSV is missing or lacks a required column"),
+    "dataset.csv": (False, "a dataset CSV is missing, not readable UTF-8 CSV, or lacks a required column"),
     "dataset.study_list": (False, "the study list cannot be read"),
+    "dataset.layout": (False, "the dataset is missing or is not in the layout asked for"),
 }
 
 
@@ -89,4 +91,12 @@ class SetupError(RuntimeError):
 
     Not a study's fault: the worker gives its study back uncharged and stops, instead of
     failing every study in the queue one after another.
+    """
+
+
+class LedgerUnreachable(RuntimeError):
+    """The ledger stayed unreachable for the whole retry window (`db_retry_seconds`).
+
+    Not a study's fault and not a lost claim: the worker stops and says so in one line; the
+    study it held stays `running` until its lease runs out (or `run` sees the worker gone).
     """

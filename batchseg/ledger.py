@@ -293,17 +293,35 @@ def _sqlite_engine(url: str) -> tuple[Engine, bool]:
     return engine, on_network
 
 
+def _engine(url: str) -> tuple[str, Engine, bool]:
+    """(dialect, engine, on a network filesystem) for a URL; a URL that cannot work is one RuntimeError line."""
+    from sqlalchemy.exc import ArgumentError
+
+    kind = ""
+    try:
+        parsed = make_url(url)
+        kind = parsed.drivername
+        if parsed.get_backend_name() == "sqlite":
+            return "sqlite", *_sqlite_engine(url)
+        return parsed.get_backend_name(), create_engine(url, pool_pre_ping=True), False
+    except ImportError as exc:
+        hint = (" (pip install 'batchseg[pg]')" if kind == "postgresql+psycopg" else
+                "; batchseg's extra 'pg' installs psycopg 3: use postgresql+psycopg://..." if kind.startswith("postgresql")
+                else "")
+        raise RuntimeError(f"the database URL asks for {kind!r}, whose Python driver is not installed: "
+                           f"{exc}{hint}") from None
+    except (ArgumentError, ValueError) as exc:
+        # The URL itself stays out of the message: it may hold a password.
+        raise RuntimeError(f"not a usable database URL: {one_line(exc, 200)}") from None
+
+
 class Ledger:
     """The study ledger behind one SQLAlchemy URL (SQLite by default, PostgreSQL by option)."""
 
     def __init__(self, url: str, *, max_attempts: int = 3) -> None:
         self.url = url
         self.max_attempts = max_attempts
-        self.dialect = make_url(url).get_backend_name()
-        if self.dialect == "sqlite":
-            self.engine, self.on_network_fs = _sqlite_engine(url)
-        else:
-            self.engine, self.on_network_fs = create_engine(url, pool_pre_ping=True), False
+        self.dialect, self.engine, self.on_network_fs = _engine(url)
         self.reader = self.engine.execution_options(**{READ_ONLY: True})
         self._create()
 
@@ -582,6 +600,13 @@ class Ledger:
             return dict(conn.execute(select(studies.c.study_id, studies.c.state)
                                      .where(studies.c.study_id.in_(claimed))).all())
 
+    def claims_by(self, host: str, pid: int, since: float) -> int:
+        """How many claims the worker process (host, pid) has made since `since` (pids are reused)."""
+        with self.reader.begin() as conn:
+            return conn.execute(select(func.count()).select_from(history).where(
+                history.c.event == "claimed", history.c.host == host, history.c.pid == pid,
+                history.c.at >= since)).scalar_one()
+
     def study_seconds(self, limit: int = 50) -> list[float]:
         """Claim-to-done durations of the most recent done attempts."""
         with self.reader.begin() as conn:
@@ -606,6 +631,9 @@ class Ledger:
             retried = conn.execute(
                 select(func.count(func.distinct(history.c.study_id)))
                 .where(history.c.event.in_(("failed", "lost")), history.c.to_state == "pending")).scalar_one()
+            # Held by a worker that stopped heartbeating: reclaimed at the next claim, `run` or `sync`.
+            expired = conn.execute(select(func.count()).select_from(studies).where(
+                studies.c.state == "running", studies.c.lease_expires_at < now)).scalar_one()
         states = {s: int(counts.get(s, 0)) for s in STATES}
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for r in failed:
@@ -626,6 +654,7 @@ class Ledger:
             "skipped": grouped("skipped"),
             "attempts": int(attempts),
             "retried_studies": int(retried),
+            "leases_expired": int(expired),
         }
         remaining = states["pending"] + states["running"]
         if len(done_times) >= 2 and done_times[-1] > done_times[0]:

@@ -60,6 +60,7 @@ VARIANTS = ("normal", "L6", "T13", "four_lumbar", "top_L2", "eleven_thoracic", "
             "no_sacrum", "duplicate_T12")
 BROKEN_KINDS = ("no_t2", "truncated", "missing_folder")
 SAG_T2, SAG_T1, AX_T2 = "Sagittal T2/STIR", "Sagittal T1", "Axial T2"
+CANAL_CONDITION = "Spinal Canal Stenosis"
 
 # Phantom tissue classes. Structure classes (>= THORACIC) carry labels.
 AIR, SOFT, CANAL, THORACIC, LUMBAR, SACRUM, DISC, REPEAT = range(8)
@@ -81,6 +82,8 @@ LUMBAR_BODY = (23.0, 44.0, 32.0)
 THORACIC_DISC = 6.0
 LUMBAR_DISC = 8.5
 SACRUM_WIDTH, SACRUM_DEPTH, SACRUM_LENGTH = 50.0, 36.0, 80.0
+# The spinal canal: from this far to this far behind the back of the lumbar bodies (mm).
+CANAL_FROM, CANAL_TO = 3.0, 15.0
 SACRUM_TILT_DEG = 35.0      # the sacrum leans posteriorly below the L5/S1 (or last lumbar) disc
 # A disc inside the sacrum (variant sacral_disc): from this far below the sacrum's top, this high, and within
 # these half-widths (L-R, A-P) of its axis; the sacrum keeps a rim around it, so it stays one piece.
@@ -209,6 +212,15 @@ class _Phantom:
         i = next(n for n, pc in enumerate(self.pieces) if pc is piece)
         return self.top + self.d * 0.5 * (self.bounds[i] + self.bounds[i + 1])
 
+    @property
+    def canal_offset(self) -> float:
+        """How far posterior of the spine axis the middle of the spinal canal lies (mm)."""
+        return 0.5 * self.pieces[-1].depth + 0.5 * (CANAL_FROM + CANAL_TO)
+
+    def canal_point(self, piece: _Piece) -> np.ndarray:
+        """LPS point in the middle of the spinal canal at the level of a piece (a radiologist's canal point)."""
+        return self.piece_center(piece) + self.p * self.canal_offset
+
     def classify(self, points_lps: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(class, label) at points given as three broadcastable LPS coordinate arrays."""
         x, y, z = points_lps
@@ -222,7 +234,8 @@ class _Phantom:
         # Background: soft tissue in a slab around the spine, air outside it.
         cls = np.where(np.abs(p + 20.0) < 100.0, SOFT, AIR).astype(np.int8)
         depth_ref = self.pieces[-1].depth
-        canal = (u < self.sacrum_top) & (p > 0.5 * depth_ref + 3.0) & (p < 0.5 * depth_ref + 15.0) & (np.abs(l) < 8.0)
+        canal = ((u < self.sacrum_top) & (p > 0.5 * depth_ref + CANAL_FROM) & (p < 0.5 * depth_ref + CANAL_TO)
+                 & (np.abs(l) < 8.0))
         cls[canal] = CANAL
         label = np.zeros(shape, dtype=np.uint8)
 
@@ -301,6 +314,14 @@ def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int 
     kinds: list[str | None] = [None] * n_studies
     if broken and n_studies >= 4:
         kinds[-len(BROKEN_KINDS):] = list(BROKEN_KINDS)
+    # One good study's level annotations are shifted one level (when two or more studies are good): the first
+    # L6 study, whose annotators counted five lumbar levels up from the sacrum (shift +1), else the last good
+    # study, marked one level lower than its anatomy (shift -1).
+    good = [n for n, k in enumerate(kinds) if k is None]
+    l6 = [n for n in good if cycle[n % len(cycle)] == "L6"]
+    shifted, shift = (l6[0], 1) if l6 else (good[-1], -1)
+    if len(good) < 2:
+        shifted = None
 
     studies: list[SynthStudy] = []
     manifest_studies: dict[str, dict] = {}
@@ -312,7 +333,8 @@ def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int 
         if kind == "no_t2":
             del series[SAG_T2]
         srng = np.random.default_rng([seed, n, sid % 2**32])
-        entry, coords = _write_study(root, images, sid, series, variant, kind, matrix, srng)
+        entry, coords = _write_study(root, images, sid, series, variant, kind, matrix, srng,
+                                     shift=shift if n == shifted else 0)
         manifest_studies[str(sid)] = entry
         coord_rows += coords
         studies.append(SynthStudy(sid, variant, kind, dict(series)))
@@ -341,6 +363,13 @@ def synth_dataset(root: Path, n_studies: int = 8, seed: int = 0, *, matrix: int 
             "labels": "SPINEPS/TPTBox: T10-T12 17-19, T13 28, L1-L6 20-25, sacrum 26, disc below X 100+X, "
                       "126 the disc above the top vertebra; a disc inside the sacrum is merged into 124",
             "grid": "ground truth uses the Sagittal T2/STIR grid: axes (column, row, slice), RAS affine",
+            "level_annotations": "{split}_label_coordinates.csv: 'Spinal Canal Stenosis' points, pixel (x = column, "
+                                 "y = row) of the Sagittal T2/STIR mid-sagittal instance, in the middle of the spinal "
+                                 "canal at each disc whose true level is one of L1/L2 ... L5/S1; 'anatomical': named "
+                                 "as the anatomy is; 'shifted +1': every disc marked one level above its own, as "
+                                 "annotators counting five lumbar levels up from the sacrum of an L6 spine would (the "
+                                 "first L6 study), 'shifted -1': one level below (the last good study when there is no "
+                                 "L6 study); one study is shifted when two or more are good",
         },
         "studies": manifest_studies,
     }
@@ -466,7 +495,7 @@ def _render(cls: np.ndarray, code: dict[str, int], rng: np.random.Generator, dty
 
 
 def _write_study(root: Path, images: Path, sid: int, series: dict[str, int], variant: str, kind: str | None,
-                 matrix: int, rng: np.random.Generator) -> tuple[dict, list[list]]:
+                 matrix: int, rng: np.random.Generator, shift: int = 0) -> tuple[dict, list[list]]:
     geo = _sagittal_geometry(matrix, rng)
     ph = _phantom(variant, geo, rng)
     shape = (geo.cols, geo.rows, len(geo.positions))
@@ -506,7 +535,12 @@ def _write_study(root: Path, images: Path, sid: int, series: dict[str, int], var
         entry["expected_lstv"] = expected_lstv(variant)
         entry["ground_truth"] = str(gt.relative_to(root))
     if SAG_T2 in series:
-        coords = _label_coordinates(sid, series[SAG_T2], ph, geo)
+        coords = _label_coordinates(sid, series[SAG_T2], ph, geo, shift=shift)
+    # What the level check must find for this study: SPINEPS's level minus the annotated one is `shift`.
+    entry["level_annotations"] = None if not coords else f"shifted {shift:+d}" if shift else "anatomical"
+    if kind is None:
+        entry["expected_levels"] = {"verdict": "not_available" if not coords else "shifted" if shift else "agree",
+                                    "shift": shift if coords and shift else None}
     return entry, coords
 
 
@@ -603,22 +637,40 @@ def _dataset(sid: int, series_id: int, inst: int, desc_tag: str, series_number: 
     return ds
 
 
-def _label_coordinates(sid: int, series_id: int, ph: _Phantom, geo: _Geometry) -> list[list]:
-    """Plausible 'Spinal Canal Stenosis' points at the lumbar discs of the T2 mid slice."""
-    inv = np.linalg.inv(geo.affine_lps())
-    mid = len(geo.positions) // 2
-    # RSNA's five levels; a disc is called by the common spine's name of its label (L5/S1 even when an L6 is
-    # present, as annotators assuming normal anatomy would), or by its true level where the label says none.
-    rsna = {disc_name(v) for v in _LUMBAR}
-    rows = []
-    for pc in ph.pieces:
+def _true_disc_levels(ph: _Phantom) -> list[tuple[_Piece, str]]:
+    """Each disc of the phantom with its true level: the vertebrae above and below it in the stack (S1 below
+    the last, in view or not), or the level the piece states (the disc above the top vertebra)."""
+    out = []
+    for n, pc in enumerate(ph.pieces):
         if pc.cls != DISC:
             continue
-        name = pc.level or (disc_name(pc.label - DISC_OFFSET) if pc.label - DISC_OFFSET in _LUMBAR else None)
-        if name not in rsna:
+        below = next((VERTEBRA_NAMES[q.label] for q in ph.pieces[n + 1:] if q.cls != DISC), "S1")
+        out.append((pc, pc.level or f"{VERTEBRA_NAMES[pc.label - DISC_OFFSET]}/{below}"))
+    return out
+
+
+def _label_coordinates(sid: int, series_id: int, ph: _Phantom, geo: _Geometry, *, shift: int = 0) -> list[list]:
+    """RSNA's 'Spinal Canal Stenosis' rows: the canal point of every disc whose true level is one of the five,
+    as pixel (x = column, y = row) of the mid-sagittal instance; the annotators count as the anatomy is (an
+    L6 spine has no L5/S1 to mark). With `shift`, every disc is marked `shift` levels above its own (counted
+    in discs from L1/L2): +1 on an L6 spine marks L6/S1 "L5/S1", as annotators counting five lumbar levels up
+    from the sacrum would; -1 marks L4/L5 "L5/S1" (SPINEPS L4/L5 where they marked L5/S1)."""
+    inv = np.linalg.inv(geo.affine_lps())
+    mid = len(geo.positions) // 2
+    rsna = [disc_name(v) for v in _LUMBAR]
+    discs = _true_disc_levels(ph)
+    first = next((n for n, (_, level) in enumerate(discs) if level in rsna), None)
+    if first is None:
+        return []
+    rows = []
+    for n, (pc, level) in enumerate(discs):
+        if shift:
+            index = rsna.index(discs[first][1]) + (n - first) - shift
+            level = rsna[index] if 0 <= index < len(rsna) else ""
+        if level not in rsna:
             continue
-        i, j, _ = (inv @ np.append(ph.piece_center(pc), 1.0))[:3]
-        rows.append([sid, series_id, geo.instance_numbers[mid], "Spinal Canal Stenosis", name,
+        i, j, _ = (inv @ np.append(ph.canal_point(pc), 1.0))[:3]
+        rows.append([sid, series_id, geo.instance_numbers[mid], CANAL_CONDITION, level,
                      round(float(i), 2), round(float(j), 2)])
     return rows
 

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import statistics
+import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Callable, TypeVar
+from typing import Callable, TextIO, TypeVar
 
-from .config import Config
-from .dataset import series_folder
-from .errors import SetupError, StudyError, one_line
+from .annotations import AnnotationTable, StudyAnnotations, annotation_csv, file_stamp, read_project_annotations
+from .config import Config, mask_passwords
+from .dataset import is_valid_id, printable_id
+from .errors import LedgerUnreachable, SetupError, StudyError, one_line
+from .files import write_atomic
+from .inputs import locate
 from .ledger import Claim, Ledger, WorkerInfo
 from .pipeline import StudyInput, run_study
 from .segmenters import Segmenter, load_segmenter
@@ -34,6 +39,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # The next study must fit in the time left with this factor and slack to spare.
 BUDGET_FACTOR = 1.5
 BUDGET_SLACK_SECONDS = 30.0
+# Nothing pending but studies still held elsewhere: look again this often (seconds, at most).
+WAIT_POLL_SECONDS = 2.0
 
 
 class Interrupted(BaseException):
@@ -47,6 +54,7 @@ class WorkerStats:
     released: list[str] = field(default_factory=list)
     stop_reason: str = ""
     setup_error: str = ""                                # set: the worker could not run at all
+    ledger_error: str = ""                               # set: it gave up on an unreachable ledger
 
 
 class Heartbeat(threading.Thread):
@@ -72,26 +80,78 @@ class Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
-def with_retries(call: Callable[..., T], *args: object, attempts: int = 6, first_wait: float = 1.0) -> T:
+# Waits between tries of an unreachable ledger: 1, 2, 4 ... seconds, never longer than this.
+MAX_RETRY_WAIT_SECONDS = 30.0
+
+
+def ledger_unreachable(exc: BaseException) -> bool:
+    """Whether a ledger call failed because the database could not be reached or was locked.
+
+    Such a call may succeed if tried again; anything else (a bad statement, a constraint) will not.
+    """
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def with_retries(call: Callable[..., T], *args: object, window: float = 600.0, first_wait: float = 1.0) -> T:
     """Run a ledger call, waiting and trying again while the database is unreachable or locked.
 
     SQLite already waits out ordinary lock contention (its busy timeout); this covers a database
-    restart or a long lock on a shared filesystem, which would otherwise kill the worker mid-batch.
+    restart or failover and a long lock on a shared filesystem, which would otherwise kill the
+    worker mid-batch. Waits double from `first_wait` up to MAX_RETRY_WAIT_SECONDS, one log line
+    each; after `window` seconds of failures it raises LedgerUnreachable.
     """
-    from sqlalchemy.exc import OperationalError
-
+    started = time.monotonic()
     wait = first_wait
-    for attempt in range(1, attempts + 1):
+    while True:
         try:
             return call(*args)
-        except OperationalError as exc:
-            if attempt == attempts:
+        except Exception as exc:
+            if not ledger_unreachable(exc):
                 raise
-            log.warning("ledger call %s failed (%s); trying again in %.0f s", call.__name__,
-                        one_line(exc.orig or exc, 200), wait)
+            cause = one_line(getattr(exc, "orig", None) or exc, 200)
+            waited = time.monotonic() - started
+            if waited + wait > window:
+                raise LedgerUnreachable(f"the ledger stayed unreachable for {waited:.0f} s "
+                                        f"(db_retry_seconds = {window:.0f}): {cause}") from exc
+            log.warning("ledger call %s failed (%s); trying again in %.0f s (%.0f s of %.0f s waited)",
+                        getattr(call, "__name__", "call"), cause, wait, waited, window)
             time.sleep(wait)
-            wait *= 2
-    raise AssertionError("unreachable")
+            wait = min(wait * 2, MAX_RETRY_WAIT_SECONDS)
+
+
+# ECMA-48 escape sequences (colours, cursor moves) that SPINEPS's logger (TPTBox) prints.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+
+
+class PlainText:
+    """A text stream that writes what it gets without terminal escape codes and URL passwords.
+
+    A worker's stdout and stderr are its log file (`run`) or Slurm's `%A_%a.out`: colour codes
+    only garble them, and a password must never land in them.
+    """
+
+    def __init__(self, stream: TextIO, *, strip_escapes: bool) -> None:
+        self._stream = stream
+        self._strip = strip_escapes
+
+    def write(self, text: str) -> int:
+        clean = mask_passwords(_ESCAPES.sub("", text) if self._strip else text)
+        self._stream.write(clean)
+        return len(text)
+
+    def __getattr__(self, name: str) -> object:   # flush, fileno, encoding, isatty, ...
+        return getattr(self._stream, name)
+
+
+def plain_streams() -> None:
+    """Route this process's stdout and stderr through PlainText (escape codes kept on a terminal)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, PlainText):
+            setattr(sys, name, PlainText(stream, strip_escapes=not stream.isatty()))
 
 
 def preflight(config: Config) -> str:
@@ -119,7 +179,8 @@ class Worker:
     def __init__(self, config: Config, *, segmenter: Segmenter | None = None, deadline: float | None = None,
                  max_studies: int | None = None) -> None:
         self.config = config
-        self.ledger = Ledger.for_config(config)
+        # A worker that starts while the database restarts waits for it like any other ledger call.
+        self.ledger = with_retries(Ledger.for_config, config, window=config.db_retry_seconds)
         self.identity = WorkerInfo.from_environment()
         self.segmenter = segmenter
         self.deadline = deadline
@@ -128,6 +189,8 @@ class Worker:
         self.stats = WorkerStats()
         self._stop_signal: str | None = None
         self._in_study = False
+        self._holding: str | None = None          # the study claimed and not yet ended, for the give-up line
+        self._annotations: tuple[tuple[int, int] | None, AnnotationTable] | None = None   # (file stamp, table)
 
     # Signals arrive in the main thread between bytecodes. Inside a study we raise at once so
     # the study is released before Slurm's SIGKILL; between studies a flag is enough.
@@ -141,11 +204,19 @@ class Worker:
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             self._loop()
+        except LedgerUnreachable as exc:
+            held = (f"; study {self._holding} stays running until its lease runs out" if self._holding else "")
+            self.stats.ledger_error = f"{exc}{held}"
+            self.stats.stop_reason = f"gave up: {self.stats.ledger_error}"
+            log.error("worker gives up: %s", self.stats.ledger_error)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.ledger.close()
         return self.stats
+
+    def _retry(self, call: Callable[..., T], *args: object) -> T:
+        return with_retries(call, *args, window=self.config.db_retry_seconds)
 
     def _should_claim(self) -> bool:
         if self._stop_signal:
@@ -155,7 +226,7 @@ class Worker:
         if self.max_studies is not None and handled >= self.max_studies:
             self.stats.stop_reason = f"quota of {self.max_studies} studies reached"
             return False
-        if not has_time_for_another(self.deadline, expected_study_seconds(self.ledger), time.time()):
+        if not has_time_for_another(self.deadline, self._retry(expected_study_seconds, self.ledger), time.time()):
             self.stats.stop_reason = "time budget: not enough time left for another study"
             return False
         return True
@@ -165,24 +236,45 @@ class Worker:
         if problem:
             self._give_up(problem)
             return
+        waiting_said = False
         while self._should_claim():
-            claim = with_retries(self.ledger.claim, self.identity, self.config.lease_seconds)
+            claim = self._retry(self.ledger.claim, self.identity, self.config.lease_seconds)
             if claim is None:
-                self.stats.stop_reason = "no pending studies"
-                return
+                # Studies other workers hold may still come back (a retryable failure, a dead worker's
+                # expired lease): stay until they end, or nobody would be left to take them.
+                held = self._retry(self.ledger.running)
+                if not held:
+                    self.stats.stop_reason = "no pending studies"
+                    return
+                if not waiting_said:
+                    log.info("nothing pending; waiting for %d studies other workers hold (until they end "
+                             "or their lease runs out)", len(held))
+                    waiting_said = True
+                soonest = min(a.lease_expires_at or 0.0 for a in held) - time.time()
+                self._pause(max(1.0, min(soonest + 1.0, WAIT_POLL_SECONDS, self.config.heartbeat_seconds)))
+                continue
+            waiting_said = False
+            self._holding = claim.study_id
             try:
                 if self.segmenter is None:
                     # Loaded after the first claim so an idle task never pays for the model.
                     self.segmenter = self._load_segmenter()
                 self._process(claim)
             except SetupError as exc:
-                with_retries(self.ledger.release, claim, f"released: this worker cannot run the segmenter: {exc}")
+                self._retry(self.ledger.release, claim, f"released: this worker cannot run the segmenter: {exc}")
                 self.stats.released.append(claim.study_id)
                 self._give_up(str(exc))
                 return
+            self._holding = None
             if self._stop_signal:
                 self.stats.stop_reason = f"signal {self._stop_signal}"
                 return
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, in short steps so that a stop signal ends the wait at once."""
+        end = time.monotonic() + seconds
+        while not self._stop_signal and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
 
     def _give_up(self, problem: str) -> None:
         self.stats.setup_error = " ".join(problem.split())
@@ -207,76 +299,93 @@ class Worker:
     def _process(self, claim: Claim) -> None:
         beat = Heartbeat(self.ledger, claim, self.config.heartbeat_seconds, self.config.lease_seconds)
         beat.start()
-        study = StudyInput(claim.study_id, self._series_dir(claim), claim.series_id, claim.attempt)
         log.info("study %s: attempt %d started", claim.study_id, claim.attempt)
         try:
             try:
                 self._in_study = True
                 if self._stop_signal:  # arrived between the claim and here: give the study back now
                     raise Interrupted(self._stop_signal)
+                # Inside the try: a crafted ledger row (an id that cannot be a path) fails the study alone.
+                study = StudyInput(claim.study_id, locate(self.config, claim), claim.series_id, claim.attempt,
+                                   link_nifti=self.config.nifti_input == "link",
+                                   annotations=self._study_annotations(claim), token=claim.token)
                 assert self.segmenter is not None
                 outcome = run_study(study, self.segmenter, self.config.out_dir,
-                                    may_publish=lambda: self._may_publish(claim, beat))
+                                    may_publish=lambda: self._may_publish(claim, beat),
+                                    lock_timeout=self.config.lease_seconds)
             finally:
                 self._in_study = False
                 beat.stop()
         except Interrupted as signal_name:
-            with_retries(self.ledger.release, claim, f"released on {signal_name}")
+            self._retry(self.ledger.release, claim, f"released on {signal_name}")
             self.stats.released.append(claim.study_id)
             log.info("study %s: released on %s", claim.study_id, signal_name)
             return
         except StudyError as error:
             self._record_failure(claim, error)
             return
-        except SetupError:
+        except (SetupError, LedgerUnreachable):
             raise
         except Exception as exc:  # never let one study end the batch
             self._record_failure(claim, StudyError("internal", f"study {claim.study_id}: {type(exc).__name__}: {exc}"))
             return
-        if with_retries(self.ledger.complete, claim, outcome.outputs, outcome.timings):
+        if self._retry(self.ledger.complete, claim, outcome.outputs, outcome.timings):
             self.stats.done.append(claim.study_id)
             log.info("study %s: done in %.1f s", claim.study_id, outcome.timings.get("total", 0.0))
         else:
             log.warning("study %s: finished, but the claim had been taken over; the newer attempt owns it",
                         claim.study_id)
 
-    def _series_dir(self, claim: Claim) -> Path:
-        # From the config, not the path stored at init: a dataset moved or mounted elsewhere since
-        # then is found again by editing one line of batchseg.toml.
-        if self.config.dataset_dir is not None and claim.series_id:
-            return series_folder(self.config.dataset_dir, self.config.split, claim.study_id, claim.series_id)
-        return Path(claim.input_path or "")
+    def _study_annotations(self, claim: Claim) -> StudyAnnotations:
+        """The study's level points: the dataset's annotation file is read once per worker (again when it changes)."""
+        if self.config.layout != "rsna":
+            # Level points come with the RSNA layout only (<split>_label_coordinates.csv).
+            return AnnotationTable(Path(f"{self.config.split}_label_coordinates.csv"),
+                                   error=f"the level check reads RSNA level annotations; this project's dataset "
+                                         f"layout is {self.config.layout}").for_study(claim.study_id, claim.series_id)
+        dataset = self.config.dataset_dir
+        stamp = file_stamp(annotation_csv(dataset, self.config.split)) if dataset is not None else None
+        if self._annotations is None or self._annotations[0] != stamp:
+            table = read_project_annotations(dataset, self.config.split)
+            for line in table.warnings() if stamp is not None else []:   # an absent file is no news
+                log.warning("level annotations: %s", line)
+            self._annotations = (stamp, table)
+        return self._annotations[1].for_study(claim.study_id, claim.series_id)
 
     def _may_publish(self, claim: Claim, beat: Heartbeat) -> bool:
-        """Asked by the pipeline right before it renames outputs into place."""
+        """Asked by the pipeline, under the study's publish lock, right before it renames outputs into place.
+
+        False only when the ledger says the token no longer holds. An unreachable database is
+        waited for (the token's next write usually succeeds); past the retry window the worker
+        gives up with LedgerUnreachable, publishing nothing and charging nothing.
+        """
         # From here on a stop signal only ends the loop: a half-published study helps nobody.
         self._in_study = False
         if self._stop_signal:
             raise Interrupted(self._stop_signal)
-        if beat.lost.is_set():
+        if beat.lost.is_set():   # the heartbeat's UPDATE found the token gone: definite
             return False
-        try:  # the heartbeat thread may have been failing silently: ask the ledger itself
-            return self.ledger.heartbeat(claim, self.config.lease_seconds)
-        except Exception as exc:
-            log.warning("study %s: cannot confirm the claim before publishing: %s", claim.study_id, exc)
-            return False
+        # The heartbeat thread may have been failing silently: ask the ledger itself.
+        return self._retry(self.ledger.heartbeat, claim, self.config.lease_seconds)
 
     def _record_failure(self, claim: Claim, error: StudyError) -> None:
         log_path = self._write_study_log(claim, error)
-        state = with_retries(self.ledger.fail, claim, error.error_class, error.message,
-                             str(log_path) if log_path else None)
+        state = self._retry(self.ledger.fail, claim, error.error_class, error.message,
+                            str(log_path) if log_path else None)
         self.stats.failed.append(claim.study_id)
-        log.warning("study %s: %s (now %s)", claim.study_id, error, state or "taken over")
+        log.warning("study %s: %s (now %s)", printable_id(claim.study_id), error, state or "taken over")
 
     def _write_study_log(self, claim: Claim, error: StudyError) -> Path | None:
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             # The token makes the name unique: retry-failed starts the attempt count again.
-            path = self.log_dir / f"{claim.study_id}_attempt{claim.attempt}_{claim.token[:8]}.log"
+            # An id that is not a plain number never becomes part of a file name.
+            name = claim.study_id if is_valid_id(claim.study_id) else "bad-id"
+            path = self.log_dir / f"{name}_attempt{claim.attempt}_{claim.token[:8]}.log"
             cause = error.__cause__ or error
             text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
-            path.write_text(f"study {claim.study_id} attempt {claim.attempt} on {self.identity.host} "
-                            f"pid {self.identity.pid}\n{error}\n\n{text}")
+            write_atomic(path, f"study {printable_id(claim.study_id)} attempt {claim.attempt} on "
+                               f"{self.identity.host} pid {self.identity.pid}\n{error}\n\n{text}")
             return path
         except OSError:
             return None
@@ -290,4 +399,10 @@ def run_worker(config: Config, *, max_studies: int | None = None,
     deadline = deadline_source() if deadline_source is not None else None
     log.info("worker pid %d: %s=%s, %d CPU thread(s)", os.getpid(), GPU_ENV, os.environ.get(GPU_ENV, "(unset)"),
              worker_threads())
-    return Worker(config, deadline=deadline, max_studies=max_studies).run()
+    try:
+        worker = Worker(config, deadline=deadline, max_studies=max_studies)
+    except LedgerUnreachable as exc:
+        stats = WorkerStats(ledger_error=str(exc), stop_reason=f"gave up: {exc}")
+        log.error("worker gives up: %s", exc)
+        return stats
+    return worker.run()

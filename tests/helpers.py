@@ -1,8 +1,9 @@
 """Checks shared by several test modules."""
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 ENDS = {"done", "failed", "lost", "released"}
 
@@ -28,3 +29,53 @@ def assert_no_overlapping_claims(events: list[dict[str, Any]]) -> None:
         spans.sort()
         for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
             assert start >= end, f"study {study} was held by two claims at once"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:
+    """Poll `predicate()` until it returns something truthy (and return that); fail after `timeout` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+
+
+def kill_workers_at_the_tail(project: Any, db_url: str, studies: int) -> None:
+    """`batchseg run` over `studies` studies; SIGKILL the workers holding the last ones; check the end.
+
+    The leases are long (set by the caller), so only `run` noticing its dead workers can finish
+    the queue in time: every study must end done and none running.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from batchseg.ledger import Ledger
+
+    run = subprocess.Popen([sys.executable, "-m", "batchseg", "run", "--project", str(project), "--workers", "3"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ledger = Ledger(db_url)
+    try:
+        def tail() -> list[Any]:
+            states = ledger.summary()["states"]
+            return ledger.running() if states["pending"] == 0 and states["running"] else []
+
+        held = wait_until(tail, 120, what="the last studies to be claimed")
+        victims = {a.worker.pid: a.study_id for a in held}
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        output, _ = run.communicate(timeout=180)
+        summary = ledger.summary()
+        assert summary["states"]["done"] == studies and summary["states"]["running"] == 0, (summary, output)
+        assert run.returncode == 0, output
+        for pid, study in victims.items():
+            events = [e for e in ledger.history(study) if e["event"] == "lost"]
+            assert events and f"pid {pid} killed by SIGKILL" in events[0]["message"], events
+            assert f"worker pid {pid} killed by SIGKILL holding study {study}" in output
+    finally:
+        if run.poll() is None:
+            run.kill()
+        ledger.close()

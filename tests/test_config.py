@@ -104,3 +104,45 @@ def test_every_name_the_config_accepts_is_a_segmenter_the_registry_builds() -> N
     from batchseg.segmenters.names import SEGMENTER_NAMES
 
     assert tuple(SEGMENTERS) == SEGMENTER_NAMES
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"segmenter = \"noop\"\n# caf\xe9 in Latin-1\n", "not UTF-8 text (byte 0xe9"),
+    (b"slurm = 5\n", "[slurm] must be a table, not 5"),
+    (b"container = \"apptainer\"\n", "[container] must be a table"),
+])
+def test_an_unreadable_project_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
+    from tests.conftest import batchseg
+
+    (tmp_path / "batchseg.toml").write_bytes(content)
+    result = batchseg("status", "--project", str(tmp_path), check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "batchseg.toml") in lines[0] and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://lab:s3cret@db.example/ledger", "'mysql', whose Python driver is not installed"),
+    ("postgresql+pg8000://lab:s3cret@db.example/ledger", "'postgresql+pg8000', whose Python driver is not installed"),
+    ("postgresql+psycopg://lab:s3cret@db.example:port/ledger", "not a usable database URL"),
+])
+def test_a_db_url_that_cannot_work_is_one_line(synth_small: Path, tmp_path: Path, url: str, message: str) -> None:
+    from tests.conftest import batchseg
+
+    result = batchseg("init", "--project", str(tmp_path / "p"), "--dataset", str(synth_small), "--db", url,
+                      check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "s3cret" not in result.stderr, result.stderr
+    assert not (tmp_path / "p" / "batchseg.toml").exists()
+
+
+def test_a_password_makes_the_project_file_private(tmp_path: Path) -> None:
+    import stat
+
+    from batchseg.config import mask_passwords
+
+    write_config(Config(project_dir=tmp_path, db="postgresql+psycopg://lab:s3cret@db.example/ledger"))
+    assert stat.S_IMODE((tmp_path / "batchseg.toml").stat().st_mode) == 0o600
+    assert mask_passwords("failed: postgresql+psycopg://lab:s3cret@db.example/x and sqlite:///a:b@c") == \
+        "failed: postgresql+psycopg://lab:***@db.example/x and sqlite:///a:b@c"

@@ -137,3 +137,58 @@ def test_test_split_layout(tmp_path: Path) -> None:
     (dataset / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n7,8,Sagittal T2/STIR\n")
     inventory = build_inventory(dataset, split="test")
     assert inventory.rows[0].input_path.endswith("test_images/7/8")
+
+
+def test_the_id_rule_admits_labels_and_never_a_path() -> None:
+    from batchseg.dataset import is_rsna_id
+
+    for good in ("4003253", "sub-01", "sub-01_ses-2", "1.2.826.0.1.3680043.8.498.12", "case-7", "A" * 128):
+        assert is_valid_id(good), good
+    for bad in ("", "..", "../x", "a/b", "a\\b", ".hidden", "-rf", "_x", "x..y", "a b", "a\n", "1\n", "x" * 129,
+                "é1", "a:b"):
+        assert not is_valid_id(bad), repr(bad)
+    assert is_rsna_id("4003253") and not is_rsna_id("sub-01") and not is_rsna_id("1.2") and not is_rsna_id("12\n")
+
+
+def test_rsna_ids_stay_plain_numbers(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d", [("100", "3000000002", "Sagittal T2/STIR")])
+    rows = {r.study_id: r for r in build_inventory(dataset, study_list=["100", "sub-01"]).rows}
+    assert rows["sub-01"].skip_class == "input.bad_id" and "plain decimal" in rows["sub-01"].skip_message
+
+
+def test_a_series_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "d", [("100", "3000000002", "Sagittal T2/STIR")])
+    csv_path = dataset / "train_series_descriptions.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes().replace(b"\n", b"\r\n"))
+    [row] = build_inventory(dataset).rows
+    assert row.study_id == "100" and row.series_id == "3000000002"
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"study_id,series_id,series_description\n100,3000000002,Sagittal T2/STIR \xe9\n", "not UTF-8"),
+    (b"study_id,series_id,series_description\n100,3000000002," + b"x" * 200_000 + b"\n", "field larger than"),
+])
+def test_an_unreadable_series_csv_is_one_line_naming_the_file(tmp_path: Path, content: bytes, words: str) -> None:
+    from tests.conftest import batchseg
+
+    dataset = write_dataset(tmp_path / "d", [("100", "3000000002", "Sagittal T2/STIR")])
+    csv_path = dataset / "train_series_descriptions.csv"
+    csv_path.write_bytes(content)
+    result = batchseg("init", "--project", str(tmp_path / "p"), "--dataset", str(dataset), check=False)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert str(csv_path) in line and words in line and "dataset.csv" in line
+
+
+def test_duplicate_rows_are_read_once_and_counted(tmp_path: Path) -> None:
+    from tests.conftest import batchseg
+
+    rows = [("100", "3000000002", "Sagittal T2/STIR"), ("100", "3000000002", "Sagittal T2/STIR"),
+            ("100", "3000000001", "Sagittal T1"), ("200", "3000000012", "Sagittal T2/STIR"),
+            ("200", "3000000012", "Sagittal T2/STIR"), ("200", "3000000012", "Sagittal T2/STIR")]
+    dataset = write_dataset(tmp_path / "d", rows)
+    inventory = build_inventory(dataset)
+    assert inventory.duplicates == 3
+    assert all(r.selection_reason == "the only Sagittal T2/STIR series" for r in inventory.rows)
+    out = batchseg("init", "--project", str(tmp_path / "p"), "--dataset", str(dataset)).stdout
+    assert "2 studies listed, 2 with a Sagittal T2/STIR series, 0 skipped, 3 duplicate row(s) read once" in out

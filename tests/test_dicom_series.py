@@ -6,6 +6,7 @@ import pytest
 
 from batchseg.dicom import read_series
 from batchseg.errors import StudyError
+from batchseg.inputs import StudySource
 from batchseg.pipeline import StudyInput, run_study
 from batchseg.segmenters import load_segmenter
 from tests.dicom_factory import make_volume, write_series
@@ -90,7 +91,7 @@ def test_the_series_files_can_be_listed_across_folders(tmp_path):
 def test_the_pipeline_refuses_a_mixed_series_folder(tmp_path):
     a, b = _interleaved(tmp_path / "train_images" / "1" / "2")
     with pytest.raises(StudyError) as info:
-        run_study(StudyInput("1", tmp_path / "train_images" / "1" / "2", series_id="2"),
+        run_study(StudyInput("1", StudySource("dicom_folder", tmp_path / "train_images" / "1" / "2"), series_id="2"),
                   load_segmenter("reference"), tmp_path / "results")
     err = info.value
     assert err.error_class == "input.mixed_series"

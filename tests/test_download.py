@@ -489,3 +489,49 @@ def test_a_file_served_inside_a_zip_of_its_name_is_unwrapped(tmp_path: Path) -> 
         zf.writestr("b", "2")
     with pytest.raises(DownloadError, match="zip of 2 files"):
         _unwrap_zip(two, "two.csv")
+
+
+# -- hostile leftovers and broken local files (issue 13) ---------------------------------------------
+
+def test_unpacking_never_writes_through_a_planted_symlink(kaggle: FakeKaggle, tmp_path: Path) -> None:
+    archive = kaggle.zip_path()
+    out = tmp_path / "out"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    name = next(n for n in kaggle.files() if n.endswith(".dcm"))
+    target = out / name
+    target.parent.mkdir(parents=True)
+    # at the target itself and at the temporary name the unpacker used to use
+    target.with_name(f".{target.name}.part").symlink_to(victim)
+    other = out / next(n for n in kaggle.files() if n.endswith(".csv"))
+    other.symlink_to(victim)
+    extract_archive(archive, out)
+    assert victim.read_text() == "keep me"
+    assert target.read_bytes() == (kaggle.root / name).read_bytes()
+    assert not other.is_symlink() and other.read_bytes() == (kaggle.root / other.relative_to(out)).read_bytes()
+
+
+def test_a_corrupted_listing_cache_is_one_line(kaggle: FakeKaggle, home: Path, remote_data: tuple[Path, Any],
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "rsna"
+    cache = out / ".batchseg_download" / f"listing-{COMPETITION}.tsv"
+    cache.parent.mkdir(parents=True)
+    for garbage in (b"train.csv\tnot-a-size\n", b"\xff\xfe\x00garbage", b"no tab here\n"):
+        cache.write_bytes(garbage)
+        result = run_download(kaggle, home, "--to", str(out), "--limit", "1")
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cached file listing" in lines[0] and "--refresh-listing" in lines[0], lines
+    assert run_download(kaggle, home, "--to", str(out), "--limit", "1", "--refresh-listing").returncode == 0
+
+
+@pytest.mark.parametrize("content", ['{"username": "tester", "key": ', '["tester", "key"]', '{"username": "tester"}'])
+def test_a_malformed_kaggle_json_is_called_malformed(kaggle: FakeKaggle, home: Path, tmp_path: Path,
+                                                     content: str) -> None:
+    key_file = home / ".kaggle" / "kaggle.json"
+    key_file.write_text(content)
+    result = run_download(kaggle, home, "--to", str(tmp_path / "rsna"), "--limit", "1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{key_file} is malformed" in lines[0], result.stderr
+    assert kaggle.log == []

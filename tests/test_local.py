@@ -9,7 +9,7 @@ import pytest
 
 from batchseg.config import Config, load_config
 from batchseg.executors import slurm
-from batchseg.executors.local import run_local, split_quota, worker_command
+from batchseg.executors.local import run_local, split_quota, worker_command, worker_environment
 from batchseg.ledger import Ledger
 from tests.conftest import noop_project
 
@@ -18,7 +18,7 @@ def test_worker_command_locally_and_in_a_slurm_task_is_the_same(tmp_path: Path) 
     config = Config(project_dir=tmp_path / "p", db="postgresql://u@h/db")
     project = str((tmp_path / "p").resolve())
     assert worker_command(config, 3) == [sys.executable, "-m", "batchseg", "work", "--project", project,
-                                         "--db", "postgresql://u@h/db", "--max-studies", "3"]
+                                         "--max-studies", "3"]
     assert worker_command(Config(project_dir=tmp_path), python="python3") == [
         "python3", "-m", "batchseg", "work", "--project", str(tmp_path.resolve())]
     task = slurm.task_command(config, config.slurm)
@@ -60,15 +60,18 @@ def test_a_failing_on_tick_leaves_the_workers_watched(small_project: Path,
     assert "RuntimeError: terminal went away second line" in err
 
 
-def test_the_projects_own_db_url_stays_off_the_command_line(tmp_path: Path) -> None:
+def test_no_database_url_on_a_workers_command_line_and_no_password_in_its_environment(tmp_path: Path) -> None:
     from batchseg.config import write_config
 
     config = Config(project_dir=tmp_path, db="postgresql+psycopg://lab:secret@db.example/ledger")
     write_config(config)
     assert "--db" not in worker_command(load_config(tmp_path))
+    assert "BATCHSEG_DB" not in worker_environment(load_config(tmp_path)), "workers read the project's own URL"
     override = load_config(tmp_path)
-    override.db = "postgresql+psycopg://lab@other/ledger"
-    assert worker_command(override)[-2:] == ["--db", "postgresql+psycopg://lab@other/ledger"]
+    override.db = "postgresql+psycopg://lab:other-secret@other:5432/ledger?sslmode=require"
+    assert not any("other" in arg for arg in worker_command(override))
+    env = worker_environment(override)
+    assert env["BATCHSEG_DB"] == "postgresql+psycopg://lab@other:5432/ledger?sslmode=require"
 
 
 def test_workers_are_spread_over_the_gpus_and_split_the_cpus(tmp_path: Path) -> None:
@@ -133,3 +136,41 @@ def test_work_group_passes_usr1_to_every_worker_and_exits_zero(tmp_path: Path) -
             parent.kill()
         ledger.close()
     assert "worker w0: GPU 0" in err and "worker w1: GPU 1" in err and "exits 0" in err
+
+
+def test_work_group_replaces_a_dead_worker_on_its_gpu_and_exits_zero(tmp_path: Path) -> None:
+    """`work --workers 2`: the worker on GPU 1 is SIGKILLed holding a study; it is marked lost at once,
+    a replacement starts with CUDA_VISIBLE_DEVICES=1, every study ends done and the task exits 0."""
+    import signal
+    import subprocess
+
+    from tests.helpers import wait_until
+
+    project = noop_project(tmp_path, 5, seed=6, segmenter_options={"delay": 2.0}, lease_seconds=900,
+                           heartbeat_seconds=1)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}
+    parent = subprocess.Popen([sys.executable, "-m", "batchseg", "work", "--project", str(project), "--workers", "2"],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    ledger = Ledger(load_config(project).db_url)
+    try:
+        def on_gpu_1() -> dict | None:
+            claims = {e["pid"]: e for e in ledger.history() if e["event"] == "claimed"}
+            held = [a for a in ledger.running() if claims.get(a.worker.pid, {}).get("cuda_visible_devices") == "1"]
+            return {"pid": held[0].worker.pid, "study": held[0].study_id} if held else None
+
+        victim = wait_until(on_gpu_1, 120, what="the worker on GPU 1 to hold a study")
+        os.kill(victim["pid"], signal.SIGKILL)
+        _, err = parent.communicate(timeout=180)
+        assert parent.returncode == 0, err
+        summary = ledger.summary()["states"]
+        assert summary["done"] == 5 and summary["running"] == 0, (summary, err)
+        lost = [e for e in ledger.history(victim["study"]) if e["event"] == "lost"]
+        assert lost and f"pid {victim['pid']} killed by SIGKILL" in lost[0]["message"], lost
+        claims = [e for e in ledger.history() if e["event"] == "claimed"]
+        others = {e["pid"] for e in claims if e["cuda_visible_devices"] == "1"} - {victim["pid"]}
+        assert others, "a replacement on GPU 1 claimed studies"
+        assert "in its place" in err
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        ledger.close()

@@ -35,7 +35,13 @@ def test_every_variant_gives_its_expected_findings(every_variant_run: tuple[Path
         assert got == info["expected_lstv"], info["variant"]
         assert (lstv["count_reason"] is None) == info["expected_lstv"]["count_assessable"]
         assert bool(lstv["caveats"]) == (info["variant"] in ("top_L1", "top_L2", "no_sacrum", "sacral_disc",
-                                                             "duplicate_T12")), info["variant"]
+                                                             "duplicate_T12", "L6")), info["variant"]
+        # The level check: every phantom agrees with its annotations, but the L6 one, whose annotators counted
+        # five lumbar levels up from the sacrum (synth.py).
+        levels = _metadata(project, study)["levels"]
+        assert (levels["verdict"], levels["shift"]) == tuple(info["expected_levels"].values()), info["variant"]
+        assert levels["verdict"] == ("shifted" if info["variant"] == "L6" else "agree")
+        assert levels["max_distance_mm"] < 10.0
         names = json.loads((project / "results" / "centroids" / f"{study}_vertebra_labels.json").read_text())
         assert names == info["expected_labels"], info["variant"]
         # The pipeline read the semantic mask: every vertebra has its body centroid, named as such.

@@ -213,7 +213,10 @@ def test_csv_has_one_row_per_study_matching_the_manifest(reported: Any, manifest
             continue
         assert row["lstv_status"] == (CANDIDATE if variant in LSTV_VARIANTS else NO_CANDIDATE)
         assert row["lumbar_count"] == str({"L6": 6, "four_lumbar": 4}.get(variant, 5))
-        assert row["count_reason"] == "" and row["lstv_caveats"] == ""
+        assert row["count_reason"] == ""
+        # The level check's caveat: only the shifted study (synth.py shifts the L6 study's annotations).
+        assert row["lstv_caveats"] == "" if info["expected_levels"]["verdict"] == "agree" else \
+            row["lstv_caveats"].startswith("level check: shifted")
         assert row["l6_present"] == str(variant == "L6").lower()
         assert row["t13_present"] == str(variant == "T13").lower()
         assert bool(row["candidates"]) == (variant in LSTV_VARIANTS)
@@ -446,3 +449,56 @@ def test_status_says_when_pending_studies_have_no_task_left() -> None:
     assert "submit --array` again" in format_status(summary, jobs=ended)
     running = [{"job_id": "41", "array_spec": "0-3", "task_states": {"RUNNING": 1, "COMPLETED": 3}}]
     assert "again" not in format_status(summary, jobs=running)
+
+
+def test_odd_result_files_never_crash_the_report(finished: Path, manifest: dict[str, Any], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    project = copy_project(finished, tmp_path)
+    good = sorted(sid for sid, info in manifest.items() if not info["broken"])
+    typed, digits, deep = good[0], good[1], good[2]
+    results = project / "results"
+    path = results / "metadata" / f"{typed}_metadata.json"
+    meta = json.loads(path.read_text())
+    meta["lstv"] = {"candidates": 5, "lumbar_count": "five", "l6_present": "yes", "t13_present": [1],
+                    "notes": {"n": 1}}
+    meta["timings"] = {"total": "slow"}
+    path.write_text(json.dumps(meta))
+    labels = results / "centroids" / f"{digits}_vertebra_labels.json"
+    labels.write_text(json.dumps({"²⁰": "L1", "٢١": "L2", "9" * 5000: "L3", "20": "L1"}))
+    (results / "metadata" / f"{deep}_metadata.json").write_text("[" * 200000 + "]" * 200000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # every QC picture is now over Pillow's limit
+
+    invoke("report", "--project", str(project), "--embed", "--csv", str(project / "r.csv"))
+    page = parse_page((project / "report.html").read_text(encoding="utf-8"))
+    assert page.tables["lstv"]
+    with (project / "r.csv").open(newline="", encoding="utf-8") as handle:
+        rows = {r["study_id"]: r for r in csv.DictReader(handle)}
+    assert rows[typed]["lstv_status"] == UNKNOWN and "lstv.candidates is int" in rows[typed]["problems"]
+    assert rows[typed]["lumbar_count"] == rows[typed]["l6_present"] == ""
+    assert rows[digits]["vertebrae"] == "L1"
+    assert rows[deep]["lstv_status"] == UNKNOWN and "RecursionError" in rows[deep]["problems"]
+
+
+def test_csv_cells_are_never_formulas_and_rejected_ids_stay_escaped(finished: Path, tmp_path: Path) -> None:
+    from batchseg.dataset import build_inventory
+
+    project = copy_project(finished, tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_series_descriptions.csv").write_text("study_id,series_id,series_description\n")
+    rejected = build_inventory(data, study_list=["=HYPERLINK(\"http://x\",\"y\")\x1b[31m", "@SUM(A1)"]).rows
+    ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
+    ledger.add_studies([*rejected, StudyRow(study_id="4242", series_id="1")])
+    claim = ledger.claim(WorkerInfo.from_environment(), 60)
+    ledger.fail(claim, "input.bad_dicom", "-2+3 =cmd|' /C calc'!A0")
+    ledger.close()
+    assert [r.study_id for r in rejected] == ['=HYPERLINK("http://x","y")\\x1b[31m', "@SUM(A1)"], \
+        "rejected ids are stored escaped"
+    invoke("report", "--project", str(project), "--csv", str(project / "r.csv"))
+    with (project / "r.csv").open(newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    formulas = [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert formulas == [], formulas
+    assert "'-2+3 =cmd|' /C calc'!A0" in cells and "'@SUM(A1)" in cells

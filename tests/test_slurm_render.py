@@ -56,9 +56,10 @@ def exec_line(script: str) -> str:
 
 
 def write_stub(path: Path) -> Path:
-    """An executable that writes its argv (as JSON) to $ARGV_OUT and exits 0."""
+    """An executable that writes its argv (as JSON) to $ARGV_OUT, its $BATCHSEG_DB beside it, and exits 0."""
     path.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    "open(os.environ['ARGV_OUT'], 'w').write(json.dumps(sys.argv[1:]))\n")
+                    "open(os.environ['ARGV_OUT'], 'w').write(json.dumps(sys.argv[1:]))\n"
+                    "open(os.environ['ARGV_OUT'] + '.db', 'w').write(os.environ.get('BATCHSEG_DB', ''))\n")
     path.chmod(0o755)
     return path
 
@@ -125,7 +126,7 @@ def test_config_values_and_overrides(tmp_path: Path) -> None:
     assert not any("--gres" in l for l in lines)
     # command-line arguments come last: later #SBATCH lines win in sbatch
     assert lines[-1] == "#SBATCH --nice=10"
-    assert exec_line(script).endswith(" --db postgresql+psycopg://u@db.example.org:5432/ledger")
+    assert "export BATCHSEG_DB=postgresql+psycopg://u@db.example.org:5432/ledger" in script.splitlines()
 
 
 def test_no_signal_line_without_grace(tmp_path: Path) -> None:
@@ -149,12 +150,29 @@ def test_bad_settings_are_refused(tmp_path: Path, overrides: dict, message: str)
 @pytest.mark.parametrize("args, message", [
     (["--array=0-9"], "--array"),
     (["-a", "0-3"], "--array"),
-    (["--wrap=true"], "--array"),
+    (["--wrap=true"], "--wrap"),
+    (["--arr=0-999"], "reads it as --array"),
+    (["-Ha0-999"], "reads it as --array"),
+    (["--wra="], "reads it as --wrap"),
     (["exclusive"], "not an option"),
 ])
 def test_bad_sbatch_args_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
     with pytest.raises(SlurmError, match=message):
         render_script(make_config(tmp_path), tasks=1, array_spec="0", sbatch_args=args)
+
+
+def test_a_db_override_reaches_the_task_without_its_password(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    write_config(config)
+    config.db = "postgresql+psycopg://lab:s3cret@db.example:5432/ledger"   # a --db override
+    script = render_script(config, tasks=1, array_spec="0")
+    assert "s3cret" not in script
+    assert "export BATCHSEG_DB=postgresql+psycopg://lab@db.example:5432/ledger" in script.splitlines()
+    assert "export PYTHONSAFEPATH=1" in script.splitlines()
+    assert "--db" not in exec_line(script)
+    group = render_script(config, tasks=1, array_spec="0", overrides={"workers_per_task": 3})
+    assert "s3cret" not in group, "a worker group's task carries no password either"
+    assert exec_line(group).endswith(" --workers 3") and "--db" not in exec_line(group)
 
 
 @pytest.mark.parametrize("spec", ["0-3; rm -rf /", "", "0-3%", "1001-2000%a", "0-3\n"])
@@ -173,7 +191,8 @@ def test_hostile_project_folder_reaches_argv_literally(tmp_path: Path, monkeypat
     config.db = "sqlite:///" + str(tmp_path / HOSTILE.replace("%", "pct") / "led'ger $(x).sqlite")
     script = render_script(config, tasks=1, array_spec="0")
     argv = run_script(script, tmp_path)
-    assert argv == ["-m", "batchseg", "work", "--project", str(config.project_dir.resolve()), "--db", config.db]
+    assert argv == ["-m", "batchseg", "work", "--project", str(config.project_dir.resolve())]
+    assert (tmp_path / "argv.json.db").read_text() == config.db, "the --db override, through the environment"
     assert not list(tmp_path.rglob("PWNED*")), "a command substitution ran"
 
 

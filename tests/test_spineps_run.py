@@ -117,3 +117,11 @@ def test_spineps_snapshot_is_kept_and_body_centroids_are_its_ctd(spineps_project
             ours = entry["centroid_voxel"] if int(label) == 26 else entry["body_centroid_voxel"]
             assert np.max(np.abs(np.subtract(ours, points["50"]))) <= 1.0, (study, label)
         assert "lstv" in metadata and metadata["lstv"]["pattern"]
+
+
+def test_worker_logs_hold_no_terminal_colour_codes(spineps_project: tuple[Path, dict, str]) -> None:
+    """SPINEPS (TPTBox's logger) prints ANSI colours; a worker's log file must not keep them."""
+    project, _, _ = spineps_project
+    logs = "".join(p.read_text(errors="replace") for p in (project / "logs").glob("local-*.log"))
+    assert "[SPINEPS] Processing" in logs, "SPINEPS's own log lines are in the worker log"
+    assert "\x1b" not in logs, "terminal escape codes in the worker log"

@@ -267,7 +267,14 @@ def test_rsna_points_name_the_true_level(every_variant):
     levels = {s.variant: rows.get(s.study_id, []) for s in m.studies}
     assert levels["normal"] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
     assert levels["top_L2"] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]   # the disc SPINEPS calls 126
-    assert levels["four_lumbar"] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5"]
+    # The annotators count as the anatomy is: four lumbar vertebrae have no L4/L5 and no L5/S1 (the disc above
+    # the sacrum is L4/S1), and an L6 spine's L5/L6 and L6/S1 are no RSNA level...
+    assert levels["four_lumbar"] == ["L1/L2", "L2/L3", "L3/L4"]
+    assert levels["T13"] == levels["eleven_thoracic"] == levels["no_sacrum"] == levels["normal"]
+    # ...except the one study whose annotations are shifted: the L6 study, counted up from the sacrum.
+    assert levels["L6"] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
+    info = read_manifest(m.root)["studies"]
+    assert [i["variant"] for i in info.values() if i["level_annotations"] != "anatomical"] == ["L6"]
 
 
 def test_unknown_variant_is_refused(tmp_path):

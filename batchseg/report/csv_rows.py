@@ -15,7 +15,28 @@ CSV_FIELDS = ("study_id", "series_id", "state", "attempts", "error_class", "erro
               "seconds", "attempt_seconds", "attempt_errors", "worker", "segmenter", "labels_anatomical",
               "lstv_status", "pattern", "count_assessable", "count_reason", "lumbar_count", "l6_present",
               "t13_present", "candidates", "lstv_caveats", "lstv_notes",
+              "levels_verdict", "levels_points", "levels_matched", "levels_shift", "levels_max_distance_mm",
+              "levels_reason",
               "vertebrae", "problems", *OUTPUT_NAMES)
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralised(text: str) -> str:
+    """`text` with a leading apostrophe when a spreadsheet would run it as a formula (plain numbers stay).
+
+    Error messages, ids and paths come from DICOM tags and file names, which anyone can write.
+    Spreadsheets hide the apostrophe; pandas keeps it: `df[col].str.removeprefix("'")` restores the text.
+    """
+    if not text.startswith(FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
 
 
 def _cell(value: Any) -> str:
@@ -24,8 +45,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "; ".join(str(v) for v in value)
-    return str(value)
+        return neutralised("; ".join(str(v) for v in value))
+    return neutralised(str(value))
 
 
 def csv_row(s: StudyEntry) -> dict[str, str]:
@@ -46,6 +67,13 @@ def csv_row(s: StudyEntry) -> dict[str, str]:
         "candidates": lstv.candidates if lstv else [],
         "lstv_caveats": lstv.caveats if lstv else [],
         "lstv_notes": lstv.notes if lstv else [],
+        # The level check: shift in levels (-1, +1), distance along the spine's long axis in mm.
+        "levels_verdict": s.levels.verdict if s.levels else "",
+        "levels_points": s.levels.points if s.levels else None,
+        "levels_matched": s.levels.matched if s.levels else None,
+        "levels_shift": s.levels.shift if s.levels else None,
+        "levels_max_distance_mm": s.levels.max_distance_mm if s.levels else None,
+        "levels_reason": s.levels.reason if s.levels else None,
         "vertebrae": s.vertebrae, "problems": s.problems,
         **{name: s.outputs.get(name) for name in OUTPUT_NAMES},
     }

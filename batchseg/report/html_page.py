@@ -7,6 +7,7 @@ stylesheet is `report.css` beside this file, shipped as package data and inlined
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,6 +22,14 @@ from .status_text import format_duration
 
 LABEL_126_NOTE = ("Label 126 is SPINEPS's \"disc above the topmost vertebra\" class: it is never read as an "
                   "S1-S2 disc or as sacralization.")
+LEVEL_CHECK_NOTE = ("Each radiologist's point of the dataset's <split>_label_coordinates.csv (pixel column x, row y "
+                    "of the image with that InstanceNumber, placed in world RAS+ mm through that file's "
+                    "ImagePositionPatient, ImageOrientationPatient and PixelSpacing) is compared with the nearest "
+                    "disc SPINEPS's labels name, nearest along the spine's long axis at that disc (the canal point "
+                    "lies 15-25 mm behind the disc centre). agree: every point at a disc of its level; shifted: "
+                    "every point one level off the same way (shift -1: SPINEPS names the discs one level higher "
+                    "than the annotators; +1: lower); disagree: anything else. Distances are along the long axis, "
+                    "in mm. A disagreement is a review signal, not proof of either count.")
 LSTV_EVIDENCE_NOTE = ("The LSTV evidence the labels can carry: L6 (label 25) or T13 (label 28) present, T11 directly "
                       "above L1 (T12 skipped), L4 directly above the sacrum, a disc inside the sacrum. A lumbar count "
                       "needs both junctions in view (a thoracic vertebra above the first lumbar one, the sacrum below "
@@ -54,11 +63,15 @@ def embedded_thumbnail(path: str, height: int = 150) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image.thumbnail((height * 4, height))
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, "JPEG", quality=85)
-    except (OSError, ValueError):
+        with warnings.catch_warnings():
+            # Over Pillow's pixel limit (a decompression bomb, or just a giant file): no thumbnail,
+            # rather than gigabytes of pixels or an exception that ends the report.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.thumbnail((height * 4, height))
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, "JPEG", quality=85)
+    except (OSError, ValueError, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -158,6 +171,7 @@ def render_html(report: Report, *, link: Callable[[str], str], image: Callable[[
     yield from _header(report, name)
     yield from _progress(report)
     yield from _lstv(report, links)
+    yield from _level_check(report, links)
     yield from _error_groups(report, links, "failures", "Failures by error class", report.failures, "failed")
     yield from _error_groups(report, links, "skipped", "Skipped studies", report.skipped, "skipped")
     yield from _every_study(report, links)
@@ -184,7 +198,7 @@ def _header(report: Report, name: str) -> Iterator[str]:
     for seg, note in report.segmenters.items():
         if note:
             yield f'<div class="banner"><b>segmenter {_e(seg)}:</b> {_e(note)}</div>\n'
-    yield ('<nav><a href="#progress">Progress</a><a href="#lstv">LSTV candidates</a>'
+    yield ('<nav><a href="#progress">Progress</a><a href="#lstv">LSTV candidates</a><a href="#levels">Level check</a>'
            '<a href="#failures">Failures</a><a href="#skipped">Skipped</a><a href="#studies">All studies</a>'
            + ('<a href="#slurm">Slurm</a>' if report.slurm_jobs else "") + "</nav>\n</header>\n")
 
@@ -265,6 +279,42 @@ def _lstv(report: Report, links: Links) -> Iterator[str]:
             f"<td>{_notes(s.lstv.caveats)}</td><td>{_notes(s.lstv.notes)}</td>"
             f"<td class=\"small\">{_e(' '.join(s.vertebrae))}</td>"
             f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in caveats if s.lstv), numeric=[1])
+    yield "</section>\n"
+
+
+def _level_check(report: Report, links: Links) -> Iterator[str]:
+    """The cohort's agreement with the radiologists' levels, then every checked study, the disagreeing first."""
+    summary = report.level_summary()
+    counts, rate = summary["verdicts"], summary["agreement_rate"]
+    yield '<section id="levels">\n<h2>Level check <span class="count">'
+    yield (f"{counts['agree']} of {summary['checked']} checked studies agree ({100 * rate:.1f}%)" if rate is not None
+           else "no study checked") + "</span></h2>\n"
+    yield f'<p class="explain">{_e(LEVEL_CHECK_NOTE)}</p>\n'
+    yield ('<p class="facts">' + " · ".join(f"{_e(k.replace('_', ' '))} <b>{v}</b>" for k, v in counts.items())
+           + "</p>\n")
+    ordered = report.level_order()
+    if ordered:
+        yield from _table(
+            ["study", "verdict", "points", "matched", "shift", "max long-axis distance (mm)", "what was found",
+             "points off their level", "QC"],
+            (f"<tr><td>{_e(s.study_id)}</td><td><span class=\"badge {_e(s.levels.verdict)}\">{_e(s.levels.verdict)}"
+             f"</span></td><td class=\"num\">{_e(s.levels.points)}</td><td class=\"num\">{_e(s.levels.matched)}</td>"
+             f"<td class=\"num\">{'' if s.levels.shift is None else f'{s.levels.shift:+d}'}</td>"
+             f"<td class=\"num\">{'' if s.levels.max_distance_mm is None else f'{s.levels.max_distance_mm:.1f}'}</td>"
+             f"<td class=\"msg\">{_e(s.levels.reason)}</td><td>{_notes(s.levels.disagreements)}</td>"
+             f"<td>{links.a(s.outputs.get('qc'), 'QC picture')}</td></tr>\n" for s in ordered if s.levels),
+            numeric=[2, 3, 4, 5])
+    else:
+        yield '<p class="empty">No done study could be checked against level annotations.</p>\n'
+    reasons: dict[str, list[str]] = {}
+    for s in report.studies:
+        if s.levels is not None and s.levels.verdict in ("not_available", "not_checked"):
+            reasons.setdefault(s.levels.reason or s.levels.verdict, []).append(s.study_id)
+    if reasons:
+        yield f"<h3>Not checked ({sum(len(v) for v in reasons.values())})</h3>\n"
+        yield from _table(["why", "count", "studies"], (
+            f"<tr><td class=\"msg\">{_e(why)}</td><td class=\"num\">{len(ids)}</td><td class=\"ids\">{_ids(ids)}</td>"
+            "</tr>\n" for why, ids in sorted(reasons.items(), key=lambda kv: -len(kv[1]))), numeric=[1])
     yield "</section>\n"
 
 

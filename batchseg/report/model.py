@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import StudyError, one_line
 from ..pipeline import output_paths
 from .status_text import worker_of
 
@@ -41,7 +42,21 @@ class StudyFiles:
     batchseg_version: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)     # output name -> absolute path
     vertebra_labels: dict[str, str] | None = None
+    levels: dict[str, Any] | None = None                       # the level check (None: not in the metadata)
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LevelView:
+    """One study's level check as the report shows it (levels.py); every number is checked for its type."""
+
+    verdict: str                          # agree | shifted | disagree | not_available | not_checked
+    points: int | None = None             # annotated points on the study's series
+    matched: int | None = None            # at a disc of the annotated name
+    shift: int | None = None              # -1 | +1 | None (levels.DEFINITIONS)
+    max_distance_mm: float | None = None  # largest long-axis distance, mm
+    reason: str | None = None
+    disagreements: list[str] = field(default_factory=list)   # "L5/S1: SPINEPS L4/L5, 1.2 mm along the spine"
 
 
 @dataclass
@@ -79,6 +94,7 @@ class StudyEntry:
     made_by: str | None = None              # the batchseg version that wrote the outputs
     labels_anatomical: bool | None = None
     lstv: LstvView | None = None            # None: the study is not done
+    levels: LevelView | None = None         # None: the study is not done
     vertebrae: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -131,6 +147,18 @@ class Report:
                 kinds[c] = kinds.get(c, 0) + 1
         return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
+    def level_summary(self) -> dict[str, Any]:
+        """The cohort's level check: counts per verdict and the agreement rate (levels.summarize)."""
+        from ..levels import summarize
+
+        return summarize(s.levels.verdict for s in self.studies if s.levels is not None)
+
+    def level_order(self) -> list[StudyEntry]:
+        """The done studies whose levels could be checked, the disagreeing ones first (shifted, disagree, agree)."""
+        rank = {"shifted": 0, "disagree": 1, "agree": 2}
+        checked = [s for s in self.studies if s.levels is not None and s.levels.verdict in rank]
+        return sorted(checked, key=lambda s: rank[s.levels.verdict])  # type: ignore[union-attr]
+
     def with_lstv(self, status: str) -> list[StudyEntry]:
         return [s for s in self.studies if s.lstv is not None and s.lstv.status == status]
 
@@ -147,8 +175,12 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     Files are looked for where the project's `out` says, not at the paths the ledger recorded:
     a project folder that was moved or copied still reports on its own results.
     """
-    layout = output_paths(Path(out_dir), study_id)
     files = StudyFiles()
+    try:
+        layout = output_paths(Path(out_dir), study_id)
+    except StudyError as exc:   # a crafted ledger row: its id never becomes a path
+        files.problems.append(exc.message)
+        return files
     meta_path = layout["metadata"]
     meta, problem = _json_object(meta_path, "metadata", shown=str(meta_path))
     if meta is None:
@@ -159,10 +191,12 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
     files.segmenter = {k: v for k, v in segmenter.items() if isinstance(v, (str, bool, int, float))} \
         if isinstance(segmenter, dict) else {}
     files.lstv = meta.get("lstv") if isinstance(meta.get("lstv"), dict) else None
+    files.levels = meta.get("levels") if isinstance(meta.get("levels"), dict) else None
     timings = meta.get("timings") if isinstance(meta.get("timings"), dict) else {}
-    files.seconds = timings.get("total") if isinstance(timings.get("total"), (int, float)) else None
+    total = timings.get("total")
+    files.seconds = float(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    files.batchseg_version = versions.get("batchseg")
+    files.batchseg_version = versions.get("batchseg") if isinstance(versions.get("batchseg"), str) else None
     # Metadata is published last: the outputs it lists are all in place.
     names = meta.get("outputs") if isinstance(meta.get("outputs"), dict) else {}
     files.outputs = {k: str(layout[k]) for k in OUTPUT_NAMES if k in names and k in layout}
@@ -171,7 +205,26 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
         files.problems.append(problem)
     else:
         files.vertebra_labels = {str(k): str(v) for k, v in labels.items()}
+    if files.lstv is not None:
+        files.problems += lstv_field_problems(files.lstv)
     return files
+
+
+# The metadata's `lstv` fields and the types the pipeline writes (lstv.LstvFindings; None is allowed).
+LSTV_FIELD_TYPES = {"count_assessable": bool, "count_reason": str, "lumbar_count": int, "pattern": str,
+                    "candidates": list, "caveats": list, "notes": list, "l6_present": bool, "t13_present": bool}
+
+
+def lstv_field_problems(lstv: dict[str, Any]) -> list[str]:
+    """A line per `lstv` field whose type is not what the pipeline writes (a hand-edited or foreign file)."""
+    problems = []
+    for name, kind in LSTV_FIELD_TYPES.items():
+        value = lstv.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            problems.append(f"metadata lstv.{name} is {type(value).__name__}, not {kind.__name__}: ignored")
+    return problems
 
 
 def _json_object(path: Path, what: str, shown: str | None = None) -> tuple[dict[str, Any] | None, str]:
@@ -184,8 +237,8 @@ def _json_object(path: Path, what: str, shown: str | None = None) -> tuple[dict[
         return data, ""
     except FileNotFoundError:
         return None, f"{what} missing: {shown or path.name}"
-    except (OSError, ValueError, TypeError) as exc:
-        return None, f"{what} unreadable: {path.name}: {type(exc).__name__}: {exc}"
+    except (OSError, ValueError, TypeError, RecursionError) as exc:   # RecursionError: absurdly deep nesting
+        return None, f"{what} unreadable: {path.name}: {type(exc).__name__}: {one_line(exc, 200)}"
 
 
 def collect_report(config: Any, ledger: Any, *, now: float | None = None,
@@ -261,6 +314,34 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
     )
 
 
+def level_view(levels: dict[str, Any] | None) -> LevelView:
+    """The report's view of a metadata `levels` object; outputs made before the level check are "not_checked"."""
+    from ..levels import VERDICTS
+
+    if not isinstance(levels, dict) or levels.get("verdict") not in VERDICTS:
+        return LevelView("not_checked", reason="no level check in the metadata: run `batchseg levels`")
+    disagreements = []
+    for d in levels.get("details") if isinstance(levels.get("details"), list) else []:
+        if isinstance(d, dict) and d.get("status") in ("other_level", "no_disc_here", "not_placed"):
+            along = _number(d.get("distance_long_axis_mm"))
+            where = (f"SPINEPS {d.get('nearest_disc')}, " + ("?" if along is None else f"{along:.1f}")
+                     + " mm along the spine" if d.get("status") != "not_placed" else f"not placed: {d.get('problem')}")
+            disagreements.append(f"{d.get('level')}: {where}"
+                                 + (" (no disc at this level)" if d.get("status") == "no_disc_here" else ""))
+    return LevelView(levels["verdict"], points=_int(levels.get("points")), matched=_int(levels.get("matched")),
+                     shift=_int(levels.get("shift")), max_distance_mm=_number(levels.get("max_distance_mm")),
+                     reason=levels.get("reason") if isinstance(levels.get("reason"), str) else None,
+                     disagreements=disagreements)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
@@ -278,7 +359,8 @@ def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
     rank = {label: i for i, label in enumerate(SPINE_ORDER)}
     found = []
     for key, name in vertebra_labels.items():
-        if key.isdigit() and label_kind(int(key)) in ("vertebra", "sacrum"):
+        # isdecimal and isascii: "²" is a digit to str.isdigit, and int() refuses it
+        if key.isascii() and key.isdecimal() and len(key) < 6 and label_kind(int(key)) in ("vertebra", "sacrum"):
             found.append((rank.get(int(key), len(rank) + int(key)), name))
     return [name for _, name in sorted(found)]
 
@@ -331,6 +413,7 @@ def study_entry(row: dict[str, Any], files: StudyFiles | None, events: list[dict
                               if files.metadata_path is None else ["no LSTV findings recorded"])
     else:
         entry.lstv = lstv_view(files.lstv, entry.labels_anatomical)
+    entry.levels = level_view(files.levels) if files.metadata_path is not None else None
     entry.vertebrae = ordered_vertebrae(files.vertebra_labels)
     entry.problems += _consistency(entry.lstv, files.vertebra_labels)
     return entry
@@ -397,6 +480,9 @@ def report_json(report: Report) -> dict[str, Any]:
     data["lstv_candidates"] = [s.study_id for s in report.with_lstv(CANDIDATE)]
     data["lstv_not_assessable"] = [s.study_id for s in report.with_lstv(NOT_ASSESSABLE)]
     data["lstv_with_caveats"] = [s.study_id for s in report.caveats()]
+    data["level_check"] = {**report.level_summary(),
+                           "disagreeing": [s.study_id for s in report.level_order() if s.levels
+                                           and s.levels.verdict != "agree"]}
     return data
 
 

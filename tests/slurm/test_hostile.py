@@ -74,3 +74,56 @@ def test_values_that_cannot_be_made_safe_are_refused(make_project) -> None:
                       "--partition", "debug", "--sbatch-arg=--array=0-99", check=False)
     assert result.returncode != 0 and "--array" in result.stderr
     assert project.ledger.submissions() == []
+
+
+def sbatch_reads(args: list[str], script: Path) -> str | None:
+    """What the real sbatch reads in `args`: 'array', 'wrap', 'invalid' (it refuses the option) or None.
+
+    A bogus value makes sbatch name what it read; `--test-only` submits nothing (it asks the
+    controller when the job would start).
+    """
+    out = subprocess.run(["sbatch", "--test-only", *args, str(script)], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=60)
+    text = out.stdout + out.stderr
+    for said, read in (("Invalid job array specification", "array"), ("not permitted with --wrap", "wrap"),
+                       ("invalid option", "invalid")):
+        if said in text:
+            return read
+    return None
+
+
+def refused(args: list[str]) -> str | None:
+    """What batchseg refuses `args` as ('array', 'wrap'), or None when it takes them."""
+    import re
+
+    from batchseg.executors.slurm.job_script import SlurmError, _option_groups
+
+    try:
+        _option_groups(args, "sbatch argument")
+    except SlurmError as exc:
+        found = re.search(r"reads it as --(\w+)", str(exc))
+        return found.group(1) if found else "refused"
+    return None
+
+
+def test_array_and_wrap_are_refused_exactly_where_sbatch_reads_them(tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\ntrue\n")
+    # every short letter before an 'a' (-Habogus is -H -a bogus; -pabogus is a partition), clusters,
+    # and every abbreviation of --array and --wrap, as sbatch's getopt_long reads them
+    letters = [chr(c) for c in (*range(ord("a"), ord("z") + 1), *range(ord("A"), ord("Z") + 1))]
+    cases = [[f"-{letter}abogus"] for letter in letters if letter not in "hV"]   # -h and -V only print and exit
+    cases += [["-vHabogus"], ["-HQsabogus"], ["-Hpabogus"], ["-Hkabogus"], ["-Wcabogus"]]
+    cases += [[f"--{'array'[:n]}=bogus"] for n in range(2, 6)] + [["--array", "bogus"], ["--arr", "bogus"]]
+    cases += [[f"--{'wrap'[:n]}=true"] for n in range(2, 5)]
+    cases += [["--acctg-freq=task=30"], ["--account=lab"], ["--wait"], ["--wckey=x"], ["-p", "debug"]]
+    disagreements = []
+    for args in cases:
+        read = sbatch_reads(args, script)
+        if read == "invalid":
+            continue      # an option sbatch does not know: it refuses the whole submission itself
+        ours = refused(args)
+        if ours != read:
+            disagreements.append((args, read, ours))
+    assert disagreements == [], "(arguments, what sbatch reads, what batchseg refuses)"
+    assert refused(["--arr=0-999"]) == refused(["-Ha0-999"]) == "array" and refused(["--wra="]) == "wrap"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ...config import Config, SlurmConfig
-from ..local import worker_command
+from ..local import worker_command, worker_environment
 from .client import SlurmError
 
 CONTAINER_PYTHON = "python3"         # the image's interpreter: present in pytorch, conda, Debian, Ubuntu images
@@ -56,15 +56,45 @@ def sbatch_quote(value: Any, what: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# sbatch reads its options with getopt_long: a long option may be any unambiguous prefix of its
+# name (--arr=0-9 is --array), and short options cluster (-Ha0-9 is -H -a 0-9) until one that
+# takes a value, which takes the rest. These letters take a value (k's is optional but attached,
+# so it too takes the rest); checked letter by letter against the real sbatch in
+# tests/slurm/test_hostile.py (Slurm 22.05). A letter sbatch does not know is scanned past.
+SBATCH_SHORT_WITH_VALUE = frozenset("aAbBcCdDeFGiJkLmMnNopqStwx")
+# Options that would take the job's shape out of batchseg's hands.
+SBATCH_REFUSED = {"array": "batchseg sets --array itself (use --tasks and --max-parallel)",
+                  "wrap": "--wrap would replace the job script"}
+
+
+def refused_sbatch_option(text: str) -> str | None:
+    """Which refused option (array, wrap) sbatch would read in one argument, or None."""
+    if text.startswith("--"):
+        name = text[2:].split("=", 1)[0]
+        return next((full for full in SBATCH_REFUSED if name and full.startswith(name)), None)
+    for letter in text[1:]:
+        if letter == "a":
+            return "array"
+        if letter in SBATCH_SHORT_WITH_VALUE:
+            return None
+    return None
+
+
 def _option_groups(args: Sequence[str], what: str) -> list[list[str]]:
-    """Split ['--mail-user', 'me@x', '--exclusive'] into one group per option."""
+    """Split ['--mail-user', 'me@x', '--exclusive'] into one group per option, refusing --array and --wrap.
+
+    Every argument that starts with '-' is read as an option, even where sbatch would take it as
+    the previous option's value: that can only refuse more, never let an --array through.
+    """
     groups: list[list[str]] = []
     for arg in args:
         text = check_value(arg, what)
+        if text in ("-", "--"):
+            raise SlurmError(f"{what}: {text!r} is not an option")
         if text.startswith("-"):
-            name = text.split("=", 1)[0]
-            if name in ("--array", "-a", "--wrap") or (name.startswith("-a") and not name.startswith("--")):
-                raise SlurmError(f"{what}: {text!r}: batchseg sets --array itself (use --tasks and --max-parallel)")
+            refused = refused_sbatch_option(text)
+            if refused:
+                raise SlurmError(f"{what}: {text!r}: sbatch reads it as --{refused}; {SBATCH_REFUSED[refused]}")
             groups.append([text])
         elif groups:
             groups[-1].append(text)
@@ -220,7 +250,8 @@ def render_script(config: Config, *, tasks: int, array_spec: str, overrides: dic
     if not _ARRAY_SPEC.fullmatch(array_spec):
         raise SlurmError(f"bad array specification {array_spec!r}")
     slurm = effective_slurm(config, overrides)
-    environment = []
+    # PYTHONSAFEPATH and a --db override (without its password): see worker_environment.
+    environment = [f"export {name}={shell_quote(value, name)}" for name, value in worker_environment(config).items()]
     root = _source_root()
     if root is not None and not container_argv(config, slurm):
         # Not installed (a source checkout): let the task import the same batchseg.
