@@ -266,16 +266,24 @@ def _check_models_or_stop(config: Config) -> None:
 @project_options
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: config).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Process at most N studies in this run.")
-def run(ctx: Context, workers: int | None, limit: int | None) -> None:
+@click.option("--gpus", default=None, metavar="LIST",
+              help="Spread the workers over these GPUs round robin, e.g. 0,1 (each worker's CUDA_VISIBLE_DEVICES).")
+def run(ctx: Context, workers: int | None, limit: int | None, gpus: str | None) -> None:
     """Process pending studies with N local worker processes (no Slurm needed).
 
+    The workers share this machine's CPUs evenly (threads per worker for torch, numpy and ITK).
     Exit status 0 only when every study this run handled ended done; 1 when any did not (failed,
     or put back to pending by a concurrent retry-failed), 128+N when signal N interrupted the run.
     """
     from .executors.local import run_local
+    from .placement import PlacementError, parse_gpus
     from .report.status_text import progress_line
 
     config = ctx.config()
+    try:
+        gpu_list = parse_gpus(gpus)
+    except PlacementError as exc:
+        fail(str(exc))
     _check_models_or_stop(config)
     ledger = ctx.ledger(config)
     workers = workers or config.workers
@@ -286,7 +294,7 @@ def run(ctx: Context, workers: int | None, limit: int | None) -> None:
         click.echo("warning: the password of --db does not travel to the workers: they read it from ~/.pgpass "
                    "(or $PGPASSWORD)", err=True)
     # The progress line reads counters, not rows: it costs the same in a ledger of any size.
-    result = run_local(config, workers=workers, limit=limit, ledger=ledger,
+    result = run_local(config, workers=workers, limit=limit, gpus=gpu_list, ledger=ledger,
                        on_tick=lambda: live.show(progress_line(ledger.summary(studies_per_group=0))),
                        on_event=live.note)
     live.end()
@@ -322,8 +330,16 @@ def signal_name(number: int) -> str:
 @cli.command()
 @project_options
 @click.option("--max-studies", type=click.IntRange(min=1), default=None, help="Stop after N studies.")
-def work(ctx: Context, max_studies: int | None) -> None:
-    """The worker loop (what `run` and each Slurm array task start): claim until nothing is left."""
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Start this many worker processes sharing this allocation (a Slurm task's workers_per_task).")
+def work(ctx: Context, max_studies: int | None, workers: int) -> None:
+    """The worker loop (what `run` and each Slurm array task start): claim until nothing is left.
+
+    With --workers N it starts N worker processes instead, spread over the GPUs in
+    CUDA_VISIBLE_DEVICES with the CPUs split between them, passes USR1/TERM/INT on to all,
+    replaces one that dies holding a study (as `run` does), and exits 0 only when every worker
+    exited 0 or was made good that way.
+    """
     from .worker import plain_streams, run_worker
 
     plain_streams()   # the log file gets no colour codes (SPINEPS prints them) and no passwords
@@ -332,9 +348,25 @@ def work(ctx: Context, max_studies: int | None) -> None:
     config = ctx.config()
     deadline_source = None
     if os.environ.get("SLURM_JOB_ID"):
-        from .executors.slurm import allocation_deadline
+        from .executors.slurm import allocation_deadline, reclaim_after_requeue
+        from .ledger import Ledger, WorkerInfo
 
+        log = logging.getLogger("batchseg.work")
+        ledger = None
+        try:
+            ledger = Ledger.for_config(config)
+            for study in reclaim_after_requeue(ledger, WorkerInfo.from_environment()):
+                log.warning("study %s: held by an earlier run of this requeued task; marked lost", study)
+        except Exception as exc:  # noqa: BLE001 - the lease still frees such studies; the task must run
+            # (an unreachable ledger included: the worker waits for it within db_retry_seconds)
+            log.warning("could not look for studies of an earlier run of this task: %s", one_line(str(exc), 300))
+        finally:
+            if ledger is not None:
+                ledger.close()
         deadline_source = allocation_deadline
+    if workers > 1:
+        _work_group(config, workers, max_studies)
+        return
     stats = run_worker(config, max_studies=max_studies, deadline_source=deadline_source)
     logging.getLogger("batchseg.worker").info(
         "worker stops: %s; %d done, %d failed attempts, %d released", stats.stop_reason or "finished",
@@ -343,6 +375,37 @@ def work(ctx: Context, max_studies: int | None) -> None:
         sys.exit(3)
     if stats.ledger_error:
         fail(f"worker gives up: {stats.ledger_error}")
+
+
+def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
+    from .errors import LedgerUnreachable
+    from .executors.local import group_exit_code, run_local
+    from .ledger import Ledger
+    from .placement import GPU_ENV, PlacementError, parse_gpus
+    from .worker import with_retries
+
+    log = logging.getLogger("batchseg.work")
+    try:
+        gpus = parse_gpus(os.environ.get(GPU_ENV))
+    except PlacementError as exc:
+        fail(f"{GPU_ENV}: {exc}")
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    stem = f"{job}_{task}" if job and task else None
+    try:   # the group marks its dead workers' studies lost: it waits for the ledger as a worker does
+        ledger = with_retries(Ledger.for_config, config, window=config.db_retry_seconds)
+    except LedgerUnreachable as exc:
+        fail(f"worker group gives up: {exc}")
+    try:
+        result = run_local(config, workers=workers, limit=max_studies, gpus=gpus, log_stem=stem, ledger=ledger,
+                           on_event=log.warning,
+                           on_started=lambda run: [log.info("%s, pid %d, log %s", slot.describe(), pid, path)
+                                                   for slot, pid, path in zip(run.slots, run.pids, run.logs)])
+    finally:
+        ledger.close()
+    # A worker that died holding a study, marked lost or replaced, is made good (as in `run`).
+    code = group_exit_code(result.failed_workers)
+    log.info("workers ended with exit codes %s; this task exits %d", result.returncodes, code)
+    sys.exit(code)
 
 
 # -- looking at it ------------------------------------------------------------------------------
@@ -519,6 +582,8 @@ def _submit(config: Config, ledger: Any, **kwargs: Any) -> None:
     if not result.tasks:
         click.echo("nothing pending: no array submitted (see `batchseg status`)")
         return
+    for line in result.advice:          # on stderr: a dry run's stdout is the job script
+        click.echo(f"note: {line}", err=True)
     if result.dry_run:
         for index, script in enumerate(result.scripts):
             if len(result.scripts) > 1:
@@ -545,14 +610,17 @@ def _submit(config: Config, ledger: Any, **kwargs: Any) -> None:
 @click.option("--cpus-per-task", type=click.IntRange(min=1), default=None)
 @click.option("--gres", default=None, help="Generic resources, e.g. gpu:1 ('' for none).")
 @click.option("--constraint", default=None)
+@click.option("--workers-per-task", type=click.IntRange(min=1), default=None,
+              help="Worker processes per task, spread over its GPUs round robin, sharing its CPUs (default 1).")
 def submit(ctx: Context, array: bool, tasks: int | None, max_parallel: int | None, dry_run: bool,
            sbatch_args: tuple[str, ...], partition: str | None, account: str | None, qos: str | None,
            time_limit: str | None, mem: str | None, cpus_per_task: int | None, gres: str | None,
-           constraint: str | None) -> None:
+           constraint: str | None, workers_per_task: int | None) -> None:
     """Submit a Slurm job array whose tasks claim studies until none is left."""
     overrides = {k: v for k, v in (("partition", partition), ("account", account), ("qos", qos),
                                    ("time", time_limit), ("mem", mem), ("cpus_per_task", cpus_per_task),
-                                   ("gres", gres), ("constraint", constraint)) if v is not None}
+                                   ("gres", gres), ("constraint", constraint),
+                                   ("workers_per_task", workers_per_task)) if v is not None}
     config = ctx.config()
     _submit(config, ctx.ledger(config), tasks=tasks, max_parallel=max_parallel, dry_run=dry_run,
             sbatch_args=list(sbatch_args), overrides=overrides)
@@ -769,6 +837,26 @@ def models_check(models_dir: Path | None, project: str | None) -> None:
     if not check.ok:
         fail(check.message, code=1)
     click.echo(check.message)
+    if (config.project_dir / CONFIG_NAME).is_file():
+        _echo_gpu_memory(config)
+
+
+def _echo_gpu_memory(config: Config) -> None:
+    from .ledger import Ledger
+    from .report.model import gpu_memory_seen
+
+    ledger = Ledger.for_config(config)
+    try:
+        seen = gpu_memory_seen(config, ledger)
+    finally:
+        ledger.close()
+    if not seen:
+        click.echo("GPU memory per worker: not known yet (no study of this project has run SPINEPS on a GPU; "
+                   "`python benchmarks/gpu.py networks` measures it on any GPU)")
+    for item in seen:
+        click.echo(f"GPU memory per worker on {item.gpu}: {item.peak_mb / 1024:.1f} GiB held by torch at the peak "
+                   f"(the largest of {item.studies} done studies), plus the CUDA context, which torch does not "
+                   f"count: workers per GPU times this must fit in the GPU")
 
 
 @models.command("download")

@@ -44,6 +44,7 @@ class SlurmConfig:
     extra_args: list[str] = field(default_factory=list)
     max_parallel: int = 0          # 0: no %M throttle
     signal_grace: int = 120        # seconds before the time limit that USR1 arrives
+    workers_per_task: int = 1      # `batchseg work` processes per task, over its GPUs, sharing its CPUs
 
 
 @dataclass

@@ -752,6 +752,16 @@ class Ledger:
         for row in rows:
             yield _decode(dict(row._mapping))
 
+    def recently_done(self, limit: int) -> list[dict[str, Any]]:
+        """The study rows of the last `limit` done attempts, newest first (through the history's event index)."""
+        with self.reader.begin() as conn:
+            ids = list(dict.fromkeys(conn.execute(
+                select(history.c.study_id).where(history.c.event == "done")
+                .order_by(history.c.at.desc()).limit(limit)).scalars()))
+            rows = {r.study_id: _decode(dict(r._mapping))
+                    for r in conn.execute(select(studies).where(studies.c.study_id.in_(ids)))}
+        return [rows[i] for i in ids if i in rows]
+
     def report_rows(self, page_size: int = REPORT_PAGE) -> Iterator[dict[str, Any]]:
         """Every study in queue order, streamed, with what `report` says of its attempts.
 

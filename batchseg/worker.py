@@ -9,6 +9,7 @@ charging the attempt, and the worker exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import statistics
@@ -405,7 +406,11 @@ class Worker:
 def run_worker(config: Config, *, max_studies: int | None = None,
                deadline_source: Callable[[], float | None] | None = None) -> WorkerStats:
     """Run the claim loop in this process. Inside Slurm the deadline comes from the allocation."""
+    from .placement import GPU_ENV, worker_threads
+
     deadline = deadline_source() if deadline_source is not None else None
+    log.info("worker pid %d: %s=%s, %d CPU thread(s)", os.getpid(), GPU_ENV, os.environ.get(GPU_ENV, "(unset)"),
+             worker_threads())
     try:
         worker = Worker(config, deadline=deadline, max_studies=max_studies)
     except LedgerUnreachable as exc:

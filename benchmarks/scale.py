@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> None:
             r = best({"ours": [*BATCHSEG, "status", "--project", str(project)],
                       "plain": [*PLAIN, "status", url]}, args.repeat)
             table.add("status", r["ours"], r["plain"])
+            # What any batchseg command costs before it opens the ledger (interpreter, click, SQLAlchemy).
+            r = best({"ours": [*BATCHSEG, "--help"]}, args.repeat)
+            table.add("batchseg --help (start-up alone, no ledger)", r["ours"], None)
             r = best({"ours": [*BATCHSEG, "status", "--project", str(project), "--json"]}, args.repeat)
             table.add("status --json (every failed study listed)", r["ours"], None)
             r = best({"ours": [PYTHON, __file__, "summary", url]}, 1)

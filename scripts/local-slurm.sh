@@ -21,6 +21,7 @@
 #   BATCHSEG_SLURM_MIN_JOB_AGE    seconds finished jobs stay visible to squeue/scontrol  (default 300)
 #   BATCHSEG_SLURM_CTLD_PORT / _SLURMD_PORT / _DBD_PORT / _MYSQL_PORT   (6817 / 6818 / 6819 / 3307)
 #   BATCHSEG_SLURM_NO_APT         1: never run apt-get                                   (default 0)
+#   BATCHSEG_SLURM_LINK_ETC       0: leave /etc/slurm alone (a second instance beside another) (default 1)
 set -euo pipefail
 
 DIR=${BATCHSEG_SLURM_DIR:-/tmp/batchseg-slurm}
@@ -35,6 +36,7 @@ SLURMD_PORT=${BATCHSEG_SLURM_SLURMD_PORT:-6818}
 DBD_PORT=${BATCHSEG_SLURM_DBD_PORT:-6819}
 MYSQL_PORT=${BATCHSEG_SLURM_MYSQL_PORT:-3307}
 NO_APT=${BATCHSEG_SLURM_NO_APT:-0}
+LINK_ETC=${BATCHSEG_SLURM_LINK_ETC:-1}
 NODE=localhost            # slurmd runs with -N localhost: the machine's hostname never matters
 CONF=$DIR/etc/slurm.conf
 ENV_FILE=$DIR/env.sh
@@ -334,7 +336,7 @@ cmd_start() {
   [ "$ACCT" = 1 ] && start_accounting
   local changed
   changed=$(write_config)
-  link_etc
+  [ "$LINK_ETC" = 1 ] && link_etc
   printf 'export SLURM_CONF=%q\n' "$CONF" >"$ENV_FILE"
 
   if [ "$changed" = 1 ] && { ours "$DIR/pids/slurmd.pid" slurmd || ours "$DIR/pids/slurmctld.pid" slurmctld; }; then

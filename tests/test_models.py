@@ -142,3 +142,24 @@ def test_missing_spineps_says_how_to_install(monkeypatch, tmp_path):
 
     with pytest.raises(SpinepsMissing):
         load_segmenter("spineps", {})
+
+
+def test_models_check_prints_the_gpu_memory_a_project_has_seen(tmp_path):
+    """Known once a study ran on a GPU (its metadata records torch's peak); until then it says so."""
+    from batchseg.files import write_json
+    from tests.conftest import batchseg, noop_project
+
+    project = noop_project(tmp_path, 2, seed=4, models_dir=str(_layout(tmp_path / "models")))
+    batchseg("run", "--project", str(project))
+    check = batchseg("models", "check", "--project", str(project))
+    assert "GPU memory per worker: not known yet" in check.stdout
+
+    # what the SPINEPS segmenter adds on a GPU (segmenters/spineps.py, _gpu_peak): no GPU here
+    metadata = sorted((project / "results" / "metadata").glob("*_metadata.json"))
+    for path, peak in zip(metadata, (5120.0, 6656.0)):
+        data = json.loads(path.read_text())
+        data["segmenter"].update(gpu_name="NVIDIA H200", gpu_peak_memory_mb=peak)
+        write_json(path, data)
+    check = batchseg("models", "check", "--project", str(project))
+    assert "GPU memory per worker on NVIDIA H200: 6.5 GiB held by torch at the peak (the largest of 2 done" \
+        in " ".join(check.stdout.split())

@@ -140,6 +140,7 @@ def test_no_signal_line_without_grace(tmp_path: Path) -> None:
     ({"max_parallel": -1}, "max_parallel"),
     ({"signal_grace": 70000}, "65535"),
     ({"extra_args": "--exclusive"}, "list"),
+    ({"workers_per_task": 0}, "workers_per_task"),
 ])
 def test_bad_settings_are_refused(tmp_path: Path, overrides: dict, message: str) -> None:
     with pytest.raises(SlurmError, match=message):
@@ -169,6 +170,9 @@ def test_a_db_override_reaches_the_task_without_its_password(tmp_path: Path) -> 
     assert "export BATCHSEG_DB=postgresql+psycopg://lab@db.example:5432/ledger" in script.splitlines()
     assert "export PYTHONSAFEPATH=1" in script.splitlines()
     assert "--db" not in exec_line(script)
+    group = render_script(config, tasks=1, array_spec="0", overrides={"workers_per_task": 3})
+    assert "s3cret" not in group, "a worker group's task carries no password either"
+    assert exec_line(group).endswith(" --workers 3") and "--db" not in exec_line(group)
 
 
 @pytest.mark.parametrize("spec", ["0-3; rm -rf /", "", "0-3%", "1001-2000%a", "0-3\n"])
@@ -469,3 +473,18 @@ def test_lost_class_tells_a_time_limit_from_other_losses() -> None:
     assert lost_class(attempt("0", started), timed_out) == "worker.timeout"
     assert lost_class(attempt("0", started), report()) == "worker.lost"
     assert lost_class(attempt("9", started), report()) == "worker.lost"
+
+
+def test_workers_per_task_makes_the_task_a_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker: the worker itself (exec). N: `work --workers N`, still exec'd, so it gets Slurm's signals."""
+    monkeypatch.setattr(sys, "executable", str(write_stub(tmp_path / "python-stub")))
+    config = make_config(tmp_path, gres="gpu:2", cpus_per_task=6)
+    single = run_script(render_script(config, tasks=1, array_spec="0"), tmp_path)
+    assert "--workers" not in single
+    config.slurm.workers_per_task = 3
+    script = render_script(config, tasks=1, array_spec="0")
+    assert exec_line(script).endswith(" --workers 3")
+    assert run_script(script, tmp_path)[-2:] == ["--workers", "3"]
+    assert "#SBATCH --gres=gpu:2" in sbatch_lines(script) and "#SBATCH --cpus-per-task=6" in sbatch_lines(script)
+    assert exec_line(render_script(config, tasks=1, array_spec="0", overrides={"workers_per_task": 1})) \
+        == exec_line(render_script(make_config(tmp_path, gres="gpu:2"), tasks=1, array_spec="0"))

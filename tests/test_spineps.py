@@ -219,3 +219,15 @@ def test_download_models_uses_spineps_downloader(tmp_path, monkeypatch):
     folders = download_models(tmp_path / "w")
     assert [f.name for f in folders] == [r.folder for r in MODEL_RELEASES.values()]
     assert calls == [(r.url, tmp_path / "w" / r.folder) for r in MODEL_RELEASES.values()]
+
+
+def test_the_networks_own_calls_are_timed_and_put_back(segmenter, tmp_path):
+    """segment.net_* are the seconds a GPU would be busy (benchmarks/gpu.py, submit's advice); nothing stays patched."""
+    result = segmenter.segment(sagittal_phantom(tmp_path / "t.nii.gz"), tmp_path / "w", "4401")
+    for key, within in (("net_semantic", "semantic"), ("net_instance", "instance"), ("net_labeling", "post")):
+        assert 0 < result.timings[key] <= result.timings[within], (key, result.timings)
+    pipeline = segmenter._pipeline
+    assert "predict_logits_from_preprocessed_data" not in vars(pipeline.model_semantic.predictor)
+    assert "_forward_argmax" not in vars(pipeline.model_instance)
+    assert "_run_array" not in vars(pipeline.model_labeling)
+    assert "gpu_peak_memory_mb" not in result.info          # on the CPU there is no GPU peak to report

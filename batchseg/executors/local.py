@@ -3,7 +3,9 @@
 Each process is `python -m batchseg work`, the same loop a Slurm array task
 runs. The parent starts, watches and stops them; the ledger is the only shared
 state. A worker that dies (killed, crashed) while holding a study has that study
-marked lost at once, and a replacement starts while work remains.
+marked lost at once, and a replacement starts in its place (its GPU, its CPU share)
+while work remains. A Slurm task with workers_per_task N runs the same group through
+`batchseg work --workers N`.
 """
 from __future__ import annotations
 
@@ -14,10 +16,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from ..config import DB_ENV, Config, ConfigError, load_config, without_password
 from ..errors import one_line
+from ..placement import Slot, available_cpus, plan_slots
+
+# What the group's parent passes on to every worker: Ctrl-C, scancel's and the time limit's
+# TERM, and Slurm's early warning USR1 (which reaches only the batch shell, i.e. this parent).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 # Exit statuses of `batchseg work` after which a replacement would only fail the same way.
 NOT_REPLACED = {0: "finished", 2: "gave up on the ledger", 3: "cannot run the segmenter"}
@@ -27,6 +35,10 @@ NOT_REPLACED = {0: "finished", 2: "gave up on the ledger", 3: "cannot run the se
 class LocalRun:
     started_at: float
     returncodes: list[int] = field(default_factory=list)
+    # Every worker process this run started, replacements included, in the order of returncodes.
+    slots: list[Slot] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
     interrupted: int | None = None       # the signal number that stopped the run, if one did
     replaced: int = 0                    # workers started in place of dead ones
     # Non-zero exits that nothing made good: not a dead worker whose study was marked lost or
@@ -75,6 +87,14 @@ def _saved_db(config: Config) -> str:
         return ""
 
 
+def group_exit_code(returncodes: Sequence[int]) -> int:
+    """0 when every worker exited 0; else the first failure's code (128+N for a worker killed by signal N)."""
+    for code in returncodes:
+        if code != 0:
+            return 128 - code if code < 0 else code
+    return 0
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -87,11 +107,13 @@ def describe_exit(code: int) -> str:
 class _Supervisor:
     """The run's workers: start, watch, replace the dead, forward stop signals."""
 
-    def __init__(self, config: Config, ledger: Any, on_event: Callable[[str], None]) -> None:
+    def __init__(self, config: Config, ledger: Any, on_event: Callable[[str], None], log_stem: str) -> None:
         self.config, self.ledger, self.on_event = config, ledger, on_event
-        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.log_stem = log_stem
         self.env = {**os.environ, **worker_environment(config)}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.slots: list[Slot] = []          # each process's GPU and CPU share, in the order of procs
+        self.logs: list[Path] = []
         self.quotas: dict[int, int | None] = {}
         self.seen_exit: set[int] = set()
         self.host = socket.gethostname()
@@ -100,12 +122,14 @@ class _Supervisor:
         self.made_good: set[int] = set()     # pids of dead workers whose study was marked lost or replaced
         self.started_at = time.time()
 
-    def start(self, quota: int | None) -> subprocess.Popen[bytes]:
-        log_path = self.config.logs_dir / f"local-{self.stamp}-{os.getpid()}-w{len(self.procs)}.log"
+    def start(self, quota: int | None, slot: Slot) -> subprocess.Popen[bytes]:
+        log_path = self.config.logs_dir / f"{self.log_stem}-w{len(self.procs)}.log"
         with log_path.open("ab") as log_file:
             proc = subprocess.Popen(worker_command(self.config, quota), stdout=log_file, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=self.env)
+                                    stdin=subprocess.DEVNULL, env=slot.environment(self.env))
         self.procs.append(proc)
+        self.slots.append(slot)
+        self.logs.append(log_path)
         self.quotas[proc.pid] = quota
         return proc
 
@@ -119,7 +143,7 @@ class _Supervisor:
         return any(p.poll() is None for p in self.procs)
 
     def check_exits(self) -> None:
-        for proc in list(self.procs):
+        for index, proc in enumerate(list(self.procs)):
             code = proc.poll()
             if code is None or proc.pid in self.seen_exit:
                 continue
@@ -133,7 +157,7 @@ class _Supervisor:
                 self.on_event(f"{why} holding study {', '.join(held)}: marked lost (worker.lost)")
             quota = self._remaining_quota(proc.pid, held) if self.stopping is None else 0
             if quota != 0 and self._should_replace(code, held):
-                replacement = self.start(quota)
+                replacement = self.start(quota, self.slots[index])   # the dead worker's GPU and CPU share
                 self.replaced += 1
                 self.made_good.add(proc.pid)
                 self.on_event(f"{why}: started worker pid {replacement.pid} in its place")
@@ -174,12 +198,16 @@ class _Supervisor:
         return max(0, quota - max(0, claims - len(held)))
 
 
-def run_local(config: Config, *, workers: int, limit: int | None = None,
+def run_local(config: Config, *, workers: int, limit: int | None = None, gpus: Sequence[str] = (),
               on_tick: Callable[[], None] | None = None, tick_seconds: float = 1.0,
-              on_event: Callable[[str], None] | None = None, ledger: Any = None) -> LocalRun:
-    """Start the workers, call `on_tick` while they run, forward SIGINT/SIGTERM to them, wait for all.
+              on_event: Callable[[str], None] | None = None, ledger: Any = None,
+              log_stem: str | None = None, on_started: Callable[[LocalRun], None] | None = None) -> LocalRun:
+    """Start the workers, call `on_tick` while they run, forward stop signals to them, wait for all.
 
-    `on_event` gets one line per dead worker (and its replacement).
+    Workers are spread over `gpus` round robin and share this process's CPUs (placement.py); a
+    replacement takes the dead worker's place. Each process writes `logs/<log_stem>-w<i>.log`
+    (default stem: local-<time>-<pid>). `on_event` gets one line per dead worker (and its
+    replacement); `on_started` gets the run once the first workers are started.
     """
     from ..ledger import Ledger
 
@@ -187,10 +215,15 @@ def run_local(config: Config, *, workers: int, limit: int | None = None,
     own_ledger = ledger is None
     ledger = Ledger.for_config(config) if own_ledger else ledger
     run = LocalRun(started_at=time.time())
-    supervisor = _Supervisor(config, ledger, on_event or (lambda line: print(line, file=sys.stderr, flush=True)))
-    for quota in split_quota(limit, workers):
-        if quota != 0:
-            supervisor.start(quota)
+    stem = log_stem or f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    supervisor = _Supervisor(config, ledger, on_event or (lambda line: print(line, file=sys.stderr, flush=True)),
+                             stem)
+    quotas = [q for q in split_quota(limit, workers) if q != 0]
+    for slot, quota in zip(plan_slots(len(quotas), gpus, available_cpus()) if quotas else [], quotas):
+        supervisor.start(quota, slot)
+    run.slots, run.pids, run.logs = supervisor.slots, [p.pid for p in supervisor.procs], supervisor.logs
+    if on_started is not None:
+        on_started(run)
 
     tick_failed = False
 
@@ -208,7 +241,7 @@ def run_local(config: Config, *, workers: int, limit: int | None = None,
                 print(f"batchseg run: progress display failed, workers keep running: "
                       f"{one_line(f'{type(exc).__name__}: {exc}', 300)}", file=sys.stderr, flush=True)
 
-    previous = {s: signal.signal(s, supervisor.forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, supervisor.forward) for s in FORWARDED_SIGNALS}
     try:
         while True:
             supervisor.check_exits()   # may start a replacement: check before deciding it is over
@@ -222,6 +255,7 @@ def run_local(config: Config, *, workers: int, limit: int | None = None,
         if own_ledger:
             ledger.close()
     run.returncodes = [p.wait() for p in supervisor.procs]
+    run.pids = [p.pid for p in supervisor.procs]
     run.failed_workers = [p.returncode for p in supervisor.procs
                           if p.returncode != 0 and p.pid not in supervisor.made_good]
     run.interrupted = supervisor.stopping

@@ -636,3 +636,28 @@ def _plain(value: Any) -> Any:
     if is_dataclass(value):
         return asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+# -- GPU memory (`models check`) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GpuMemorySeen:
+    """The most GPU memory one worker's SPINEPS pipeline held for a study, on one kind of GPU."""
+
+    gpu: str
+    peak_mb: float          # torch's reserved memory at its peak; the CUDA context comes on top
+    studies: int            # how many done studies this is the maximum of
+
+
+def gpu_memory_seen(config: Any, ledger: Any, last: int = 200) -> list[GpuMemorySeen]:
+    """What the project's last `last` done studies recorded (segmenter gpu_peak_memory_mb), per GPU name.
+
+    Empty when no study of this project ran SPINEPS on a GPU: the memory is then not known.
+    """
+    peaks: dict[str, list[float]] = {}
+    for row in ledger.recently_done(last):
+        segmenter = read_study_files(config.out_dir, row["study_id"]).segmenter
+        peak = segmenter.get("gpu_peak_memory_mb")
+        if isinstance(peak, (int, float)) and not isinstance(peak, bool):
+            peaks.setdefault(str(segmenter.get("gpu_name") or "unknown GPU"), []).append(float(peak))
+    return [GpuMemorySeen(gpu, max(values), len(values)) for gpu, values in sorted(peaks.items())]

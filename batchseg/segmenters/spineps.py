@@ -66,30 +66,52 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
 
 
-@contextlib.contextmanager
-def _stage_timer(timings: dict[str, float]) -> Iterator[None]:
-    """Time SPINEPS's inner stages for the duration of one call, then put its functions back."""
-    from spineps import seg_run
+# The networks' own calls, on the loaded models: the time a GPU is busy with a study (each
+# returns its result on the CPU, so the time includes the device's work). The rest of a study's
+# time is CPU work that runs while another worker's networks use the GPU (benchmarks/gpu.py).
+_NETWORK_CALLS = (
+    ("model_semantic", "predictor", "predict_logits_from_preprocessed_data", "net_semantic"),  # sliding window
+    ("model_instance", None, "_forward_argmax", "net_instance"),                              # cutout batches
+    ("model_labeling", None, "_run_array", "net_labeling"),                                   # one per vertebra
+)
 
-    originals = {name: getattr(seg_run, name) for name in _STAGES if hasattr(seg_run, name)}
 
-    def timed(name: str, func):
+def _timed_calls(targets: list[tuple[Any, str, str]], timings: dict[str, float]) -> contextlib.ExitStack:
+    """Replace each (owner, attribute) function with one adding its seconds to timings[key]; undone on exit."""
+    stack = contextlib.ExitStack()
+
+    def timed(key: str, func):
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return func(*args, **kwargs)
             finally:
-                key = _STAGES[name]
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
         return wrapper
 
-    for name, func in originals.items():
-        setattr(seg_run, name, timed(name, func))
-    try:
+    for owner, name, key in targets:
+        original = getattr(owner, name)
+        if name in vars(owner):      # a module's function (or an attribute already set): put it back
+            stack.callback(setattr, owner, name, original)
+        else:                        # a method found on the class: drop the instance's override
+            stack.callback(delattr, owner, name)
+        setattr(owner, name, timed(key, original))
+    return stack
+
+
+@contextlib.contextmanager
+def _stage_timer(timings: dict[str, float], pipeline: Any = None) -> Iterator[None]:
+    """Time SPINEPS's inner stages (and, given the pipeline, its networks) for one call; then put all back."""
+    from spineps import seg_run
+
+    targets = [(seg_run, name, key) for name, key in _STAGES.items() if hasattr(seg_run, name)]
+    for model_name, part, name, key in _NETWORK_CALLS if pipeline is not None else ():
+        owner = getattr(pipeline, model_name, None)
+        owner = getattr(owner, part, None) if part and owner is not None else owner
+        if owner is not None and callable(getattr(owner, name, None)):
+            targets.append((owner, name, key))
+    with _timed_calls(targets, timings):
         yield
-    finally:
-        for name, func in originals.items():
-            setattr(seg_run, name, func)
 
 
 class SpinepsSegmenter:
@@ -177,14 +199,13 @@ class SpinepsSegmenter:
 
     @staticmethod
     def _limit_threads() -> None:
-        # SPINEPS sets torch's threads to the machine's core count; under Slurm the job owns fewer
+        # SPINEPS sets torch's threads to the machine's core count; under Slurm the job owns fewer,
+        # and workers sharing an allocation each own their share (placement.py)
         import torch
 
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores))
+        from ..placement import worker_threads
+
+        torch.set_num_threads(worker_threads())
 
     # -- protocol -------------------------------------------------------------------------
 
@@ -214,9 +235,10 @@ class SpinepsSegmenter:
         if self._studies_on_pipeline == 0:
             timings["model_load"] = self._load_seconds
         self._studies_on_pipeline += 1
+        self._reset_gpu_peak()
         start = time.perf_counter()
         try:
-            with _stage_timer(timings):
+            with _stage_timer(timings, pipeline):
                 # override: a retried attempt must not pick up a previous attempt's files
                 result = pipeline.segment(image, override=True)
         except StudyError:
@@ -248,7 +270,7 @@ class SpinepsSegmenter:
             ctd_json=outputs["out_ctd"],
             snapshot=snapshot if snapshot is not None and snapshot.is_file() else None,
             labels_anatomical=pipeline.model_labeling is not None,
-            info=self._study_info(),
+            info={**self._study_info(), **self._gpu_peak()},
             timings=timings,
         )
 
@@ -275,6 +297,21 @@ class SpinepsSegmenter:
             "studies_on_pipeline": self._studies_on_pipeline,
             "model_load_seconds": round(self._load_seconds, 3),
         }
+
+    def _reset_gpu_peak(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def _gpu_peak(self) -> dict[str, Any]:
+        """The most GPU memory torch held for this study (what `models check` reports), on a GPU only."""
+        if self.device != "cuda":
+            return {}
+        import torch
+
+        return {"gpu_name": torch.cuda.get_device_name(),
+                "gpu_peak_memory_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
 
     def _free_gpu(self) -> None:
         with contextlib.suppress(Exception):

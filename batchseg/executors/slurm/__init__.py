@@ -10,7 +10,7 @@ This face is what the CLI, the report and the tests import; the rooms above impo
 from .client import SlurmError, allocation_deadline, parse_timestamp
 from .job_script import load_template, render_script, sbatch_quote, task_command
 from .reconcile import (ENDED_STATES, JobReport, SyncResult, TaskState, cancel, lost_class, lost_reason, parse_sacct,
-                        parse_squeue, sync)
+                        parse_squeue, reclaim_after_requeue, sync)
 from .submit import (DEFAULT_MAX_ARRAY_SIZE, DEFAULT_TASK_CAP, SubmitResult, default_tasks, max_array_size,
                      parse_duration, plan_arrays, submit_array)
 
@@ -18,5 +18,5 @@ __all__ = [
     "DEFAULT_MAX_ARRAY_SIZE", "DEFAULT_TASK_CAP", "ENDED_STATES", "JobReport", "SlurmError", "SubmitResult",
     "SyncResult", "TaskState", "allocation_deadline", "cancel", "default_tasks", "load_template", "lost_class",
     "lost_reason", "max_array_size", "parse_duration", "parse_sacct", "parse_squeue", "parse_timestamp",
-    "plan_arrays", "render_script", "sbatch_quote", "submit_array", "sync", "task_command",
+    "plan_arrays", "reclaim_after_requeue", "render_script", "sbatch_quote", "submit_array", "sync", "task_command",
 ]

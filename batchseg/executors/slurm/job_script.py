@@ -105,7 +105,7 @@ def _option_groups(args: Sequence[str], what: str) -> list[list[str]]:
 
 # -- the effective settings --------------------------------------------------------------------
 
-_INT_FIELDS = {"cpus_per_task": 1, "max_parallel": 0, "signal_grace": 0}
+_INT_FIELDS = {"cpus_per_task": 1, "max_parallel": 0, "signal_grace": 0, "workers_per_task": 1}
 
 
 def effective_slurm(config: Config, overrides: Mapping[str, Any] | None = None) -> SlurmConfig:
@@ -209,10 +209,15 @@ def container_argv(config: Config, slurm: SlurmConfig) -> list[str]:
 
 
 def task_command(config: Config, slurm: SlurmConfig) -> list[str]:
-    """argv of the task: the submitting interpreter itself, or the container's python3."""
+    """argv of the task: the submitting interpreter itself, or the container's python3.
+
+    With workers_per_task N > 1 it is `work --workers N`: one parent that starts N workers over
+    the task's GPUs, passes Slurm's signals on to them and exits 0 only when all of them did.
+    """
     prefix = container_argv(config, slurm)
     python = CONTAINER_PYTHON if prefix else os.path.abspath(sys.executable)
-    return prefix + worker_command(config, python=python)
+    group = ["--workers", str(slurm.workers_per_task)] if slurm.workers_per_task > 1 else []
+    return prefix + worker_command(config, python=python) + group
 
 
 # -- rendering ---------------------------------------------------------------------------------

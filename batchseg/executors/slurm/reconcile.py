@@ -270,6 +270,30 @@ def sync(config: Config, ledger: Any) -> SyncResult:
     return SyncResult(jobs, lost)
 
 
+def reclaim_after_requeue(ledger: Any, me: Any) -> list[str]:
+    """Studies an earlier run of this requeued task still holds: mark them lost now.
+
+    A requeued task starts again under the same (array job, task) with a higher
+    SLURM_RESTART_COUNT, so whatever an earlier restart of it shows running belongs to
+    processes Slurm has killed (a worker that could not release in time). Without this, such a
+    study would wait for its lease or for the next `sync`. Returns the study ids marked lost.
+    """
+    mine = _attempt_key(me)
+    if mine is None or not getattr(me, "slurm_restart_count", None):
+        return []
+    label = f"{mine[0]}_{mine[1]}" if mine[1] is not None else mine[0]
+    lost = []
+    for attempt in ledger.running():
+        earlier = getattr(attempt.worker, "slurm_restart_count", None)
+        if _attempt_key(attempt.worker) != mine or earlier is None or earlier >= me.slurm_restart_count:
+            continue
+        reason = (f"slurm task {label} was requeued: its restart {earlier} held the study and is gone, "
+                  f"restart {me.slurm_restart_count} runs now")
+        if ledger.mark_lost(attempt.study_id, attempt.token, reason, "worker.lost"):
+            lost.append(attempt.study_id)
+    return lost
+
+
 def cancel(config: Config, ledger: Any, *, wait_seconds: float = 60.0) -> list[str]:
     """scancel the project's unfinished arrays; returns the studies they held, now back to pending.
 

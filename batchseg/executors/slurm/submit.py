@@ -12,8 +12,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ...config import Config
+from ...config import Config, SlurmConfig
 from ...errors import one_line
+from ...placement import best_share, gpus_in_gres, predict_gpu_share, split_study_seconds
 from .client import SlurmError, run_slurm
 from .job_script import effective_slurm, render_script
 
@@ -29,6 +30,7 @@ class SubmitResult:
     dry_run: bool
     tasks: int
     scripts: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)   # lines for people: how the tasks use their GPUs
 
 
 # -- sizing ------------------------------------------------------------------------------------
@@ -131,7 +133,8 @@ def submit_array(config: Config, ledger: Any, *, tasks: int | None = None, max_p
     specs = plan_arrays(tasks, max_array_size(), slurm.max_parallel)
     scripts = [render_script(config, tasks=tasks, array_spec=spec, overrides=overrides, sbatch_args=sbatch_args)
                for spec in specs]
-    result = SubmitResult([], specs, scripts[0] if scripts else "", dry_run, tasks, scripts)
+    result = SubmitResult([], specs, scripts[0] if scripts else "", dry_run, tasks, scripts,
+                          gpu_advice(slurm, ledger) if specs else [])
     if dry_run or not specs:
         return result
     config.logs_dir.resolve().mkdir(parents=True, exist_ok=True)   # Slurm does not create it
@@ -148,3 +151,40 @@ def submit_array(config: Config, ledger: Any, *, tasks: int | None = None, max_p
         result.job_ids.append(job_id)
     return result
 
+
+# -- workers per GPU ---------------------------------------------------------------------------
+
+def gpu_advice(slurm: SlurmConfig, ledger: Any, last: int = 200) -> list[str]:
+    """How each task will use its GPUs, and how many workers per GPU this project's timings support.
+
+    The timings are the project's own (its last `last` done studies that timed their networks,
+    segment.net_*); the busy fraction and the suggestion are derived from them
+    (placement.predict_gpu_share), never measured here.
+    """
+    gpus = gpus_in_gres(slurm.gres)
+    if gpus == 0:
+        return []
+    workers = slurm.workers_per_task
+    threads = max(1, slurm.cpus_per_task // workers)
+    lines = [f"each task: {workers} worker(s) over {gpus} GPU(s), {threads} CPU thread(s) per worker"]
+    splits = [split for split in (split_study_seconds(row["timings"] or {}) for row in ledger.recently_done(last))
+              if split is not None]
+    if not splits:
+        if workers <= gpus:
+            lines.append("one worker per GPU leaves it idle while the worker runs its CPU stages; once studies of "
+                         "this project are done, submit suggests --workers-per-task from their timings "
+                         "(README: Keeping the GPU busy)")
+        return lines
+    cpu = statistics.median(c for c, _ in splits)
+    gpu = statistics.median(g for _, g in splits)
+    best = best_share(predict_gpu_share(cpu, gpu))
+    now = min(1.0, workers / gpus * gpu / (cpu + gpu)) if cpu + gpu > 0 else 0.0
+    lines.append(f"this project's done studies (median of {len(splits)}): {cpu:.1f} s CPU work and {gpu:.1f} s "
+                 f"in the networks; derived: {best.workers_per_gpu} worker(s) per GPU keep a GPU "
+                 f"~{best.busy_fraction:.0%} busy, this submission's {workers / gpus:g} ~{now:.0%}")
+    wanted = best.workers_per_gpu * gpus
+    if wanted != workers:
+        lines.append(f"suggest: --workers-per-task {wanted} --cpus-per-task {wanted * threads} "
+                     f"({threads} CPU thread(s) per worker, as now)")
+    lines.append("GPU memory: `batchseg models check` prints what one worker needed so far")
+    return lines
