@@ -46,7 +46,7 @@ NOT_CHECKED_IDS = 60
 ALL_ROWS = 3000
 
 
-@dataclass
+@dataclass(slots=True)
 class StudyFiles:
     """What the report needs from one done study's files (the rest of the metadata is dropped at once)."""
 
@@ -61,7 +61,7 @@ class StudyFiles:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class LevelView:
     """One study's level check as the report shows it (levels.py); every number is checked for its type."""
 
@@ -74,7 +74,7 @@ class LevelView:
     disagreements: list[str] = field(default_factory=list)   # "L5/S1: SPINEPS L4/L5, 1.2 mm along the spine"
 
 
-@dataclass
+@dataclass(slots=True)
 class LstvView:
     """One study's LSTV findings as the report shows them; None means unknown, never False."""
 
@@ -91,7 +91,7 @@ class LstvView:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class StudyEntry:
     study_id: str
     series_id: str | None
