@@ -49,6 +49,19 @@ def _cell(value: Any) -> str:
     return neutralised(str(value))
 
 
+def _list_cell(value: list[Any] | tuple[Any, ...]) -> str:
+    return neutralised("; ".join(map(str, value))) if value else ""
+
+
+# _cell by the value's exact class, without a Python call where none is needed: numbers never need
+# neutralising (float() reads "-1.5" and "-inf" back), None and the flags are fixed words.
+_CELL_OF = {type(None): {None: ""}.__getitem__, bool: {True: "true", False: "false"}.__getitem__, int: str,
+            float: str, list: _list_cell, tuple: _list_cell}
+_NO_LSTV = ("", None, None, None, None, None, None, None, None, None)
+_NO_LEVELS = ("", None, None, None, None, None)
+_NO_OUTPUTS = (None,) * len(OUTPUT_NAMES)
+
+
 def csv_values(s: StudyEntry) -> list[str]:
     """One study's cells in CSV_FIELDS order (a list, not a dict: a million rows are written through here)."""
     lstv = s.lstv
@@ -57,20 +70,22 @@ def csv_values(s: StudyEntry) -> list[str]:
              s.attempt_seconds, s.attempt_errors, s.worker, s.segmenter, s.labels_anatomical]
     if lstv is None:
         # Blank, not false, wherever nothing was assessed: a blank cell reads as NaN in pandas.
-        cells += ["", None, None, None, None, None, None, None, None, None]
+        cells += _NO_LSTV
     else:
-        cells += [lstv.status, lstv.pattern, lstv.count_assessable, lstv.count_reason, lstv.lumbar_count,
-                  lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes]
+        cells += (lstv.status, lstv.pattern, lstv.count_assessable, lstv.count_reason, lstv.lumbar_count,
+                  lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes)
     levels = s.levels
     # The level check: shift in levels (-1, +1), distance along the spine's long axis in mm.
     if levels is None:
-        cells += ["", None, None, None, None, None]
+        cells += _NO_LEVELS
     else:
-        cells += [levels.verdict, levels.points, levels.matched, levels.shift, levels.max_distance_mm, levels.reason]
-    cells += [s.vertebrae, s.problems]
-    cells += [outputs.get(name) for name in OUTPUT_NAMES] if outputs else [None] * len(OUTPUT_NAMES)
-    # Plain text and blanks (most cells) without a call each: a million rows pass through here.
-    return ["" if v is None else v if v.__class__ is str and not v.startswith(FORMULA_STARTS) else _cell(v)
+        cells += (levels.verdict, levels.points, levels.matched, levels.shift, levels.max_distance_mm, levels.reason)
+    cells.append(s.vertebrae)
+    cells.append(s.problems)
+    cells += map(outputs.get, OUTPUT_NAMES) if outputs else _NO_OUTPUTS
+    # Plain text (most cells) without a call; the rest through _CELL_OF: a million rows pass through here.
+    cell_of = _CELL_OF.get
+    return [v if v.__class__ is str and not v.startswith(FORMULA_STARTS) else cell_of(v.__class__, _cell)(v)
             for v in cells]
 
 

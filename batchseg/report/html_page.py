@@ -7,6 +7,8 @@ stylesheet is `report.css` beside this file, shipped as package data and inlined
 from __future__ import annotations
 
 import io
+import os
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -46,9 +48,6 @@ def stylesheet() -> str:
 
 def relative_href(target: str, base_dir: Path) -> str:
     """A link from a file in `base_dir` to `target`, relative and URL-quoted."""
-    import os
-    import urllib.parse
-
     try:
         rel = os.path.relpath(target, base_dir)
     except ValueError:  # another drive: only an absolute link can reach it
@@ -433,8 +432,18 @@ def _footer(report: Report) -> str:
 def write_html(report: Report, path: Path, *, embed: bool = False) -> Path:
     """The HTML report at `path`, its links relative to `path`'s folder; `embed` inlines QC thumbnails."""
     base = Path(path).resolve().parent
+    folders: dict[str, str] = {}
 
     def link(target: str) -> str:
-        return relative_href(target, base)
+        # One relpath per folder, not per file: the tables link thousands of files in a handful of folders.
+        folder, name = os.path.split(target)
+        if name in ("", ".", ".."):
+            return relative_href(target, base)
+        prefix = folders.get(folder)
+        if prefix is None:
+            prefix = folders[folder] = relative_href(folder, base)
+        if prefix.startswith("file:"):   # no relative way there (another drive)
+            return relative_href(target, base)
+        return urllib.parse.quote(name) if prefix == "." else prefix + "/" + urllib.parse.quote(name)
 
     return write_atomic(path, render_html(report, link=link, image=embedded_thumbnail if embed else None))

@@ -22,12 +22,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 from ..errors import StudyError, one_line
+from ..labels import L6, SACRUM, SPINE_ORDER, T13, VERTEBRA_NAMES
+from ..levels import VERDICTS
+from ..lstv import PATTERNS
 from ..pipeline import file_name_part, output_paths
-from .status_text import worker_of
+from .status_text import worker_label
 
 # The names of one study's outputs (nifti, vert_mask, ..., metadata), in the pipeline's order.
 OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
@@ -42,7 +46,7 @@ NOT_CHECKED_IDS = 60
 ALL_ROWS = 3000
 
 
-@dataclass
+@dataclass(slots=True)
 class StudyFiles:
     """What the report needs from one done study's files (the rest of the metadata is dropped at once)."""
 
@@ -57,7 +61,7 @@ class StudyFiles:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class LevelView:
     """One study's level check as the report shows it (levels.py); every number is checked for its type."""
 
@@ -70,7 +74,7 @@ class LevelView:
     disagreements: list[str] = field(default_factory=list)   # "L5/S1: SPINEPS L4/L5, 1.2 mm along the spine"
 
 
-@dataclass
+@dataclass(slots=True)
 class LstvView:
     """One study's LSTV findings as the report shows them; None means unknown, never False."""
 
@@ -87,7 +91,7 @@ class LstvView:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class StudyEntry:
     study_id: str
     series_id: str | None
@@ -321,31 +325,37 @@ def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
         files.problems.append(exc.message)
         return files
     # The paths as text from a template: eight Path objects per study were a quarter of a large report.
-    layout = {name: folder + study_id + rest for name, (folder, rest) in _layout_template(str(out_dir)).items()}
-    meta_path = layout["metadata"]
+    template = _layout_template(str(out_dir))
+    folder, rest = template["metadata"]
+    meta_path = folder + study_id + rest
     meta, problem = _json_object(meta_path, "metadata", shown=meta_path)
     if meta is None:
         files.problems.append(problem)
         return files
     files.metadata_path = meta_path
-    segmenter = meta.get("segmenter")
-    files.segmenter = {k: v for k, v in segmenter.items() if isinstance(v, (str, bool, int, float))} \
-        if isinstance(segmenter, dict) else {}
-    files.lstv = meta.get("lstv") if isinstance(meta.get("lstv"), dict) else None
-    files.levels = meta.get("levels") if isinstance(meta.get("levels"), dict) else None
-    timings = meta.get("timings") if isinstance(meta.get("timings"), dict) else {}
-    total = timings.get("total")
-    files.seconds = float(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
-    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    files.batchseg_version = versions.get("batchseg") if isinstance(versions.get("batchseg"), str) else None
+    get = meta.get
+    if isinstance(segmenter := get("segmenter"), dict):
+        files.segmenter = {k: v for k, v in segmenter.items() if isinstance(v, (str, bool, int, float))}
+    lstv = get("lstv")
+    files.lstv = lstv if isinstance(lstv, dict) else None
+    if isinstance(levels := get("levels"), dict):
+        files.levels = levels
+    if isinstance(timings := get("timings"), dict):
+        total = timings.get("total")
+        files.seconds = float(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
+    if isinstance(versions := get("versions"), dict) and isinstance(version := versions.get("batchseg"), str):
+        files.batchseg_version = version
     # Metadata is published last: the outputs it lists are all in place.
-    names = meta.get("outputs") if isinstance(meta.get("outputs"), dict) else {}
-    files.outputs = {k: layout[k] for k in OUTPUT_NAMES if k in names and k in layout}
-    labels, problem = _json_object(layout["vertebra_labels"], "vertebra labels")
+    if isinstance(names := get("outputs"), dict):
+        files.outputs = {k: f + study_id + r for k, (f, r) in template.items() if k in names}
+    folder, rest = template["vertebra_labels"]
+    labels, problem = _json_object(folder + study_id + rest, "vertebra labels")
     if labels is None:
         files.problems.append(problem)
     else:
-        files.vertebra_labels = {str(k): str(v) for k, v in labels.items()}
+        # JSON keys are text already; a value that is not text is made text (the usual file needs no copy).
+        files.vertebra_labels = labels if all(map(isinstance, labels.values(), repeat(str))) \
+            else {k: str(v) for k, v in labels.items()}
     if files.lstv is not None:
         files.problems += lstv_field_problems(files.lstv)
     return files
@@ -361,7 +371,7 @@ def lstv_field_problems(lstv: dict[str, Any]) -> list[str]:
     problems = []
     for name, kind in LSTV_FIELD_TYPES.items():
         value = lstv.get(name)
-        if value is None:
+        if value is None or value.__class__ is kind:   # the usual case, one test (JSON makes no subclasses)
             continue
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             problems.append(f"metadata lstv.{name} is {type(value).__name__}, not {kind.__name__}: ignored")
@@ -424,8 +434,6 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
 
     Every field is type-checked: an odd or older metadata file gives "unknown", never a crash or a negative.
     """
-    from ..lstv import PATTERNS
-
     if lstv is None:
         if labels_anatomical is False:
             reason = "labels not anatomical: no labeling model, vertebrae are only numbered top to bottom"
@@ -466,8 +474,6 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
 
 def level_view(levels: dict[str, Any] | None) -> LevelView:
     """The report's view of a metadata `levels` object; outputs made before the level check are "not_checked"."""
-    from ..levels import VERDICTS
-
     if not isinstance(levels, dict) or levels.get("verdict") not in VERDICTS:
         return LevelView("not_checked", reason="no level check in the metadata: run `batchseg levels`")
     disagreements = []
@@ -501,12 +507,13 @@ def _texts(value: Any) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _vertebra_ranks() -> dict[str, int]:
-    """Label (as a vertebra-labels key) -> place top to bottom, for every vertebra and the sacrum."""
-    from ..labels import SACRUM, SPINE_ORDER, VERTEBRA_NAMES
-
+def _vertebra_ranks() -> dict[str, int | None]:
+    """Label (as a vertebra-labels key) -> place top to bottom for every vertebra and the sacrum; None for the
+    other labels below 1000 (discs, endplates: not vertebrae), so that the usual keys need one lookup."""
     order = {label: i for i, label in enumerate(SPINE_ORDER)}
-    return {str(label): order.get(label, len(order) + label) for label in (*VERTEBRA_NAMES, SACRUM)}
+    ranks: dict[str, int | None] = {str(n): None for n in range(1000)}
+    ranks.update({str(label): order.get(label, len(order) + label) for label in (*VERTEBRA_NAMES, SACRUM)})
+    return ranks
 
 
 def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
@@ -516,56 +523,59 @@ def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
     ranks = _vertebra_ranks()
     found = []
     for key, name in vertebra_labels.items():
-        rank = ranks.get(key)
-        # isascii and isdecimal: "²" is a digit to str.isdigit, and int() refuses it
-        if rank is None and key.isascii() and key.isdecimal() and len(key) < 6:   # "020": the same label
-            rank = ranks.get(str(int(key)))
+        rank = ranks.get(key, -1)
+        if rank == -1:
+            # isascii and isdecimal: "²" is a digit to str.isdigit, and int() refuses it
+            rank = ranks.get(str(int(key))) if key.isascii() and key.isdecimal() and len(key) < 6 else None  # "020"
         if rank is not None:
             found.append((rank, name))
-    return [name for _, name in sorted(found)]
+    found.sort()
+    return [name for _, name in found]
+
+
+# The vertebra-labels keys of L6 and T13.
+_L6_KEY, _T13_KEY = str(L6), str(T13)
 
 
 def _consistency(lstv: LstvView, vertebra_labels: dict[str, str] | None) -> list[str]:
     """Metadata findings that the vertebra-labels file contradicts (a half-replaced output, say)."""
-    from ..labels import L6, T13
-
     if vertebra_labels is None or lstv.status not in (CANDIDATE, NO_CANDIDATE):
         return []
     problems = []
-    for label, present, name in ((L6, lstv.l6_present, "L6"), (T13, lstv.t13_present, "T13")):
-        if (str(label) in vertebra_labels) != bool(present):
-            problems.append(f"metadata and vertebra labels disagree about {name}")
+    if (_L6_KEY in vertebra_labels) != bool(lstv.l6_present):
+        problems.append("metadata and vertebra labels disagree about L6")
+    if (_T13_KEY in vertebra_labels) != bool(lstv.t13_present):
+        problems.append("metadata and vertebra labels disagree about T13")
     return problems
 
 
 def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
     """One study's line of the report from its ledger row (Ledger.report_rows) and its files (done studies only)."""
-    timings = row.get("timings") if isinstance(row.get("timings"), dict) else {}
-    seconds = row.get("attempt_seconds")
+    get = row.get
+    timings = get("timings")
+    seconds = get("attempt_seconds")
+    state = row["state"]
+    failed = state != "done"
     entry = StudyEntry(
-        study_id=str(row["study_id"]),
-        series_id=row.get("series_id"),
-        state=row["state"],
-        attempts=int(row.get("attempts") or 0),
-        error_class=row.get("error_class") if row["state"] != "done" else None,
-        error_message=row.get("error_message") if row["state"] != "done" else None,
-        log_path=row.get("log_path") if row["state"] != "done" else None,
-        seconds=timings.get("total"),
+        str(row["study_id"]), get("series_id"), state, int(get("attempts") or 0),
+        error_class=get("error_class") if failed else None,
+        error_message=get("error_message") if failed else None,
+        log_path=get("log_path") if failed else None,
+        seconds=timings.get("total") if isinstance(timings, dict) else None,
         attempt_seconds=round(seconds, 3) if seconds is not None else None,
-        attempt_errors=list(row.get("attempt_errors") or []),
+        attempt_errors=list(get("attempt_errors") or ()),
         # The study row keeps the last claim's worker (every claim writes it).
-        worker=worker_of({"host": row.get("worker_host"), "pid": row.get("worker_pid"),
-                          "slurm_array_job_id": row.get("slurm_array_job_id"),
-                          "slurm_array_task_id": row.get("slurm_array_task_id")}),
+        worker=worker_label(get("worker_host"), get("worker_pid"), get("slurm_array_job_id"),
+                            get("slurm_array_task_id")),
     )
     if files is None:
         return entry
     entry.outputs = dict(files.outputs)
-    entry.problems = list(files.problems)
-    entry.segmenter = files.segmenter.get("name")
-    entry.segmenter_note = files.segmenter.get("note")
+    segmenter = files.segmenter
+    entry.segmenter = segmenter.get("name")
+    entry.segmenter_note = segmenter.get("note")
     entry.made_by = files.batchseg_version if isinstance(files.batchseg_version, str) else None
-    anatomical = files.segmenter.get("labels_anatomical")
+    anatomical = segmenter.get("labels_anatomical")
     entry.labels_anatomical = anatomical if isinstance(anatomical, bool) else None
     if entry.seconds is None:
         entry.seconds = files.seconds
@@ -576,7 +586,7 @@ def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
         entry.lstv = lstv_view(files.lstv, entry.labels_anatomical)
     entry.levels = level_view(files.levels) if files.metadata_path is not None else None
     entry.vertebrae = ordered_vertebrae(files.vertebra_labels)
-    entry.problems += _consistency(entry.lstv, files.vertebra_labels)
+    entry.problems = files.problems + _consistency(entry.lstv, files.vertebra_labels)
     return entry
 
 

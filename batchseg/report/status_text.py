@@ -206,10 +206,16 @@ def _shorten(text: str, width: int) -> str:
 
 def worker_of(event: dict[str, Any]) -> str:
     """Who an event's worker was: `ARRAYJOB_TASK@host` for a Slurm array task, `host:pid` for a local one."""
-    if event.get("slurm_array_job_id"):
-        return f"{event['slurm_array_job_id']}_{event['slurm_array_task_id']}@{event.get('host') or '?'}"
-    if event.get("host"):
-        return f"{event['host']}:{event.get('pid')}"
+    return worker_label(event.get("host"), event.get("pid"), event.get("slurm_array_job_id"),
+                        event.get("slurm_array_task_id"))
+
+
+def worker_label(host: str | None, pid: int | None, array_job: Any, array_task: Any) -> str:
+    """worker_of from the columns themselves (the report calls it once per study, without a dict each)."""
+    if array_job:
+        return f"{array_job}_{array_task}@{host or '?'}"
+    if host:
+        return f"{host}:{pid}"
     return ""
 
 
