@@ -300,7 +300,7 @@ def run(ctx: Context, workers: int | None, limit: int | None, gpus: str | None) 
     live.end()
     handled = ledger.states_of_claimed_since(result.started_at)
     unfinished = {sid: state for sid, state in handled.items() if state != "done"}
-    states = ledger.summary()["states"]
+    states = ledger.states()
     left = states["pending"] + states["running"]
     click.echo(f"outputs in {config.out_dir}")
     bad_workers = result.failed_workers

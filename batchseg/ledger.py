@@ -428,6 +428,10 @@ def _engine(url: str) -> tuple[str, Engine, bool]:
         raise RuntimeError(f"not a usable database URL: {one_line(exc, 200)}") from None
 
 
+def _states(counted: dict[str, int]) -> dict[str, int]:
+    return {s: max(0, counted.get(f"state:{s}", 0)) for s in STATES}
+
+
 class Ledger:
     """The study ledger behind one SQLAlchemy URL (SQLite by default, PostgreSQL by option)."""
 
@@ -819,6 +823,10 @@ class Ledger:
     def _counts(conn: Connection) -> dict[str, int]:
         return ledger_counts.decode(conn.exec_driver_sql(ledger_counts.READ).all())
 
+    def states(self) -> dict[str, int]:
+        """Studies per state (every state, zeros included), from the counters alone."""
+        return _states(self.counts())
+
     def summary(self, window_seconds: float = 3600.0, *, studies_per_group: int | None = None) -> dict[str, Any]:
         """The `status --json` object: counts, failure groups, attempts, throughput and ETA.
 
@@ -836,7 +844,7 @@ class Ledger:
             # Held by a worker that stopped heartbeating: reclaimed at the next claim, `run` or `sync`.
             expired = conn.execute(select(func.count()).select_from(studies).where(
                 studies.c.state == "running", studies.c.lease_expires_at < now)).scalar_one()
-        states = {s: max(0, counted.get(f"state:{s}", 0)) for s in STATES}
+        states = _states(counted)
 
         def grouped(state: str) -> list[dict[str, Any]]:
             found = [g for (s, _), g in groups.items() if s == state]

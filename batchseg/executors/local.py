@@ -180,7 +180,7 @@ class _Supervisor:
         if code in NOT_REPLACED or not (held or code < 0):
             return False
         try:
-            states = self.ledger.summary()["states"]
+            states = self.ledger.states()
         except Exception:  # noqa: BLE001
             return False
         return states["pending"] > 0

@@ -124,7 +124,7 @@ def submit_array(config: Config, ledger: Any, *, tasks: int | None = None, max_p
     if max_parallel is not None:
         overrides["max_parallel"] = max_parallel
     slurm = effective_slurm(config, overrides)
-    pending = int(ledger.summary()["states"].get("pending", 0))
+    pending = ledger.states()["pending"]
     if tasks is None:
         tasks = default_tasks(pending, max_parallel=slurm.max_parallel, time_limit=slurm.time,
                               signal_grace=slurm.signal_grace, study_seconds=ledger.study_seconds())
