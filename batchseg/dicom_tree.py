@@ -169,29 +169,19 @@ def read_header(path: Path) -> dict[str, Any]:
 def _facts(ds: pydicom.Dataset) -> dict[str, Any]:
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     frame = _first(ds, "PerFrameFunctionalGroupsSequence")
+    # Enhanced multi-frame: what a classic file holds at the top sits in the functional groups.
     iop = _number_list(ds.get("ImageOrientationPatient"))
-    if iop is None:
-        # Enhanced multi-frame: the orientation sits in the functional groups, shared ones first.
-        for group in (shared, frame):
-            iop = _number_list(_first(group, "PlaneOrientationSequence").get("ImageOrientationPatient"))
-            if iop is not None:
-                break
+    if iop is None:   # the orientation: shared groups first
+        iop = _in_groups((shared, frame), "PlaneOrientationSequence", "ImageOrientationPatient", _number_list)
     te = _number(ds.get("EchoTime"))
     if te is None:
-        for group in (frame, shared):
-            te = _number(_first(group, "MREchoSequence").get("EffectiveEchoTime"))
-            if te is not None:
-                break
+        te = _in_groups((frame, shared), "MREchoSequence", "EffectiveEchoTime", _number)
     tr = _number(ds.get("RepetitionTime"))
     if tr is None:
-        tr = _number(_first(shared, "MRTimingAndRelatedParametersSequence").get("RepetitionTime"))
+        tr = _in_groups((shared,), "MRTimingAndRelatedParametersSequence", "RepetitionTime", _number)
     ti = _number(ds.get("InversionTime"))
     if ti is None:
-        for group in (frame, shared):
-            times = _number_list(_first(group, "MRModifierSequence").get("InversionTimes"), n=None)
-            if times:
-                ti = times[0]
-                break
+        ti = _in_groups((frame, shared), "MRModifierSequence", "InversionTimes", _first_number)
     image_type = ds.get("ImageType")
     facts = {
         "kind": "image",
@@ -212,6 +202,20 @@ def _facts(ds: pydicom.Dataset) -> dict[str, Any]:
         "contrast": _text(ds.get("AcquisitionContrast")),
     }
     return facts
+
+
+def _in_groups(groups: tuple[Any, ...], sequence: str, keyword: str, read: Callable[[Any], Any]) -> Any:
+    """`keyword` of the first functional group (in the order given) whose `sequence` holds a readable one."""
+    for group in groups:
+        value = read(_first(group, sequence).get(keyword))
+        if value is not None:
+            return value
+    return None
+
+
+def _first_number(value: Any) -> float | None:
+    numbers = _number_list(value, n=None)
+    return numbers[0] if numbers else None
 
 
 def _first(ds: Any, keyword: str) -> Any:
