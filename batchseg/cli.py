@@ -428,7 +428,7 @@ def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None)
         events = ledger.history(study_id)
         lstv = levels = None
         if study["state"] == "done":
-            from .report.model import read_study_files
+            from .outputs import read_study_files
 
             # The findings as the study's metadata holds them (None when it cannot be read).
             files = read_study_files(Path(config.out_dir), study_id)
@@ -543,6 +543,14 @@ def levels_command(ctx: Context, study_id: str | None, as_json: bool) -> None:
     ledger.close()
     table = read_project_annotations(config.dataset_dir, config.split)
     results, summary = recheck_studies(config.out_dir, rows, table, dataset=config.dataset_dir, split=config.split)
+    rewritten = [r.study_id for r in results if r.rewritten]
+    if rewritten:
+        from .outputs import findings_digest
+
+        # The report's digest of each rewritten metadata file (the old one no longer matches the file).
+        ledger = ctx.ledger(config)
+        ledger.record_findings({sid: findings_digest(config.out_dir, sid) for sid in rewritten})
+        ledger.close()
     if as_json:
         echo_json({"studies": [r.to_json() for r in results], "summary": summary})
     else:

@@ -27,6 +27,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -57,6 +58,7 @@ from . import ledger_counts
 from .errors import is_retryable, one_line
 from .ledger_hot import HotConnection, Transaction
 
+FINDINGS_VERSION = "1"   # meta key `findings`: the studies table has its findings column
 SCHEMA_VERSION = 1     # the counters and later indexes are additive: older batchseg versions use the ledger as it is
 ADD_CHUNK = 20_000     # studies per bulk insert in add_studies
 READ_ONLY = "batchseg_read_only"   # execution option: begin a plain (deferred) transaction on SQLite
@@ -93,6 +95,7 @@ studies = Table(
     Column("log_path", Text),
     Column("timings", Text),                               # JSON: seconds per stage of the last done attempt
     Column("outputs", Text),                               # JSON: output name -> path
+    Column("findings", Text),                              # JSON: outputs.findings_digest of a done study
     Column("added_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float),
@@ -199,7 +202,9 @@ HEARTBEAT = update(studies).where(*_HELD).values(heartbeat_at=bindparam("p_now")
                                                   lease_expires_at=bindparam("p_expires"))
 COMPLETE = update(studies).where(*_HELD).values(
     state="done", token=None, lease_expires_at=None, finished_at=bindparam("p_now"), updated_at=bindparam("p_now"),
-    outputs=bindparam("p_outputs"), timings=bindparam("p_timings"))
+    outputs=bindparam("p_outputs"), timings=bindparam("p_timings"), findings=bindparam("p_findings"))
+RECORD_FINDINGS = update(studies).where(studies.c.study_id == bindparam("p_study"), studies.c.state == "done").values(
+    findings=bindparam("p_findings"))
 RELEASE = update(studies).where(*_HELD).values(
     state="pending", token=None, lease_expires_at=None, attempts=studies.c.attempts - 1, updated_at=bindparam("p_now"))
 _ATTEMPT = (studies.c.attempts, studies.c.claimed_at, studies.c.worker_host, studies.c.worker_pid,
@@ -241,10 +246,19 @@ _ATTEMPT_SECONDS = (
 REPORT_STUDIES = (
     select(studies.c.study_id, studies.c.series_id, studies.c.state, studies.c.attempts, studies.c.error_class,
            studies.c.error_message, studies.c.log_path, studies.c.timings, studies.c.worker_host,
-           studies.c.worker_pid, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id,
+           studies.c.worker_pid, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id, studies.c.findings,
            _ATTEMPT_SECONDS.c.attempt_seconds)
     .select_from(studies.outerjoin(_ATTEMPT_SECONDS, _ATTEMPT_SECONDS.c.study_id == studies.c.study_id))
     .order_by(studies.c.seq))
+REPORT_KEYS = tuple(c.name for c in REPORT_STUDIES.selected_columns)
+
+
+@lru_cache(maxsize=2)
+def _report_sql(dialect: Any) -> str:
+    """REPORT_STUDIES as the dialect's SQL text (it has no parameters: its constants are inlined)."""
+    return str(REPORT_STUDIES.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
 ATTEMPT_ERRORS = (select(history.c.study_id, history.c.error_class)
                   .where(history.c.event.in_(("failed", "lost"))).order_by(history.c.id))
 _PROBLEM_ROWS = select(studies.c.study_id, studies.c.state, studies.c.error_class, studies.c.error_message,
@@ -468,7 +482,8 @@ class Ledger:
             if version is not None and int(version) > SCHEMA_VERSION:
                 raise RuntimeError(f"the ledger has schema {version}; this batchseg knows up to {SCHEMA_VERSION}: "
                                    "upgrade batchseg")
-            if version is not None and found.get("counts") == ledger_counts.COUNTS_VERSION:
+            if version is not None and found.get("counts") == ledger_counts.COUNTS_VERSION \
+                    and found.get("findings") == FINDINGS_VERSION:
                 return
         # A new ledger, or one made before the counters and indexes: only now take the write lock.
         with self.engine.begin() as conn:
@@ -479,6 +494,15 @@ class Ledger:
             for index in LATER_INDEXES:
                 index.create(conn, checkfirst=True)
             keys = dict(conn.execute(select(meta.c.key, meta.c.value)).all())   # again, under the lock
+            if keys.get("findings") != FINDINGS_VERSION:
+                # A ledger made before the findings digest: the column is added, empty (the report reads
+                # those studies' files). Older batchseg versions name their columns and never see it.
+                if "findings" not in {c["name"] for c in inspect(conn).get_columns("studies")}:
+                    conn.exec_driver_sql("ALTER TABLE studies ADD COLUMN findings TEXT")
+                if "findings" in keys:
+                    conn.execute(update(meta).where(meta.c.key == "findings").values(value=FINDINGS_VERSION))
+                else:
+                    conn.execute(insert(meta).values(key="findings", value=FINDINGS_VERSION))
             if "schema_version" not in keys:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
             if keys.get("counts") != ledger_counts.COUNTS_VERSION:
@@ -633,17 +657,25 @@ class Ledger:
             return tx.execute(HEARTBEAT, {"p_study": claim.study_id, "p_token": claim.token, "p_now": now,
                                           "p_expires": now + lease_seconds}).rowcount == 1
 
-    def complete(self, claim: Claim, outputs: dict[str, str], timings: dict[str, float]) -> bool:
+    def complete(self, claim: Claim, outputs: dict[str, str], timings: dict[str, float],
+                 findings: str | None = None) -> bool:
+        """The attempt `claim` holds is done; `findings` is outputs.findings_digest of what it published."""
         now = time.time()
         with self._hot.transaction() as tx:
             done = tx.execute(COMPLETE, {
-                "p_study": claim.study_id, "p_token": claim.token, "p_now": now,
+                "p_study": claim.study_id, "p_token": claim.token, "p_now": now, "p_findings": findings,
                 "p_outputs": json.dumps(outputs), "p_timings": json.dumps(timings)}).rowcount == 1
             if done:
                 tx.execute(ADD_HISTORY, history_row(
                     claim.study_id, "done", "running", "done", now, token=claim.token,
                     who=claim.worker.history_columns(), duration=now - claim.claimed_at))
         return done
+
+    def record_findings(self, findings: dict[str, str | None]) -> None:
+        """Done studies' findings digests again (study -> digest), after `batchseg levels` rewrote their metadata."""
+        if findings:
+            with self.engine.begin() as conn:
+                conn.execute(RECORD_FINDINGS, [{"p_study": k, "p_findings": v} for k, v in findings.items()])
 
     def fail(self, claim: Claim, error_class: str, message: str, log_path: str | None = None) -> str:
         """Record a failed attempt. Returns the new state ('pending' or 'failed'), or '' if the token was stale."""
@@ -779,14 +811,22 @@ class Ledger:
             errors: dict[str, list[str]] = {}
             for study_id, error_class in conn.execute(ATTEMPT_ERRORS):
                 errors.setdefault(study_id, []).append(error_class or "unknown")
-            result = conn.execution_options(stream_results=True, yield_per=page_size).execute(REPORT_STUDIES)
-            keys = tuple(result.keys())
-            for row in result:
-                study = dict(zip(keys, row))
-                if study["timings"]:
-                    study["timings"] = json.loads(study["timings"])
-                study["attempt_errors"] = errors.pop(study["study_id"], [])
-                yield study
+            # On the driver's cursor: SQLAlchemy's row objects were a third of a large report's ledger read.
+            sql = _report_sql(conn.dialect)
+            cursor = conn.connection.cursor(name="report_rows") if self.dialect == "postgresql" \
+                else conn.connection.cursor()
+            try:
+                cursor.execute(sql)
+                keys = REPORT_KEYS
+                while page := cursor.fetchmany(page_size):
+                    for row in page:
+                        study = dict(zip(keys, row))
+                        if study["timings"]:
+                            study["timings"] = json.loads(study["timings"])
+                        study["attempt_errors"] = errors.pop(study["study_id"], [])
+                        yield study
+            finally:
+                cursor.close()
 
     def history(self, study_id: str | None = None) -> list[dict[str, Any]]:
         query = select(history).order_by(history.c.id)
@@ -894,7 +934,7 @@ class Ledger:
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("timings", "outputs"):
+    for key in ("timings", "outputs", "findings"):
         if row.get(key):
             row[key] = json.loads(row[key])
     return row

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import __version__
-from .errors import LedgerUnreachable, SetupError, StudyError, printable
+from .errors import LedgerUnreachable, SetupError, StudyError
 from .files import write_json
 from .inputs import StudySource, prepare
+from .outputs import file_name_part, output_paths
 from .segmenters import Segmenter
 
 if TYPE_CHECKING:
@@ -56,22 +57,6 @@ class StudyOutcome:
     outputs: dict[str, str]              # output name -> final path
     timings: dict[str, float]            # seconds per stage
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
-    """Final location of every output of one study: the seed's names (docs/architecture.md, "Output layout")."""
-    file_name_part(study)
-    return {
-        "nifti": out_dir / "nifti" / f"{study}_T2w.nii.gz",
-        "vert_mask": out_dir / "segmentations" / f"{study}_seg-vert_msk.nii.gz",
-        "spine_mask": out_dir / "segmentations" / f"{study}_seg-spine_msk.nii.gz",
-        "ctd": out_dir / "segmentations" / f"{study}_ctd.json",
-        "centroids": out_dir / "centroids" / f"{study}_centroids.json",
-        "vertebra_labels": out_dir / "centroids" / f"{study}_vertebra_labels.json",
-        "qc": out_dir / "qc" / f"{study}_qc.png",
-        "qc_segmenter": out_dir / "qc" / f"{study}_spineps.png",
-        "metadata": out_dir / "metadata" / f"{study}_metadata.json",
-    }
 
 
 class Timer:
@@ -204,17 +189,6 @@ def run_study(study: StudyInput, segmenter: Segmenter, out_dir: Path, *,
         raise _stage_error(timer.current, sid, exc) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def file_name_part(study: str) -> str:
-    """`study` if it can be part of a file name in the output folders, else StudyError input.bad_id.
-
-    The worker checks ids against the dataset's rule before a study starts; this is the output
-    layout's own guard, for every caller: whatever the ledger holds, nothing leaves its folder.
-    """
-    if not study or study.startswith(".") or any(c in study for c in "/\\\0") or not study.isprintable():
-        raise StudyError("input.bad_id", f"study {printable(study)!r}: not usable as part of a file name")
-    return study
 
 
 def clear_stale_staging(out_dir: Path, sid: str) -> None:

@@ -21,7 +21,8 @@ from .errors import StudyError
 from .files import write_json
 from .levels import check_study, lstv_with_levels, summarize
 from .measures import measure, read_label_map
-from .pipeline import output_paths, sha256
+from .outputs import output_paths
+from .pipeline import sha256
 
 # The outputs the check measures: their bytes must be the ones the metadata's checksums name.
 MASKS = ("vert_mask", "spine_mask")

@@ -29,6 +29,7 @@ from .errors import LedgerUnreachable, SetupError, StudyError, one_line
 from .files import write_atomic
 from .inputs import locate
 from .ledger import Claim, Ledger, WorkerInfo
+from .outputs import findings_digest
 from .pipeline import StudyInput, run_study
 from .segmenters import Segmenter, load_segmenter
 
@@ -341,7 +342,9 @@ class Worker:
         except Exception as exc:  # never let one study end the batch
             self._record_failure(claim, StudyError("internal", f"study {claim.study_id}: {type(exc).__name__}: {exc}"))
             return
-        if self._retry(self.ledger.complete, claim, outcome.outputs, outcome.timings):
+        # What the report reads of the published files, kept in the ledger beside the done state (outputs.py).
+        findings = findings_digest(self.config.out_dir, claim.study_id)
+        if self._retry(self.ledger.complete, claim, outcome.outputs, outcome.timings, findings):
             self.stats.done.append(claim.study_id)
             log.info("study %s: done in %.1f s", claim.study_id, outcome.timings.get("total", 0.0))
         else:

@@ -2,12 +2,14 @@
 and history, and (optionally) the result files of its done studies.
 
     python benchmarks/scale_build.py DIR --studies 1000000 [--pg URL] [--files] [--seed 0]
+    python benchmarks/scale_build.py DIR --findings-only     # digests for a build made before they existed
 
 Writes
   DIR/data/train_series_descriptions.csv   RSNA layout: 3-4 series per study, 1% of studies without a
                                            Sagittal T2/STIR series, 0.2% with two of them
   DIR/project/batchseg.toml + ledger.sqlite (or the tables of the PostgreSQL database --pg, dropped first)
-  DIR/project/results/{metadata,centroids}/ with --files: every done study's metadata and vertebra labels
+  DIR/project/results/{metadata,centroids}/ with --files: every done study's metadata and vertebra labels, and
+                                        their findings digests in the ledger (as a worker records them)
 
 The ledger is what `batchseg init` followed by a long run would leave (the states and history rows the ledger's
 own transitions write, in the same columns), written with plain sqlite3 / psycopg COPY because going through the
@@ -298,6 +300,17 @@ def write_files(results: Path, done: list[tuple[str, str]]) -> None:
             json.dump(labels, handle, indent=2)
 
 
+def record_findings(url: str, results: Path, done: list[str]) -> None:
+    """Each done study's findings digest in the ledger, from its files, as the worker records it when done."""
+    from batchseg.ledger import Ledger
+    from batchseg.outputs import findings_digest
+
+    ledger = Ledger(url)
+    for start in range(0, len(done), 50_000):
+        ledger.record_findings({study: findings_digest(results, study) for study in done[start:start + 50_000]})
+    ledger.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path)
@@ -305,9 +318,23 @@ def main() -> None:
     parser.add_argument("--pg", default="", help="build the ledger in this PostgreSQL database (tables dropped)")
     parser.add_argument("--files", action="store_true", help="also write every done study's metadata and labels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--findings-only", action="store_true",
+                        help="build nothing: record the done studies' findings digests of an earlier build with --files")
     args = parser.parse_args()
 
-    from batchseg.config import Config, write_config
+    from batchseg.config import Config, load_config, write_config
+
+    if args.findings_only:
+        t0 = time.perf_counter()
+        config = load_config(args.dir.resolve() / "project")
+        from batchseg.ledger import Ledger
+
+        ledger = Ledger(config.db_url)
+        done = [row["study_id"] for row in ledger.report_rows() if row["state"] == "done"]
+        ledger.close()
+        record_findings(config.db_url, config.out_dir, done)
+        print(f"findings: {len(done)} done studies' digests ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        return
 
     rng = random.Random(args.seed)
     root = args.dir.resolve()
@@ -333,8 +360,9 @@ def main() -> None:
           f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     if args.files:
         write_files(config.out_dir, done)
-        print(f"results: {len(done)} done studies' metadata and labels ({time.perf_counter() - t0:.1f} s)",
-              file=sys.stderr)
+        record_findings(config.db_url, config.out_dir, [study for study, _ in done])
+        print(f"results: {len(done)} done studies' metadata and labels, their digests in the ledger "
+              f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,23 @@ def kill_workers_at_the_tail(project: Any, db_url: str, studies: int) -> None:
         if run.poll() is None:
             run.kill()
         ledger.close()
+
+
+def entries_both_ways(project: Any) -> dict[str, tuple[Any, Any]]:
+    """Each done study's report entry from the ledger's findings digest (None where the report would not
+    believe the digest) and from its files."""
+    from batchseg.config import load_config
+    from batchseg.ledger import Ledger
+    from batchseg.outputs import files_from_digest, read_study_files
+    from batchseg.report.model import study_entry
+
+    ledger = Ledger.for_config(load_config(project))
+    results = project / "results"
+    both = {}
+    for row in ledger.report_rows():
+        if row["state"] == "done":
+            digested = files_from_digest(results, row["study_id"], row["findings"])
+            both[row["study_id"]] = (study_entry(row, digested) if digested else None,
+                                     study_entry(row, read_study_files(results, row["study_id"])))
+    ledger.close()
+    return both

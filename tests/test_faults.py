@@ -20,7 +20,8 @@ from sqlalchemy.exc import OperationalError
 from batchseg.config import load_config
 from batchseg.errors import LedgerUnreachable
 from batchseg.ledger import Ledger, StudyRow, WorkerInfo
-from batchseg.pipeline import FAULT_ENV, output_paths, sha256
+from batchseg.outputs import output_paths
+from batchseg.pipeline import FAULT_ENV, sha256
 from tests.conftest import batchseg, noop_project, set_config, status_json
 from tests.helpers import kill_workers_at_the_tail, wait_until
 

@@ -16,6 +16,7 @@ from batchseg.levels import check_study
 from batchseg.measures import measure_file
 from batchseg.synth import VARIANTS, read_manifest, synth_dataset
 from tests.conftest import batchseg
+from tests.helpers import entries_both_ways
 
 CSV_NAME = "train_label_coordinates.csv"
 
@@ -133,6 +134,10 @@ def test_levels_fills_in_the_check_without_touching_the_model_outputs(projects: 
     assert summary["verdicts"]["agree"] == len(projects["good"]) - 1 and summary["verdicts"]["shifted"] == 1
     assert summary["agreement_rate"] == round((len(projects["good"]) - 1) / len(projects["good"]), 4)
     assert summary["metadata_rewritten"] == len(projects["good"]) and summary["errors"] == []
+    # The ledger's digest of each rewritten metadata file was made again: the report believes it, and it
+    # says what the files say.
+    for study, (digested, from_files) in entries_both_ways(project).items():
+        assert digested is not None and digested == from_files, study
 
     assert _checksums(results) == before                        # masks, centroids, NIfTI, QC: byte for byte
     for study, old in meta_before.items():

@@ -27,8 +27,10 @@ from batchseg.report.model import (
     collect_report,
     study_entry,
 )
+from batchseg.outputs import findings_digest
 from batchseg.synth import read_manifest, synth_dataset
 from tests.conftest import batchseg
+from tests.helpers import entries_both_ways
 
 LSTV_VARIANTS = {"L6", "T13", "four_lumbar"}
 CANDIDATE_PATTERN = {"L6": "lumbarization", "T13": "thoracolumbar_t13", "four_lumbar": "four_lumbar"}
@@ -448,6 +450,83 @@ def test_one_ledger_read_for_the_whole_report(finished: Path) -> None:
     ledger.close()
     assert sorted(calls) == ["report_rows", "summary"]
     assert len(report.studies) == report.total
+
+
+def test_the_report_reads_the_ledger_s_digest_and_it_says_what_the_files_say(
+        finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    both = entries_both_ways(finished)
+    assert len(both) >= 5
+    for study, (digested, from_files) in both.items():
+        assert digested is not None and digested == from_files, study
+    # The whole report without opening one study's files: the same CSV as from the files.
+    from batchseg.report import model
+
+    monkeypatch.setattr(model, "read_study_files", lambda *a: pytest.fail("a study's files were read"))
+    invoke("report", "--project", str(finished), "--csv", str(tmp_path / "digest.csv"))
+    monkeypatch.undo()
+    monkeypatch.setattr(model, "files_from_digest", lambda *a: None)
+    invoke("report", "--project", str(finished), "--csv", str(tmp_path / "files.csv"))
+    assert (tmp_path / "digest.csv").read_bytes() == (tmp_path / "files.csv").read_bytes()
+
+
+def test_a_digest_is_never_believed_once_its_files_changed(finished: Path, manifest: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    project = copy_project(finished, tmp_path)
+    results = project / "results"
+    # A copy is other files (other inodes): no digest holds until it is made again for them.
+    assert all(digested is None for digested, _ in entries_both_ways(project).values())
+    good = sorted(sid for sid, info in manifest.items() if not info["broken"])
+    ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
+    ledger.record_findings({sid: findings_digest(results, sid) for sid in good})
+    ledger.close()
+    assert all(digested == from_files for digested, from_files in entries_both_ways(project).values())
+
+    def count(study: str) -> Any:
+        return json.loads((results / "metadata" / f"{study}_metadata.json").read_text())["lstv"]["lumbar_count"]
+
+    in_place = next(sid for sid in good if count(sid) in (4, 5, 6))
+    rewritten, removed = [sid for sid in good if sid != in_place][:2]
+    meta = json.loads((results / "metadata" / f"{rewritten}_metadata.json").read_text())
+    meta["lstv"]["notes"] = ["a note written after the run"]
+    (results / "metadata" / f"{rewritten}_metadata.json").write_text(json.dumps(meta))
+    # An edit in place: the same inode, the same size, only the modification time tells.
+    path = results / "metadata" / f"{in_place}_metadata.json"
+    text = path.read_text()
+    before = path.stat()
+    counted = count(in_place)
+    assert f'"lumbar_count": {counted}' in text
+    with path.open("r+", encoding="utf-8") as handle:
+        handle.write(text.replace(f'"lumbar_count": {counted}', f'"lumbar_count": {9 - counted}'))
+    after = path.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    assert after.st_mtime_ns != before.st_mtime_ns
+    (results / "centroids" / f"{removed}_vertebra_labels.json").unlink()
+
+    both = entries_both_ways(project)
+    for study in (rewritten, in_place, removed):
+        assert both[study][0] is None, study
+    invoke("report", "--project", str(project), "--csv", str(project / "r.csv"))
+    with (project / "r.csv").open(newline="", encoding="utf-8") as handle:
+        rows = {r["study_id"]: r for r in csv.DictReader(handle)}
+    assert rows[rewritten]["lstv_notes"] == "a note written after the run"
+    assert rows[in_place]["lumbar_count"] == str(9 - counted)
+    assert "vertebra labels missing" in rows[removed]["problems"] and rows[removed]["vertebrae"] == ""
+
+
+def test_an_older_ledger_gets_the_findings_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    Ledger(url).close()
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:   # the ledger as batchseg 0.1.0 made it
+        conn.execute("ALTER TABLE studies DROP COLUMN findings")
+        conn.execute("DELETE FROM meta WHERE key = 'findings'")
+    ledger = Ledger(url)
+    ledger.add_studies([StudyRow("1", "1", "sagittal T2", "/data/1/1", "only series")])
+    claim = ledger.claim(WorkerInfo.from_environment({}), 60)
+    assert claim is not None and ledger.complete(claim, {}, {"total": 1.0}, '{"id": []}')
+    assert ledger.study("1")["findings"] == {"id": []}
+    ledger.close()
 
 
 def test_unwritable_target_is_a_one_line_error(finished: Path, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
-from .model import OUTPUT_NAMES, StudyEntry
+from ..outputs import OUTPUT_NAMES
+from .model import StudyEntry
 
 # Columns of the per-study CSV, in order; researchers load it with pandas.
 CSV_FIELDS = ("study_id", "series_id", "state", "attempts", "error_class", "error_message", "log_path",

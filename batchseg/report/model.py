@@ -17,24 +17,18 @@ whose findings carry a caveat (lstv.py: caveats apart from informational notes).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from ..errors import StudyError, one_line
 from ..labels import L6, SACRUM, SPINE_ORDER, T13, VERTEBRA_NAMES
 from ..levels import VERDICTS
 from ..lstv import PATTERNS
-from ..pipeline import file_name_part, output_paths
+from ..outputs import LEVEL_DETAIL_SHOWN, StudyFiles, files_from_digest, read_study_files
 from .status_text import worker_label
-
-# The names of one study's outputs (nifti, vert_mask, ..., metadata), in the pipeline's order.
-OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
 
 # LSTV status words: "no candidate" is the only one that means "counted and nothing found".
 CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN = "candidate", "no candidate", "not assessable", "unknown"
@@ -44,21 +38,6 @@ NOT_CHECKED_IDS = 60
 # The page lists at most this many studies in each long table (every study, not assessed, findings unknown,
 # skipped); `report --all-rows N` changes it. The CSV always has every study.
 ALL_ROWS = 3000
-
-
-@dataclass(slots=True)
-class StudyFiles:
-    """What the report needs from one done study's files (the rest of the metadata is dropped at once)."""
-
-    metadata_path: str | None = None
-    segmenter: dict[str, Any] = field(default_factory=dict)   # name, note, labels_anatomical, ...
-    lstv: dict[str, Any] | None = None
-    seconds: float | None = None
-    batchseg_version: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)     # output name -> absolute path
-    vertebra_labels: dict[str, str] | None = None
-    levels: dict[str, Any] | None = None                       # the level check (None: not in the metadata)
-    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -299,103 +278,14 @@ class ReportBuilder:
 
 # -- reading (the I/O edge) -----------------------------------------------------------------------
 
-@lru_cache(maxsize=4)
-def _layout_template(out_dir: str) -> dict[str, tuple[str, str]]:
-    """output_paths() once per results folder: each output as (folder and separator, name after the id).
-
-    Every output's file name starts with the study id (docs/architecture.md, "Output layout").
-    """
-    template = {}
-    for name, path in output_paths(Path(out_dir), "x").items():
-        assert path.name.startswith("x"), path
-        template[name] = (str(path.parent) + os.sep, path.name[1:])
-    return template
-
-
-def read_study_files(out_dir: Path, study_id: str) -> StudyFiles:
-    """Read one done study's metadata and vertebra labels; a missing or bad file becomes a problem, not a crash.
-
-    Files are looked for where the project's `out` says, not at the paths the ledger recorded:
-    a project folder that was moved or copied still reports on its own results.
-    """
-    files = StudyFiles()
-    try:
-        file_name_part(study_id)
-    except StudyError as exc:   # a crafted ledger row: its id never becomes a path
-        files.problems.append(exc.message)
-        return files
-    # The paths as text from a template: eight Path objects per study were a quarter of a large report.
-    template = _layout_template(str(out_dir))
-    folder, rest = template["metadata"]
-    meta_path = folder + study_id + rest
-    meta, problem = _json_object(meta_path, "metadata", shown=meta_path)
-    if meta is None:
-        files.problems.append(problem)
-        return files
-    files.metadata_path = meta_path
-    get = meta.get
-    if isinstance(segmenter := get("segmenter"), dict):
-        files.segmenter = {k: v for k, v in segmenter.items() if isinstance(v, (str, bool, int, float))}
-    lstv = get("lstv")
-    files.lstv = lstv if isinstance(lstv, dict) else None
-    if isinstance(levels := get("levels"), dict):
-        files.levels = levels
-    if isinstance(timings := get("timings"), dict):
-        total = timings.get("total")
-        files.seconds = float(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
-    if isinstance(versions := get("versions"), dict) and isinstance(version := versions.get("batchseg"), str):
-        files.batchseg_version = version
-    # Metadata is published last: the outputs it lists are all in place.
-    if isinstance(names := get("outputs"), dict):
-        files.outputs = {k: f + study_id + r for k, (f, r) in template.items() if k in names}
-    folder, rest = template["vertebra_labels"]
-    labels, problem = _json_object(folder + study_id + rest, "vertebra labels")
-    if labels is None:
-        files.problems.append(problem)
-    else:
-        # JSON keys are text already; a value that is not text is made text (the usual file needs no copy).
-        files.vertebra_labels = labels if all(map(isinstance, labels.values(), repeat(str))) \
-            else {k: str(v) for k, v in labels.items()}
-    if files.lstv is not None:
-        files.problems += lstv_field_problems(files.lstv)
-    return files
-
-
-# The metadata's `lstv` fields and the types the pipeline writes (lstv.LstvFindings; None is allowed).
-LSTV_FIELD_TYPES = {"count_assessable": bool, "count_reason": str, "lumbar_count": int, "pattern": str,
-                    "candidates": list, "caveats": list, "notes": list, "l6_present": bool, "t13_present": bool}
-
-
-def lstv_field_problems(lstv: dict[str, Any]) -> list[str]:
-    """A line per `lstv` field whose type is not what the pipeline writes (a hand-edited or foreign file)."""
-    problems = []
-    for name, kind in LSTV_FIELD_TYPES.items():
-        value = lstv.get(name)
-        if value is None or value.__class__ is kind:   # the usual case, one test (JSON makes no subclasses)
-            continue
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            problems.append(f"metadata lstv.{name} is {type(value).__name__}, not {kind.__name__}: ignored")
-    return problems
-
-
-def _json_object(path: str, what: str, shown: str | None = None) -> tuple[dict[str, Any] | None, str]:
-    """The JSON object in `path`, or None and a line saying what is wrong with the file."""
-    try:
-        with open(path, "rb") as handle:   # bytes: json reads UTF-8 itself, without a text layer
-            data = json.loads(handle.read())
-        if not isinstance(data, dict):
-            raise TypeError("not a JSON object")
-        return data, ""
-    except FileNotFoundError:
-        return None, f"{what} missing: {shown or os.path.basename(path)}"
-    except (OSError, ValueError, TypeError, RecursionError) as exc:   # RecursionError: absurdly deep nesting
-        return None, f"{what} unreadable: {os.path.basename(path)}: {type(exc).__name__}: {one_line(exc, 200)}"
-
-
 def study_entries(out_dir: Path, ledger: Any) -> Iterator[StudyEntry]:
-    """Every study's entry in ledger order, streamed from the ledger; done studies' files read on the way."""
+    """Every study's entry in ledger order, streamed from the ledger. A done study's files are read from the
+    ledger's digest of them while it matches them (outputs.py), else from the files themselves."""
     for row in ledger.report_rows():
-        files = read_study_files(out_dir, row["study_id"]) if row["state"] == "done" else None
+        files = None
+        if row["state"] == "done":
+            study_id = row["study_id"]
+            files = files_from_digest(out_dir, study_id, row["findings"]) or read_study_files(out_dir, study_id)
         yield study_entry(row, files)
 
 
@@ -478,7 +368,7 @@ def level_view(levels: dict[str, Any] | None) -> LevelView:
         return LevelView("not_checked", reason="no level check in the metadata: run `batchseg levels`")
     disagreements = []
     for d in levels.get("details") if isinstance(levels.get("details"), list) else []:
-        if isinstance(d, dict) and d.get("status") in ("other_level", "no_disc_here", "not_placed"):
+        if isinstance(d, dict) and d.get("status") in LEVEL_DETAIL_SHOWN:
             along = _number(d.get("distance_long_axis_mm"))
             where = (f"SPINEPS {d.get('nearest_disc')}, " + ("?" if along is None else f"{along:.1f}")
                      + " mm along the spine" if d.get("status") != "not_placed" else f"not placed: {d.get('problem')}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from batchseg.ledger import Ledger, StudyRow, WorkerInfo
-from tests.helpers import assert_no_overlapping_claims
+from tests.helpers import assert_no_overlapping_claims, entries_both_ways
 
 pytestmark = pytest.mark.pg
 
@@ -77,6 +77,29 @@ def test_cli_runs_with_a_postgresql_ledger(pg_url: str, tmp_path: Path, synth_sm
 
     states = json.loads(status.output)["states"]
     assert states["done"] >= 1 and states["running"] == 0 and states["pending"] == 0
+    # The report streams the studies through a server-side cursor, each done study's findings from its digest.
+    both = entries_both_ways(project)
+    assert len(both) == states["done"] and all(d is not None and d == f for d, f in both.values())
+    result = runner.invoke(cli, ["report", "--project", str(project), "--csv", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(lines) == 1 + sum(states.values())
+
+
+def test_a_postgresql_ledger_made_before_the_findings_digest_gets_its_column(pg_url: str) -> None:
+    from sqlalchemy import text
+
+    ledger = Ledger(pg_url)
+    ledger.add_studies([StudyRow("1")])
+    with ledger.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE studies DROP COLUMN findings"))
+        conn.execute(text("DELETE FROM meta WHERE key = 'findings'"))
+    ledger.close()
+    reopened = Ledger(pg_url)
+    claim = reopened.claim(WorkerInfo.from_environment({}), 60)
+    assert claim is not None and reopened.complete(claim, {}, {}, '{"id": []}')
+    assert reopened.study("1")["findings"] == {"id": []}
+    reopened.close()
 
 
 def test_counters_follow_every_transition_on_postgresql(pg_url: str) -> None:
