@@ -339,6 +339,8 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
     replaces one that dies holding a study (as `run` does), and exits 0 only when every worker
     exited 0 or was made good that way.
     """
+    import logging
+
     from .worker import plain_streams, run_worker
 
     plain_streams()   # the log file gets no colour codes (SPINEPS prints them) and no passwords
@@ -377,6 +379,8 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
 
 
 def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
+    import logging
+
     from .errors import LedgerUnreachable
     from .executors.local import group_exit_code, run_local
     from .ledger import Ledger
