@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 import time
@@ -340,6 +339,8 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
     replaces one that dies holding a study (as `run` does), and exits 0 only when every worker
     exited 0 or was made good that way.
     """
+    import logging
+
     from .worker import plain_streams, run_worker
 
     plain_streams()   # the log file gets no colour codes (SPINEPS prints them) and no passwords
@@ -378,6 +379,8 @@ def work(ctx: Context, max_studies: int | None, workers: int) -> None:
 
 
 def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
+    import logging
+
     from .errors import LedgerUnreachable
     from .executors.local import group_exit_code, run_local
     from .ledger import Ledger
@@ -417,37 +420,62 @@ def _work_group(config: Config, workers: int, max_studies: int | None) -> None:
 @click.option("--study", "study_id", default=None, help="One study: its row and full history.")
 def status(ctx: Context, as_json: bool, show_failed: bool, study_id: str | None) -> None:
     """Completeness, failures grouped by error class, throughput and ETA (per-study tables: `report`)."""
-    from .report.status_text import format_status, format_study
+    from .report.status_text import format_status
 
     config = ctx.config()
-    ledger = ctx.ledger(config)
     if study_id:
-        study = ledger.study(study_id)
-        if study is None:
-            fail(f"no study {study_id!r} in the ledger")
-        events = ledger.history(study_id)
-        lstv = levels = None
-        if study["state"] == "done":
-            from .outputs import read_study_files
-
-            # The findings as the study's metadata holds them (None when it cannot be read).
-            files = read_study_files(Path(config.out_dir), study_id)
-            lstv, levels = files.lstv, files.levels
-        if as_json:
-            echo_json({"study": study, "history": events, "lstv": lstv, "levels": levels})
-        else:
-            click.echo(format_study(study, events, lstv, levels))
+        _status_of_study(ctx, config, study_id, as_json)
         return
-    jobs = _slurm_jobs(config, ledger)
     # The table names three studies per error class (a fourth tells it to write "..."); --failed and --json
     # list them all.
-    summary = ledger.summary(studies_per_group=None if show_failed or as_json else STATUS_STUDIES_SHOWN + 1)
-    if jobs:
-        summary["slurm_jobs"] = jobs
+    per_group = None if show_failed or as_json else STATUS_STUDIES_SHOWN + 1
+    jobs: list[dict[str, Any]] = []
+    summary = _plain_summary(config, per_group)
+    if summary is None:   # a ledger the plain reader leaves to the Ledger (Slurm jobs to reconcile among them)
+        ledger = ctx.ledger(config)
+        jobs = _slurm_jobs(config, ledger)
+        summary = ledger.summary(studies_per_group=per_group)
+        if jobs:
+            summary["slurm_jobs"] = jobs
     if as_json:
         echo_json(summary)
     else:
         click.echo(format_status(summary, show_failed=show_failed, jobs=jobs))
+
+
+def _status_of_study(ctx: Context, config: Config, study_id: str, as_json: bool) -> None:
+    from .report.status_text import format_study
+
+    ledger = ctx.ledger(config)
+    study = ledger.study(study_id)
+    if study is None:
+        fail(f"no study {study_id!r} in the ledger")
+    events = ledger.history(study_id)
+    lstv = levels = None
+    if study["state"] == "done":
+        from .outputs import read_study_files
+
+        # The findings as the study's metadata holds them (None when it cannot be read).
+        files = read_study_files(Path(config.out_dir), study_id)
+        lstv, levels = files.lstv, files.levels
+    if as_json:
+        echo_json({"study": study, "history": events, "lstv": lstv, "levels": levels})
+    else:
+        click.echo(format_study(study, events, lstv, levels))
+
+
+def _plain_summary(config: Config, per_group: int | None) -> dict[str, Any] | None:
+    """The summary read with sqlite3 alone (no SQLAlchemy to import: most of status's time), or None when only
+    the Ledger may open this ledger (ledger_summary.PlainReader: none yet, older, Slurm to ask, PostgreSQL)."""
+    from .ledger_summary import PlainReader
+
+    reader = PlainReader.open(config.ledger_file or config.db)
+    if reader is None:
+        return None
+    try:
+        return reader.summary(studies_per_group=per_group)
+    finally:
+        reader.close()
 
 
 def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
@@ -959,17 +987,25 @@ def download(to: Path, competition: str | None, studies_file: Path | None, limit
 
 
 def main() -> None:
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         cli.main(prog_name="batchseg")
     except ConfigError as exc:
         fail(str(exc))
-    except SQLAlchemyError as exc:
-        # An unreachable or locked database, a wrong URL: one line, not a traceback.
-        fail(f"ledger: {one_line(getattr(exc, 'orig', None) or exc, 300)}")
     except (RuntimeError, OSError) as exc:
         fail(one_line(exc, 300))
+    except Exception as exc:
+        if not isinstance(exc, _database_errors()):
+            raise
+        # An unreachable or locked database, a wrong URL: one line, not a traceback.
+        fail(f"ledger: {one_line(getattr(exc, 'orig', None) or exc, 300)}")
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    """The database errors of the modules this process loaded: SQLAlchemy's (every ledger call but one) and
+    sqlite3's (status's plain reader). Looked up, not imported: importing SQLAlchemy costs 0.3 s."""
+    found = [getattr(sys.modules.get(name), attr, None) for name, attr in (("sqlalchemy.exc", "SQLAlchemyError"),
+                                                                          ("sqlite3", "Error"))]
+    return tuple(e for e in found if e is not None)
 
 
 if __name__ == "__main__":

@@ -100,14 +100,18 @@ class Config:
         return self.path(self.models_dir) if self.models_dir else None
 
     @property
+    def ledger_file(self) -> Path | None:
+        """The default ledger's SQLite file (no `db` URL set), else None."""
+        return None if self.db else (self.project_dir / "ledger.sqlite").resolve()
+
+    @property
     def db_url(self) -> str:
         if self.db:
             return self.db
         # URL.create escapes what a URL would misread in a path ('%41', '?', '#').
         from sqlalchemy import URL
 
-        path = (self.project_dir / "ledger.sqlite").resolve()
-        return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
+        return URL.create("sqlite", database=str(self.ledger_file)).render_as_string(hide_password=False)
 
     def validate(self) -> None:
         _check_types(self, "")

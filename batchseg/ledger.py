@@ -21,8 +21,6 @@ import itertools
 import json
 import os
 import socket
-import sqlite3
-import statistics
 import time
 import uuid
 import warnings
@@ -54,17 +52,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from . import ledger_counts
+from . import ledger_counts, ledger_sqlite, ledger_summary
 from .errors import is_retryable, one_line
 from .ledger_hot import HotConnection, Transaction
+from .ledger_sql import Prepared
+from .ledger_summary import STATES
 
 FINDINGS_VERSION = "1"   # meta key `findings`: the studies table has its findings column
 SCHEMA_VERSION = 1     # the counters and later indexes are additive: older batchseg versions use the ledger as it is
 ADD_CHUNK = 20_000     # studies per bulk insert in add_studies
 READ_ONLY = "batchseg_read_only"   # execution option: begin a plain (deferred) transaction on SQLite
-STATES = ("pending", "running", "done", "failed", "skipped")
-NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "fuse.ceph",
-                       "fuse.beegfs", "panfs", "fuse.sshfs"}
 
 metadata = MetaData()
 
@@ -256,7 +253,7 @@ REPORT_KEYS = tuple(c.name for c in REPORT_STUDIES.selected_columns)
 @lru_cache(maxsize=2)
 def _report_sql(dialect: Any) -> str:
     """REPORT_STUDIES as the dialect's SQL text (it has no parameters: its constants are inlined)."""
-    return str(REPORT_STUDIES.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    return Prepared.compile(REPORT_STUDIES, dialect, literal=True).sql
 
 
 ATTEMPT_ERRORS = (select(history.c.study_id, history.c.error_class)
@@ -272,6 +269,19 @@ PROBLEM_GROUP = (_PROBLEM_ROWS.where(studies.c.state == bindparam("p_state"),
 PROBLEM_GROUP_UNKNOWN = (_PROBLEM_ROWS.where(studies.c.state == bindparam("p_state"),
                                              or_(studies.c.error_class.is_(None), studies.c.error_class == "unknown"))
                          .order_by(studies.c.seq).limit(bindparam("p_limit")))
+LEASES_EXPIRED = select(func.count()).select_from(studies).where(
+    studies.c.state == "running", studies.c.lease_expires_at < bindparam("p_now"))
+# The summary's reads (ledger_summary.py), compiled ahead of time into ledger_reads.py for `status`.
+SUMMARY_READS = {
+    "meta": select(meta.c.key, meta.c.value),
+    "any_submission": select(submissions.c.id).limit(1),
+    "done_window": DONE_WINDOW,
+    "recent_durations": RECENT_DURATIONS,
+    "leases_expired": LEASES_EXPIRED,
+    "problems": PROBLEMS,
+    "problem_group": PROBLEM_GROUP,
+    "problem_group_unknown": PROBLEM_GROUP_UNKNOWN,
+}
 
 
 def history_row(study_id: str, event_name: str, from_state: str | None, to_state: str, at: float, *,
@@ -363,54 +373,18 @@ class AddResult:
     existing: list[str] = field(default_factory=list)
 
 
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding `path`, from /proc/mounts (longest mount point wins)."""
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return "unknown"
-    target = str(Path(path).resolve())
-    best, fstype = "", "unknown"
-    for line in mounts:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount = parts[1].replace("\\040", " ")
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best):
-            best, fstype = mount, parts[2]
-    return fstype
-
-
 def _sqlite_engine(url: str) -> tuple[Engine, bool]:
-    if sqlite3.sqlite_version_info < (3, 35):
-        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old for the ledger (claims need 3.35's "
-                           "UPDATE ... RETURNING): use a Python built with a newer SQLite, or a PostgreSQL --db URL")
+    ledger_sqlite.check_version()
     database = make_url(url).database or ""
-    on_network = bool(database) and database != ":memory:" and (
-        filesystem_type(Path(database).parent) in NETWORK_FILESYSTEMS)
+    on_network = ledger_sqlite.on_network(database)
     if on_network:
-        warnings.warn(
-            f"the ledger {database} is on a network filesystem: using a rollback journal and long lock waits; "
-            "for large arrays point --db at a PostgreSQL URL", stacklevel=3)
-    # A long busy timeout: many array tasks claim at once, and waiting beats failing.
-    # check_same_thread off: the hot path's connection is shared, under its lock, with the heartbeat thread.
-    engine = create_engine(url, connect_args={"timeout": 300 if on_network else 60, "check_same_thread": False})
+        warnings.warn(ledger_sqlite.network_warning(database), stacklevel=3)
+    engine = create_engine(url, connect_args=ledger_sqlite.connect_args(on_network))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's begin event issue BEGIN IMMEDIATE itself: the write lock is
-        # taken up front, so a claim's read and write cannot interleave with another's.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        if on_network:
-            # WAL needs shared memory, which network filesystems do not provide.
-            cursor.execute("PRAGMA journal_mode=DELETE")
-            cursor.execute("PRAGMA synchronous=FULL")
-        else:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        # SQLAlchemy's begin event below issues BEGIN IMMEDIATE (or BEGIN for a read) itself.
+        ledger_sqlite.configure(dbapi_connection, on_network)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -440,10 +414,6 @@ def _engine(url: str) -> tuple[str, Engine, bool]:
     except (ArgumentError, ValueError) as exc:
         # The URL itself stays out of the message: it may hold a password.
         raise RuntimeError(f"not a usable database URL: {one_line(exc, 200)}") from None
-
-
-def _states(counted: dict[str, int]) -> dict[str, int]:
-    return {s: max(0, counted.get(f"state:{s}", 0)) for s in STATES}
 
 
 class Ledger:
@@ -861,76 +831,21 @@ class Ledger:
 
     @staticmethod
     def _counts(conn: Connection) -> dict[str, int]:
-        return ledger_counts.decode(conn.exec_driver_sql(ledger_counts.READ).all())
+        return ledger_summary.counts(conn.connection.cursor())
 
     def states(self) -> dict[str, int]:
         """Studies per state (every state, zeros included), from the counters alone."""
-        return _states(self.counts())
+        return ledger_summary.states(self.counts())
 
     def summary(self, window_seconds: float = 3600.0, *, studies_per_group: int | None = None) -> dict[str, Any]:
-        """The `status --json` object: counts, failure groups, attempts, throughput and ETA.
-
-        Counts come from the counters and the failure groups from a partial index, so the cost does not
-        grow with the ledger. Each group lists its studies in queue order: all of them, or the first
-        `studies_per_group` (its `count` is always the whole group's); with 0, no study row is read at all
-        (no studies, no example, no log: what `run`'s progress line needs).
-        """
-        now = time.time()
+        """The `status --json` object (ledger_summary.summary, the same code `status` runs without SQLAlchemy)."""
         with self.reader.begin() as conn:
-            counted = self._counts(conn)
-            groups = self._problem_groups(conn, counted, studies_per_group)
-            n_done, first, last = conn.execute(DONE_WINDOW, {"p_since": now - window_seconds}).one()
-            durations = list(conn.execute(RECENT_DURATIONS, {"p_limit": 50}).scalars())
-            # Held by a worker that stopped heartbeating: reclaimed at the next claim, `run` or `sync`.
-            expired = conn.execute(select(func.count()).select_from(studies).where(
-                studies.c.state == "running", studies.c.lease_expires_at < now)).scalar_one()
-        states = _states(counted)
-
-        def grouped(state: str) -> list[dict[str, Any]]:
-            found = [g for (s, _), g in groups.items() if s == state]
-            return sorted(found, key=lambda g: (-g["count"], g["error_class"]))
-
-        summary: dict[str, Any] = {
-            "total": sum(states.values()),
-            "states": states,
-            "failures": grouped("failed"),
-            "skipped": grouped("skipped"),
-            "attempts": counted.get("claims", 0),
-            "retried_studies": counted.get("retried", 0),
-            "leases_expired": int(expired),
-        }
-        remaining = states["pending"] + states["running"]
-        if n_done >= 2 and last > first:
-            rate = (n_done - 1) / (last - first) * 3600.0
-            summary["throughput_per_hour"] = round(rate, 2)
-            summary["eta_seconds"] = round(remaining / rate * 3600.0, 1) if remaining else 0.0
-        if durations:
-            summary["median_study_seconds"] = round(statistics.median(durations), 3)
-        return summary
-
-    @staticmethod
-    def _problem_groups(conn: Connection, counted: dict[str, int],
-                        per_group: int | None) -> dict[tuple[str, str], dict[str, Any]]:
-        """(state, error class) -> {error_class, count, studies, example, log} for failed and skipped studies."""
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for state, error_class, n in ledger_counts.problem_groups(counted):
-            groups[(state, error_class)] = {"error_class": error_class, "count": n, "studies": [], "example": "",
-                                            "log": None}
-        if per_group == 0:   # counts only (the progress line): no row is read
-            return groups
-        for (state, error_class), group in groups.items():
-            query = PROBLEM_GROUP_UNKNOWN if error_class == "unknown" else PROBLEM_GROUP
-            limit = 1 if per_group is None else per_group
-            rows = conn.execute(query, {"p_state": state, "p_class": error_class, "p_limit": limit}).all()
-            if rows:   # the first in queue order speaks for the group: its message and log
-                group["example"], group["log"] = rows[0].error_message or "", rows[0].log_path
-            group["studies"] = [r.study_id for r in rows] if per_group is not None else []
-        if per_group is None:
-            for state, error_class, study_id in conn.execute(PROBLEMS):
-                group = groups.get((state, error_class or "unknown"))
-                if group is not None:
-                    group["studies"].append(study_id)
-        return groups
+            cursor = conn.connection.cursor()
+            try:
+                return ledger_summary.summary(cursor, self.dialect, window_seconds=window_seconds,
+                                              studies_per_group=studies_per_group)
+            finally:
+                cursor.close()
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -961,5 +876,31 @@ def schema_file() -> str:
             "-- SQLite\n" + schema_sql("sqlite") + "\n-- PostgreSQL\n" + schema_sql("postgresql"))
 
 
+def reads_file() -> str:
+    """ledger_reads.py: SUMMARY_READS compiled for SQLite (sqlite3) and PostgreSQL (psycopg)."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    lines = ['"""The summary\'s reads as driver SQL: ledger.py\'s SUMMARY_READS compiled for sqlite3 and psycopg.',
+             "",
+             "Generated by `python -m batchseg.ledger reads > batchseg/ledger_reads.py`; a test keeps it current.",
+             "Do not edit: change the Core statements in ledger.py and generate it again.",
+             '"""',
+             "from .ledger_sql import Prepared",
+             "",
+             f"SCHEMA_VERSION = {SCHEMA_VERSION!r}",
+             "",
+             "READS = {"]
+    for name, dialect in (("sqlite", SQLiteDialect_pysqlite()), ("postgresql", PGDialect_psycopg())):
+        lines.append(f"    {name!r}: {{")
+        for key, statement in SUMMARY_READS.items():
+            lines.append(f"        {key!r}: {Prepared.compile(statement, dialect)!r},")
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    print(schema_file(), end="")
+    import sys
+
+    print(reads_file() if sys.argv[1:] == ["reads"] else schema_file(), end="")

@@ -24,24 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import ClauseElement
 
-
-class Prepared:
-    """One Core statement as the driver's SQL text, with its parameters laid out the way the driver wants."""
-
-    __slots__ = ("sql", "names", "defaults")
-
-    def __init__(self, statement: ClauseElement, engine: Engine) -> None:
-        compiled = statement.compile(dialect=engine.dialect)
-        self.sql = str(compiled)
-        # Literal values in the statement (state = 'running') become parameters too: keep their values.
-        self.defaults = dict(compiled.construct_params(_check=False))
-        self.names = tuple(compiled.positiontup or ()) if compiled.positional else None
-
-    def args(self, params: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        values = {**self.defaults, **params}
-        if self.names is None:
-            return values
-        return tuple(values[name] for name in self.names)
+from .ledger_sql import Prepared
 
 
 class HotConnection:
@@ -62,7 +45,7 @@ class HotConnection:
     def prepared(self, statement: ClauseElement) -> Prepared:
         found = self._prepared.get(id(statement))
         if found is None or found[0] is not statement:
-            found = (statement, Prepared(statement, self.engine))
+            found = (statement, Prepared.compile(statement, self.engine.dialect))
             self._prepared[id(statement)] = found
         return found[1]
 

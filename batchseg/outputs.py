@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import repeat
@@ -52,6 +53,36 @@ def output_paths(out_dir: Path, study: str) -> dict[str, Path]:
 OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
 
 
+class OutputPaths(Mapping[str, str]):
+    """One study's output paths (name -> path as text), each made when asked: a report over a million studies
+    keeps tens of thousands of them, and nine paths apiece were a third of its memory."""
+
+    __slots__ = ("_template", "_study", "_names")
+
+    def __init__(self, template: dict[str, tuple[str, str]], study_id: str, names: Iterable[str]) -> None:
+        self._template, self._study = template, study_id
+        wanted = set(names)
+        self._names = tuple(name for name in template if name in wanted)   # the layout's order
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._names:
+            raise KeyError(name)
+        folder, rest = self._template[name]
+        return folder + self._study + rest
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self._names else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"OutputPaths({dict(self)!r})"
+
+
 @dataclass(slots=True)
 class StudyFiles:
     """What the report needs from one done study's files (the rest of the metadata is dropped at once)."""
@@ -61,7 +92,7 @@ class StudyFiles:
     lstv: dict[str, Any] | None = None
     seconds: float | None = None
     batchseg_version: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)     # output name -> absolute path
+    outputs: Mapping[str, str] = field(default_factory=dict)  # output name -> absolute path (OutputPaths)
     vertebra_labels: dict[str, str] | None = None
     levels: dict[str, Any] | None = None                       # the level check (None: not in the metadata)
     problems: list[str] = field(default_factory=list)
@@ -156,7 +187,7 @@ def _read(out_dir: Path | str, study_id: str, *, identify: bool) -> tuple[StudyF
         files.batchseg_version = version
     # Metadata is published last: the outputs it lists are all in place.
     if isinstance(names := get("outputs"), dict):
-        files.outputs = {k: f + study_id + r for k, (f, r) in template.items() if k in names}
+        files.outputs = OutputPaths(template, study_id, names)
     folder, rest = template["vertebra_labels"]
     labels_path = folder + study_id + rest
     labels_before = _identity(labels_path) if identify else None
@@ -241,6 +272,6 @@ def files_from_digest(out_dir: Path | str, study_id: str, text: str | None) -> S
     return StudyFiles(
         metadata_path=meta_path, segmenter=digest["segmenter"], lstv=lstv, seconds=digest.get("seconds"),
         batchseg_version=digest.get("batchseg"),
-        outputs={k: template[k][0] + study_id + template[k][1] for k in names if k in template},
+        outputs=OutputPaths(template, study_id, names),
         vertebra_labels=digest["vertebra_labels"], levels=digest.get("levels"),
         problems=lstv_field_problems(lstv) if lstv is not None else [])

@@ -28,7 +28,7 @@ from plain_sql import CLAIM, COMPLETE, EXPIRED, FOLD, HISTORY
 assert FOLD == LEDGER_FOLD, "plain_sql.FOLD must be the statement batchseg's claims run"
 
 def _open_ledger(url: str, network: bool) -> "ledger_module.Ledger":
-    with mock.patch.object(ledger_module, "filesystem_type", lambda _p: "nfs" if network else "ext4"):
+    with mock.patch("batchseg.ledger_sqlite.filesystem_type", lambda _p: "nfs" if network else "ext4"):
         import warnings
 
         warnings.simplefilter("ignore")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from batchseg.ledger import Ledger, StudyRow, WorkerInfo, filesystem_type, schema_sql
+from batchseg.ledger import Ledger, StudyRow, WorkerInfo, schema_sql
+from batchseg.ledger_sqlite import filesystem_type
 from tests.helpers import assert_no_overlapping_claims
 
 
@@ -152,7 +153,7 @@ def test_filesystem_type_reads_proc_mounts() -> None:
 
 
 def test_network_filesystem_gets_a_rollback_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import batchseg.ledger as module
+    import batchseg.ledger_sqlite as module
 
     monkeypatch.setattr(module, "filesystem_type", lambda path: "nfs4")
     with pytest.warns(UserWarning, match="PostgreSQL"):

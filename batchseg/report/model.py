@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -90,7 +90,7 @@ class StudyEntry:
     lstv: LstvView | None = None            # None: the study is not done
     levels: LevelView | None = None         # None: the study is not done
     vertebrae: list[str] = field(default_factory=list)
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: Mapping[str, str] = field(default_factory=dict)   # output name -> path (outputs.OutputPaths)
     problems: list[str] = field(default_factory=list)
 
 
@@ -420,7 +420,11 @@ def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
         if rank is not None:
             found.append((rank, name))
     found.sort()
-    return [name for _, name in found]
+    # The usual names as one shared string each: the page keeps tens of thousands of these lists.
+    return [_NAMES.get(name, name) for _, name in found]
+
+
+_NAMES = {name: name for name in VERTEBRA_NAMES.values()}
 
 
 # The vertebra-labels keys of L6 and T13.
@@ -460,7 +464,7 @@ def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
     )
     if files is None:
         return entry
-    entry.outputs = dict(files.outputs)
+    entry.outputs = files.outputs
     segmenter = files.segmenter
     entry.segmenter = segmenter.get("name")
     entry.segmenter_note = segmenter.get("note")
@@ -535,6 +539,8 @@ def _plain(value: Any) -> Any:
 
     if is_dataclass(value):
         return asdict(value)
+    if isinstance(value, Mapping):
+        return dict(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 

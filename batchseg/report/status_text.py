@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import printable
-from ..ledger import STATES
+from ..ledger_summary import STATES
 
 
 def format_duration(seconds: float | None) -> str:

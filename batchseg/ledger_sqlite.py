@@ -1,0 +1,85 @@
+"""A SQLite ledger file as the driver opens it: the SQLite it needs, the network-filesystem check, the busy
+timeout and the journal settings.
+
+Two openers share these: the SQLAlchemy engine (ledger.py) and the plain sqlite3 reader behind `batchseg
+status` (ledger_summary.py), so both open the file the same way. No SQLAlchemy here: importing it costs
+more than the whole of `status` on a million-study ledger.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+MIN_VERSION = (3, 35)   # claims need UPDATE ... RETURNING
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "fuse.ceph",
+                       "fuse.beegfs", "panfs", "fuse.sshfs"}
+PLAIN_URL_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
+
+
+def check_version() -> None:
+    if sqlite3.sqlite_version_info < MIN_VERSION:
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old for the ledger (claims need 3.35's "
+                           "UPDATE ... RETURNING): use a Python built with a newer SQLite, or a PostgreSQL --db URL")
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding `path`, from /proc/mounts (longest mount point wins)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    target = str(Path(path).resolve())
+    best, fstype = "", "unknown"
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, fstype = mount, parts[2]
+    return fstype
+
+
+def on_network(database: str) -> bool:
+    """Whether the ledger file `database` lies on a network filesystem (no WAL there: no shared memory)."""
+    return bool(database) and database != ":memory:" and filesystem_type(Path(database).parent) in NETWORK_FILESYSTEMS
+
+
+def network_warning(database: str) -> str:
+    return (f"the ledger {database} is on a network filesystem: using a rollback journal and long lock waits; "
+            "for large arrays point --db at a PostgreSQL URL")
+
+
+def connect_args(network: bool) -> dict[str, Any]:
+    # A long busy timeout: many array tasks claim at once, and waiting beats failing.
+    # check_same_thread off: the hot path's connection is shared, under its lock, with the heartbeat thread.
+    return {"timeout": 300 if network else 60, "check_same_thread": False}
+
+
+def configure(dbapi_connection: sqlite3.Connection, network: bool) -> None:
+    """A new connection's settings: transactions begun by the caller, the journal for its filesystem."""
+    # The caller issues BEGIN or BEGIN IMMEDIATE itself: a claim takes the write lock up front, so its read
+    # and write cannot interleave with another's; a read takes none.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    if network:
+        # WAL needs shared memory, which network filesystems do not provide.
+        cursor.execute("PRAGMA journal_mode=DELETE")
+        cursor.execute("PRAGMA synchronous=FULL")
+    else:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def plain_path(url: str) -> str | None:
+    """The file of a plain `sqlite:///PATH` URL (what SQLAlchemy would open), or None for any URL that is not
+    one (another database, `:memory:`, query options, %-escapes: those only SQLAlchemy reads right)."""
+    for prefix in PLAIN_URL_PREFIXES:
+        if url.startswith(prefix):
+            path = url[len(prefix):]
+            if path and path != ":memory:" and not any(c in path for c in "?#%"):
+                return path
+    return None
