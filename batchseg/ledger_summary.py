@@ -24,6 +24,8 @@ from .ledger_sql import Prepared
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 
+MIN_RATE_SECONDS = 60.0   # throughput and ETA only from done studies at least this far apart
+
 
 def states(counted: dict[str, int]) -> dict[str, int]:
     """Studies per state (every state, zeros included) from the counters."""
@@ -74,7 +76,8 @@ def summary(cursor: Any, dialect: str, *, window_seconds: float = 3600.0,
         "leases_expired": int(expired),
     }
     remaining = by_state["pending"] + by_state["running"]
-    if n_done >= 2 and last > first:
+    # Over less than a minute a rate is a guess: five studies done within one second are not 18,000 an hour.
+    if n_done >= 2 and last - first >= MIN_RATE_SECONDS:
         rate = (n_done - 1) / (last - first) * 3600.0
         out["throughput_per_hour"] = round(rate, 2)
         out["eta_seconds"] = round(remaining / rate * 3600.0, 1) if remaining else 0.0

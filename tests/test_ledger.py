@@ -139,7 +139,14 @@ def test_summary_contract(ledger: Ledger) -> None:
                                     "example": "study 1000: 3.dcm truncated", "log": None}]
     assert summary["skipped"][0]["error_class"] == "input.no_series"
     assert summary["attempts"] == 3
-    assert summary["eta_seconds"] == 0.0 and summary["throughput_per_hour"] > 0
+    # Two studies done within a moment: no rate, and no ETA from one.
+    assert "throughput_per_hour" not in summary and "eta_seconds" not in summary
+    ledger.add_studies([StudyRow("10")])
+    with ledger.engine.begin() as conn:   # the two done a minute and a half apart
+        conn.exec_driver_sql("UPDATE history SET at = at - 90 WHERE event = 'done' AND study_id = "
+                             "(SELECT study_id FROM history WHERE event = 'done' ORDER BY at LIMIT 1)")
+    summary = ledger.summary()
+    assert 39 < summary["throughput_per_hour"] <= 40 and 89 < summary["eta_seconds"] <= 91
 
 
 def test_sqlite_uses_wal_on_a_local_disk(ledger: Ledger) -> None:
