@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StudyError, one_line, printable
+from .labels import VERTEBRA_NAMES
 
 
 def file_name_part(study: str) -> str:
@@ -225,6 +226,10 @@ def _kept(mapping: dict[str, Any], names: tuple[str, ...] | dict[str, Any]) -> d
     return {k: mapping[k] for k in names if mapping.get(k) not in (None, [], {})}
 
 
+# Vertebra-labels keys that name no vertebra: the other labels below 1000 written plainly (discs, endplates).
+_NOT_VERTEBRAE = frozenset(str(n) for n in range(1000)) - {str(label) for label in VERTEBRA_NAMES}
+
+
 def findings_digest(out_dir: Path | str, study_id: str) -> str | None:
     """The ledger's `findings` text for a done study: what the report reads of its files, and their identities.
 
@@ -233,8 +238,10 @@ def findings_digest(out_dir: Path | str, study_id: str) -> str | None:
     files, (meta_id, labels_id) = _read(out_dir, study_id, identify=True)
     if meta_id is None or labels_id is None or files.vertebra_labels is None:
         return None
+    # Of the vertebra labels, the vertebrae (the report names them and looks for L6 and T13), not discs or endplates.
+    vertebrae = {k: v for k, v in files.vertebra_labels.items() if k not in _NOT_VERTEBRAE}
     digest: dict[str, Any] = {"id": [meta_id, labels_id], "segmenter": files.segmenter,
-                              "outputs": sorted(files.outputs), "vertebra_labels": files.vertebra_labels}
+                              "outputs": list(files.outputs), "vertebra_labels": vertebrae}
     if files.lstv is not None:
         digest["lstv"] = _kept(files.lstv, LSTV_FIELD_TYPES)
     if files.levels is not None:
