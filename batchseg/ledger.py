@@ -443,7 +443,7 @@ class _SqliteBulk:
     transaction: other connections see the ledger as it was, or all of it; a crash leaves it as it was.
     """
 
-    CACHE_KIB = 256 * 1024
+    CACHE_KIB = 64 * 1024
 
     def __init__(self, cursor: Any, *, empty: bool) -> None:
         self.cursor = cursor
