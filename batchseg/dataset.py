@@ -10,12 +10,10 @@ study-list rule kept here; inventory.py picks the layout.
 from __future__ import annotations
 
 import csv
-import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -30,6 +28,8 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # RSNA's ids (and every id of the RSNA layout) are plain decimal numbers, as they always were.
 RSNA_ID_PATTERN = re.compile(r"[0-9]{1,20}")
 SERIES_COLUMNS = ("study_id", "series_id", "series_description")
+# One string shared by every study with one such series (most of them), not a copy each.
+ONLY_SERIES = f"the only {SAGITTAL_T2} series"
 T = TypeVar("T")
 
 
@@ -54,8 +54,9 @@ def printable_id(value: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass(slots=True)
-class Series:
+class Series(NamedTuple):
+    """A tuple: init tells a duplicate CSV row by `(series, description) in listed`, a comparison in C."""
+
     series_id: str
     description: str
 
@@ -153,7 +154,7 @@ def iter_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset
                         continue
                     if len(fields) != width:
                         fields = (fields + [""] * width)[:width]
-                    yield reader.line_num, [f.strip() for f in fields]
+                    yield reader.line_num, list(map(str.strip, fields))
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise _csv_error(path, reader, exc, error_class) from None
 
@@ -176,27 +177,29 @@ def read_series_table(csv_path: Path, skip: Container[str] = frozenset(),
     """
     columns, rows = iter_csv(csv_path, SERIES_COLUMNS)
     i_study, i_series, i_description = (columns.index(c) for c in SERIES_COLUMNS)
-    table: dict[str, list[Series]] = defaultdict(list)
+    table: dict[str, list[Series]] = {}
     warnings: list[str] = []
     duplicates = 0
     # One string per distinct description (RSNA has three) instead of one per row: a million studies have
     # three million rows.
     descriptions: dict[str, str] = {}
+    # Three million rows: a study's id is checked at its first row only (every id in `table` passed).
     for line, fields in rows:
         study, series, description = fields[i_study], fields[i_series], fields[i_description]
-        if not (is_rsna_id(study) and is_rsna_id(series)):
+        listed = table.get(study)
+        if not (is_rsna_id(series) and (listed is not None or is_rsna_id(study))):
             warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
                             f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
             continue
-        if study in skip:
-            table.setdefault(study, NOT_READ)
-            continue
-        listed = table[study]
-        # A duplicate repeats a row of the same study: its few rows are the only ones to look at.
-        if any(s.series_id == series and s.description == description for s in listed):
-            duplicates += 1
-            continue
-        listed.append(Series(series, descriptions.setdefault(description, description)))
+        if listed is None:
+            table[study] = NOT_READ if study in skip else [Series(series, descriptions.setdefault(description,
+                                                                                                 description))]
+        elif listed is not NOT_READ:
+            # A duplicate repeats a row of the same study: its few rows are the only ones to look at.
+            if (series, description) in listed:
+                duplicates += 1
+            else:
+                listed.append(Series(series, descriptions.setdefault(description, description)))
     return table, warnings, duplicates
 
 
@@ -214,7 +217,7 @@ def select_series(study_id: str, series: list[Series], images_dir: Path) -> tupl
         found = ", ".join(sorted({s.description or "(empty)" for s in series})) or "none"
         return None, f"study {study_id}: no {SAGITTAL_T2} series (found: {found})"
     if len(candidates) == 1:
-        return candidates[0], f"the only {SAGITTAL_T2} series"
+        return candidates[0], ONLY_SERIES
     # Several: the fullest stack is the most likely complete acquisition; ties go to the
     # later series (a repeat scan is usually the better one).
     counted = [(count_slices(images_dir / study_id / s.series_id), int(s.series_id), s) for s in candidates]
@@ -293,8 +296,8 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
         if chosen is None:
             return StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason)
         # The same path as series_folder() gives (ids are plain numbers, checked above).
-        return StudyRow(study_id=study, series_id=chosen.series_id, series_description=chosen.description,
-                        input_path=os.path.join(images, study, chosen.series_id), selection_reason=reason)
+        return StudyRow(study, chosen.series_id, chosen.description, f"{images}/{study}/{chosen.series_id}",
+                        reason)
 
     rows, already = pick_new_studies(table, study_list, limit, source=csv_path.name, make_row=row, id_ok=is_rsna_id,
                                      id_rule="not a plain decimal study id", order=int, known=known)

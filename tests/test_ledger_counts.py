@@ -230,3 +230,74 @@ def test_a_forked_child_opens_its_own_connection(ledger: Ledger) -> None:
     assert ledger.complete(first, {}, {})
     assert ledger.claim(worker(), 60).study_id == "3"
     assert ledger.summary()["states"]["done"] == 2
+
+
+def _schema(ledger: Ledger) -> list[tuple[str, str, str]]:
+    with ledger.engine.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(text(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND sql IS NOT NULL")))
+
+
+def _traced(ledger: Ledger) -> list[str]:
+    """The SQL that the ledger's (new) connections run from now on."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    event.listen(ledger.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(statements.append))
+    ledger._hot.close()
+    ledger.engine.dispose()
+    return statements
+
+
+def _bulk_rows(first: int, n: int) -> list[StudyRow]:
+    return [StudyRow(str(i), series_id=str(10 * i)) if i % 7 else
+            StudyRow(str(i), skip_class="input.bad_id" if i % 2 else "input.no_series", skip_message=f"study {i}")
+            for i in range(first, first + n)]
+
+
+@pytest.mark.parametrize("before", [0, 5], ids=["new ledger", "ledger with studies"])
+def test_a_bulk_add_keeps_the_counters_the_indexes_and_the_triggers(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch, before: int) -> None:
+    """More than one chunk goes in without the per-row triggers (and into a new ledger without the indexes):
+    afterwards the counters equal a full count, and the triggers and indexes are the ones there were."""
+    from batchseg import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "ADD_CHUNK", 8)
+    if before:
+        ledger.add_studies(_bulk_rows(1000, before))
+    schema = _schema(ledger)
+    statements = _traced(ledger)
+    result = ledger.add_studies(_bulk_rows(0, 50))
+    assert len(result.added) == 50
+    assert any(s.startswith("DROP TRIGGER") for s in statements), "the bulk path ran"
+    assert any(s.startswith("DROP INDEX") for s in statements) == (before == 0)
+    assert _schema(ledger) == schema
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
+    rows = _bulk_rows(1000, before) + _bulk_rows(0, 50)
+    assert ledger.counts()["skipped:input.bad_id"] == sum(r.skip_class == "input.bad_id" for r in rows) > 0
+    assert ledger.counts()["state:pending"] == sum(not r.skip_class for r in rows)
+    # The triggers count again: a claim, a failure, one more study.
+    ledger.fail(ledger.claim(worker(), 60), "input.bad_dicom", "bad")
+    ledger.add_studies([StudyRow("99999")])
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
+    assert [r["seq"] for r in ledger.studies()][-3:] == sorted(r["seq"] for r in ledger.studies())[-3:]
+
+
+def test_a_bulk_add_that_fails_midway_leaves_the_ledger_as_it_was(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error after some chunks went in (a crash would do the same): nothing added, triggers and indexes there."""
+    from batchseg import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "ADD_CHUNK", 8)
+    schema = _schema(ledger)
+
+    def rows() -> Any:
+        yield from _bulk_rows(0, 30)
+        raise OSError("the dataset's disk went away")
+
+    with pytest.raises(OSError):
+        ledger.add_studies(rows())
+    assert _schema(ledger) == schema
+    assert ledger.study_ids() == set() and nonzero(ledger.counts()) == {}
+    ledger.add_studies(_bulk_rows(0, 30))
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
