@@ -126,9 +126,9 @@ def cli() -> None:
 # -- project set-up -----------------------------------------------------------------------------
 
 def _without_gc(command: Callable[..., None]) -> Callable[..., None]:
-    """Python's cycle collector off while `command` runs: init makes millions of objects (a million studies, three
-    million CSV rows) that hold no cycles, and the collector, walking them again and again as they pile up, was a
-    third of its time."""
+    """Python's cycle collector off while `command` runs: init and report make millions of objects (a million
+    studies, three million CSV rows) that hold no cycles, and the collector, walking them again and again as they
+    pile up, was a third of init's time."""
     import gc
 
     @functools.wraps(command)
@@ -526,6 +526,7 @@ def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
               help="Studies the HTML lists in its long tables (every study, skipped, not assessed, unknown; "
                    "default 3000). Failures, LSTV candidates and caveats are always listed in full; the CSV "
                    "always has every study.")
+@_without_gc
 def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool,
            all_rows: int | None) -> None:
     """A review report: progress, failures, skipped studies, LSTV candidates, every study."""

@@ -54,16 +54,17 @@ def _list_cell(value: list[Any] | tuple[Any, ...]) -> str:
     return neutralised("; ".join(map(str, value))) if value else ""
 
 
-# _cell by the value's exact class, without a Python call where none is needed: numbers never need
-# neutralising (float() reads "-1.5" and "-inf" back), None and the flags are fixed words.
-_CELL_OF = {type(None): {None: ""}.__getitem__, bool: {True: "true", False: "false"}.__getitem__, int: str,
-            float: str, list: _list_cell, tuple: _list_cell}
+# Cells the csv module writes as they are: None as an empty cell, numbers as str() does (numbers never need
+# neutralising: float() reads "-1.5" and "-inf" back).
+_AS_THEY_ARE = frozenset((type(None), int, float))
+# _cell by the value's exact class, without a Python call where none is needed: the flags are fixed words.
+_CELL_OF = {bool: {True: "true", False: "false"}.__getitem__, list: _list_cell, tuple: _list_cell}
 _NO_LSTV = ("", None, None, None, None, None, None, None, None, None)
 _NO_LEVELS = ("", None, None, None, None, None)
 _NO_OUTPUTS = (None,) * len(OUTPUT_NAMES)
 
 
-def csv_values(s: StudyEntry) -> list[str]:
+def csv_values(s: StudyEntry) -> list[Any]:
     """One study's cells in CSV_FIELDS order (a list, not a dict: a million rows are written through here)."""
     lstv = s.lstv
     outputs = s.outputs
@@ -84,10 +85,10 @@ def csv_values(s: StudyEntry) -> list[str]:
     cells.append(s.vertebrae)
     cells.append(s.problems)
     cells += map(outputs.get, OUTPUT_NAMES) if outputs else _NO_OUTPUTS
-    # Plain text (most cells) without a call; the rest through _CELL_OF: a million rows pass through here.
-    cell_of = _CELL_OF.get
-    return [v if v.__class__ is str and not v.startswith(FORMULA_STARTS) else cell_of(v.__class__, _cell)(v)
-            for v in cells]
+    # Plain text (most cells) and numbers without a call; the rest through _CELL_OF: a million rows pass here.
+    cell_of, as_they_are = _CELL_OF.get, _AS_THEY_ARE
+    return [v if (v.__class__ is str and not v.startswith(FORMULA_STARTS)) or v.__class__ in as_they_are
+            else cell_of(v.__class__, _cell)(v) for v in cells]
 
 
 def render_csv(entries: Iterable[StudyEntry]) -> Iterator[str]:
