@@ -202,10 +202,16 @@ def init(dataset: Path, url: str) -> None:
 REPORT_ERRORS = "SELECT study_id, error_class FROM history WHERE event IN ('failed', 'lost') ORDER BY id"
 REPORT_STUDIES = (
     "SELECT s.study_id, s.series_id, s.state, s.attempts, s.error_class, s.error_message, s.log_path, s.timings, "
-    "s.worker_host, s.worker_pid, s.slurm_array_job_id, s.slurm_array_task_id, a.attempt_seconds FROM studies s "
+    "s.worker_host, s.worker_pid, s.slurm_array_job_id, s.slurm_array_task_id, s.findings, a.attempt_seconds "
+    "FROM studies s "
     "LEFT OUTER JOIN (SELECT study_id, sum(duration) AS attempt_seconds FROM history "
     "WHERE event IN ('done', 'failed', 'lost', 'released') GROUP BY study_id) a ON a.study_id = s.study_id "
     "ORDER BY s.seq")
+
+
+def identity(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def report_csv(url: str, results: Path, out: Path) -> None:
@@ -228,14 +234,22 @@ def report_csv(url: str, results: Path, out: Path) -> None:
             page = cur.fetchmany(2000)
             if not page:
                 break
-            for sid, series, state, attempts, error_class, message, log, timings, host, pid, job, task, secs in page:
+            for sid, series, state, attempts, error_class, message, log, timings, host, pid, job, task, findings, \
+                    secs in page:
                 lumbar = candidates = vertebrae = ""
                 if state == "done":
+                    # The ledger's digest while both files are the ones it was made of, else the files.
+                    meta_path, labels_path = f"{metadata}/{sid}_metadata.json", f"{centroids}/{sid}_vertebra_labels.json"
+                    digest = json.loads(findings) if findings else None
                     try:
-                        with open(f"{metadata}/{sid}_metadata.json", "rb") as f:
-                            lstv = json.loads(f.read()).get("lstv") or {}
-                        with open(f"{centroids}/{sid}_vertebra_labels.json", "rb") as f:
-                            vertebrae = "; ".join(json.loads(f.read()).values())
+                        if digest is not None and [identity(meta_path), identity(labels_path)] == digest["id"]:
+                            lstv, labels = digest.get("lstv") or {}, digest["vertebra_labels"]
+                        else:
+                            with open(meta_path, "rb") as f:
+                                lstv = json.loads(f.read()).get("lstv") or {}
+                            with open(labels_path, "rb") as f:
+                                labels = json.loads(f.read())
+                        vertebrae = "; ".join(labels.values())
                         lumbar = lstv.get("lumbar_count", "")
                         candidates = "; ".join(str(c.get("pattern")) for c in lstv.get("candidates") or [])
                     except OSError:
