@@ -1,8 +1,9 @@
-"""The review report's model (`batchseg report`): read the ledger and each done study's files, build a `Report`.
+"""The review report's model (`batchseg report`): read the ledger and what each done study's files say, build a
+`Report`.
 
 One pass, flat in memory whatever the ledger's size: `collect_report` streams the studies from the
-ledger (`Ledger.report_rows`) and reads each done study's metadata and vertebra labels, one study at a
-time; the pure `study_entry` turns each into a `StudyEntry`, which goes on to whoever consumes the
+ledger (`Ledger.report_rows`) with each done study's findings digest, believed while its metadata and
+vertebra labels are the files it was made of, else those files are read (outputs.py); the pure `study_entry` turns each into a `StudyEntry`, which goes on to whoever consumes the
 stream (the CSV writer) and through a `ReportBuilder`. The builder keeps the counts and what the page
 shows in full (every failure, LSTV candidate, caveat and problem with a study's files) and, of the long
 lists, only the first `all_rows` studies; `build_report` does the same for entries already at hand.
