@@ -169,3 +169,22 @@ def test_a_moved_dataset_is_found_through_the_config(slow_project: Path, tmp_pat
     set_config(slow_project, dataset=str(moved), segmenter_options={"delay": 0.0})
     batchseg("run", "--project", str(slow_project))
     assert status_json(slow_project)["states"]["done"] == 3
+
+
+def test_a_findings_digest_that_fails_leaves_the_study_done_without_one(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchseg import worker
+    from batchseg.config import load_config
+
+    project = noop_project(tmp_path, 2, seed=3)
+
+    def broken(*_args: object) -> str:
+        raise TypeError("a metadata file no digest can be made of")
+
+    monkeypatch.setattr(worker, "findings_digest", broken)
+    stats = worker.run_worker(load_config(project))
+    assert len(stats.done) == 2
+    ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
+    rows = list(ledger.studies("done"))
+    ledger.close()
+    assert len(rows) == 2 and all(row["findings"] is None for row in rows)
