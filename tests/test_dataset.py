@@ -136,7 +136,8 @@ def test_test_split_layout(tmp_path: Path) -> None:
     dataset.mkdir()
     (dataset / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n7,8,Sagittal T2/STIR\n")
     inventory = build_inventory(dataset, split="test")
-    assert inventory.rows[0].input_path.endswith("test_images/7/8")
+    [row] = inventory.rows
+    assert row.input_path.endswith("test_images/7/8")
 
 
 def test_the_id_rule_admits_labels_and_never_a_path() -> None:
