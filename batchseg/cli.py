@@ -10,7 +10,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Iterator
 
 import click
 
@@ -196,12 +196,12 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
         config.nifti_input = "link" if link else "copy"
     live = _LiveLine()
     ledger = None
-    known: frozenset[str] = frozenset()
+    known: Container[str] = frozenset()
     if (folder / CONFIG_NAME).exists() and not recheck_skipped:
         # Again: a study the ledger has keeps its row whatever the dataset says, so it is not looked at again
         # (a million of them cost more than the CSV). --recheck-skipped looks at every study.
         ledger = _open_ledger(config)
-        known = frozenset(ledger.study_ids())
+        known = ledger.study_ids()
     try:
         chosen = choose_layout(layout, dataset.resolve(), split=config.split,
                                saved=config.layout if saved_dataset == dataset.resolve() else None)
