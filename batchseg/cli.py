@@ -1,6 +1,7 @@
 """The `batchseg` command: parse, call the library, print. No logic of its own."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -9,7 +10,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Iterator
 
 import click
 
@@ -18,6 +19,9 @@ from .config import (CONFIG_NAME, DB_ENV, LAYOUTS, PROJECT_ENV, Config, ConfigEr
                      mask_passwords, url_password, write_config)
 from .errors import StudyError, one_line, printable
 from .files import write_json
+
+if TYPE_CHECKING:
+    from .ledger import StudyRow
 
 
 LAYOUT_CHOICES = list(LAYOUTS)
@@ -192,12 +196,12 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
         config.nifti_input = "link" if link else "copy"
     live = _LiveLine()
     ledger = None
-    known: frozenset[str] = frozenset()
+    known: Container[str] = frozenset()
     if (folder / CONFIG_NAME).exists() and not recheck_skipped:
         # Again: a study the ledger has keeps its row whatever the dataset says, so it is not looked at again
         # (a million of them cost more than the CSV). --recheck-skipped looks at every study.
         ledger = _open_ledger(config)
-        known = frozenset(ledger.study_ids())
+        known = ledger.study_ids()
     try:
         chosen = choose_layout(layout, dataset.resolve(), split=config.split,
                                saved=config.layout if saved_dataset == dataset.resolve() else None)
@@ -220,41 +224,61 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
                    "(mode 0600), but keep the password in ~/.pgpass instead (libpq reads it on every node) "
                    "and drop it from the URL", err=True)
     config.logs_dir.mkdir(exist_ok=True)
-    added = ledger.add_studies(inventory.rows)
-    for study in ledger.requeue_skipped(inventory.rows) if recheck_skipped else []:
+    told = _Told(every_choice=inventory.layout == "rsna")
+    # Made once (StudyRows makes them on each pass): --recheck-skipped reads them twice.
+    rows = list(inventory.rows) if recheck_skipped else inventory.rows
+    added = ledger.add_studies(told.watch(rows))
+    for study in ledger.requeue_skipped(rows) if recheck_skipped else []:
         click.echo(f"  study {study}: was skipped, its series is there now: pending")
     for warning in inventory.warnings:
         click.echo(f"warning: {warning}", err=True)
-    pending, skipped = inventory.pending, inventory.skipped
     click.echo(f"project {config.project_dir}")
     duplicates = f", {inventory.duplicates} duplicate row(s) read once" if inventory.duplicates else ""
     read = "" if inventory.source == dataset.resolve() else f" ({inventory.source.name})"
-    listed = len(inventory.rows) + inventory.known
+    listed = told.pending + len(told.skipped) + inventory.known
     if inventory.known:
         click.echo(f"dataset {dataset.resolve()}{read}: {listed} studies listed, {inventory.known} already in the "
-                   f"ledger (not looked at again); new: {len(pending)} with {inventory.wanted}, {len(skipped)} "
+                   f"ledger (not looked at again); new: {told.pending} with {inventory.wanted}, {len(told.skipped)} "
                    f"skipped{duplicates}")
     else:
         click.echo(f"dataset {dataset.resolve()}{read}: {listed} studies listed, "
-                   f"{len(pending)} with {inventory.wanted}, {len(skipped)} skipped{duplicates}")
+                   f"{told.pending} with {inventory.wanted}, {len(told.skipped)} skipped{duplicates}")
     for note in inventory.notes:
         click.echo(f"  {note}")
-    for row in skipped:
+    for row in told.skipped:
         click.echo(f"  skipped {row.study_id}: {row.skip_class}: {row.skip_message}")
-    several = [r for r in pending if r.selection_reason and not r.selection_reason.startswith("the only")]
-    if inventory.layout == "rsna":
-        for row in several:
-            click.echo(f"  study {row.study_id}: {row.selection_reason}")
-    else:
-        for row in pending[:SHOWN_REASONS]:
-            click.echo(f"  study {row.study_id}: {row.selection_reason}")
-        if len(pending) > SHOWN_REASONS:
-            click.echo(f"  ... and {len(pending) - SHOWN_REASONS} more "
-                       "(`batchseg status --study ID` shows each reason)")
+    for row in told.shown:
+        click.echo(f"  study {row.study_id}: {row.selection_reason}")
+    if not told.every_choice and told.pending > SHOWN_REASONS:
+        click.echo(f"  ... and {told.pending - SHOWN_REASONS} more (`batchseg status --study ID` shows each reason)")
     click.echo(f"ledger {shown_url(config.db_url)}: {len(added.added)} added, "
                f"{inventory.known + len(added.existing)} already there (kept as they were)")
     click.echo(f"segmenter {config.segmenter}; outputs go to {config.out_dir}")
     ledger.close()
+
+
+@dataclasses.dataclass
+class _Told:
+    """What init tells of the rows it adds, gathered as they pass into the ledger (a million are never held):
+    the pending ones counted, every skipped one, and the series choices it prints (RSNA: every choice of one
+    among several series; other layouts: the first SHOWN_REASONS)."""
+
+    every_choice: bool
+    pending: int = 0
+    skipped: list[StudyRow] = dataclasses.field(default_factory=list)
+    shown: list[StudyRow] = dataclasses.field(default_factory=list)
+
+    def watch(self, rows: Iterable[StudyRow]) -> Iterator[StudyRow]:
+        for row in rows:
+            if row.skip_class:
+                self.skipped.append(row)
+            else:
+                reason = row.selection_reason
+                if (reason and not reason.startswith("the only") if self.every_choice
+                        else self.pending < SHOWN_REASONS):
+                    self.shown.append(row)
+                self.pending += 1
+            yield row
 
 
 def _open_ledger(config: Config) -> Any:

@@ -13,7 +13,7 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, TypeVar
+from typing import Any, Callable, Collection, Container, Iterable, Iterator, Mapping, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -55,21 +55,62 @@ def printable_id(value: str) -> str:
 
 
 class Series(NamedTuple):
-    """A tuple: init tells a duplicate CSV row by `(series, description) in listed`, a comparison in C."""
+    """One series of a study as the series CSV lists it."""
 
     series_id: str
     description: str
 
 
-# The series of a study that was not looked at (read_series_table's `skip`): shared, never filled.
-NOT_READ: list[Series] = []
+class SeriesTable(Mapping[str, list[Series]]):
+    """study id -> its series, as read_series_table found them, in a form that a million studies fit in.
+
+    One string per study, `,SERIES:N,SERIES:N,` (N: the description's place in `descriptions`), "" for a study
+    not read: a list of Series tuples per study, about 0.5 KB of objects, is one string of about 90 bytes (the
+    table of a million studies: 0.23 GB, where a list per study took most of init's gigabyte). RSNA's ids are plain
+    numbers (is_rsna_id) and N is a number, so `,SERIES:N,` can match only that series with that description.
+    Read as a Mapping it gives Series lists (made on each lookup); init reads `encoded` itself.
+    """
+
+    def __init__(self, encoded: dict[str, str], descriptions: list[str]) -> None:
+        self.encoded = encoded
+        self.descriptions = descriptions
+        t2 = descriptions.index(SAGITTAL_T2) if SAGITTAL_T2 in descriptions else None
+        self._t2_code = None if t2 is None else f":{t2},"
+
+    def __getitem__(self, study: str) -> list[Series]:
+        return self.decode(self.encoded[study])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.encoded)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __contains__(self, study: object) -> bool:
+        return study in self.encoded
+
+    def decode(self, value: str) -> list[Series]:
+        series = []
+        for item in value[1:-1].split(",") if value else ():
+            series_id, _, code = item.partition(":")
+            series.append(Series(series_id, self.descriptions[int(code)]))
+        return series
+
+    def only_sagittal_t2(self, value: str) -> str | None:
+        """The series id when the study (its `encoded` value) has exactly one Sagittal T2/STIR series, else None:
+        what select_series would choose, without making its Series list (a million studies)."""
+        code = self._t2_code
+        at = value.find(code) if code else -1
+        if at < 0 or value.find(code, at + 1) >= 0:
+            return None
+        return value[value.rfind(",", 0, at) + 1:at]
 
 
 @dataclass
 class Inventory:
     """What `init` found: one row per study, and what to tell the user about the dataset."""
 
-    rows: list[StudyRow]
+    rows: Collection[StudyRow]    # a list, or (RSNA layout) StudyRows: made on each pass, never all held
     layout: str                   # rsna | bids | manifest | dicom
     source: Path                  # what was read: the series CSV, the manifest, the dataset folder
     wanted: str                   # what a pending study has, for the summary ("a Sagittal T2/STIR series")
@@ -169,38 +210,41 @@ def _csv_error(path: Path, reader: Any, exc: Exception, error_class: str) -> Dat
 
 
 def read_series_table(csv_path: Path, skip: Container[str] = frozenset(),
-                      ) -> tuple[dict[str, list[Series]], list[str], int]:
+                      ) -> tuple[SeriesTable, list[str], int]:
     """(study id -> its series, warnings, duplicate rows) from `<split>_series_descriptions.csv`.
 
     Rows with bad ids become warnings; a row repeated word for word is read once and counted. A study in
-    `skip` (one the ledger has) is listed with NOT_READ instead of its series.
+    `skip` (one the ledger has) is listed with no series (its rows are not looked at).
     """
     columns, rows = iter_csv(csv_path, SERIES_COLUMNS)
     i_study, i_series, i_description = (columns.index(c) for c in SERIES_COLUMNS)
-    table: dict[str, list[Series]] = {}
+    encoded: dict[str, str] = {}
+    descriptions: list[str] = []
+    codes: dict[str, str] = {}   # description -> ":N," (SeriesTable)
     warnings: list[str] = []
     duplicates = 0
-    # One string per distinct description (RSNA has three) instead of one per row: a million studies have
-    # three million rows.
-    descriptions: dict[str, str] = {}
-    # Three million rows: a study's id is checked at its first row only (every id in `table` passed).
+    # Three million rows: a study's id is checked at its first row only (every id in `encoded` passed).
     for line, fields in rows:
         study, series, description = fields[i_study], fields[i_series], fields[i_description]
-        listed = table.get(study)
+        listed = encoded.get(study)
         if not (is_rsna_id(series) and (listed is not None or is_rsna_id(study))):
             warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
                             f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
             continue
+        code = codes.get(description)
+        if code is None:
+            code = codes[description] = f":{len(descriptions)},"
+            descriptions.append(description)
         if listed is None:
-            table[study] = NOT_READ if study in skip else [Series(series, descriptions.setdefault(description,
-                                                                                                 description))]
-        elif listed is not NOT_READ:
+            encoded[study] = "" if study in skip else "," + series + code
+        elif listed:
             # A duplicate repeats a row of the same study: its few rows are the only ones to look at.
-            if (series, description) in listed:
+            item = series + code
+            if "," + item in listed:
                 duplicates += 1
             else:
-                listed.append(Series(series, descriptions.setdefault(description, description)))
-    return table, warnings, duplicates
+                encoded[study] = listed + item
+    return SeriesTable(encoded, descriptions), warnings, duplicates
 
 
 def count_slices(series_dir: Path) -> int:
@@ -244,20 +288,41 @@ def pick_studies(found: Mapping[str, T], study_list: list[str] | None, limit: in
     An id that breaks the rule is skipped as input.bad_id and never reaches a path; a listed study the
     dataset lacks is skipped as input.no_series; every other one becomes `make_row(id, found[id])`.
     """
-    return pick_new_studies(found, study_list, limit, source=source, make_row=make_row, id_ok=id_ok,
-                            id_rule=id_rule, order=order)[0]
+    return list(pick_new_studies(found, study_list, limit, source=source, make_row=make_row, id_ok=id_ok,
+                                 id_rule=id_rule, order=order)[0])
+
+
+_MISSING: Any = object()
+
+
+class StudyRows(Collection[StudyRow]):
+    """pick_studies' rows, made afresh on each pass over them and never held: init streams a million of them into
+    the ledger (as StudyRow objects all at once they were a quarter of a gigabyte)."""
+
+    def __init__(self, ids: list[str], row: Callable[[str], StudyRow]) -> None:
+        self.ids = ids
+        self.row = row
+
+    def __iter__(self) -> Iterator[StudyRow]:
+        return map(self.row, self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, row: object) -> bool:
+        return any(r == row for r in self)
 
 
 def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit: int | None, *, source: str,
                      make_row: Callable[[str, T], StudyRow], id_ok: Callable[[str], bool] = is_valid_id,
                      id_rule: str = "not a safe study id (letters, digits, '.', '_', '-'; no '..')",
                      order: Callable[[str], object] = str,
-                     known: Container[str] = frozenset()) -> tuple[list[StudyRow], int]:
+                     known: Container[str] = frozenset()) -> tuple[StudyRows, int]:
     """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known)."""
     wanted = study_list if study_list is not None else sorted(found, key=order)
     if limit is not None:
         wanted = wanted[:limit]
-    rows: list[StudyRow] = []
+    ids: list[str] = []
     seen: set[str] = set()
     already = 0
     for raw in wanted:
@@ -267,23 +332,27 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
         seen.add(study)
         if study in known:
             already += 1
-        elif not id_ok(study):
-            shown = printable_id(study)
-            rows.append(StudyRow(study_id=shown, skip_class="input.bad_id",
-                                 skip_message=f"study {shown!r}: {id_rule}"))
-        elif study not in found:
-            rows.append(StudyRow(study_id=study, skip_class="input.no_series",
-                                 skip_message=f"study {study}: not in {source}"))
         else:
-            rows.append(make_row(study, found[study]))
-    return rows, already
+            ids.append(study)
+
+    def row(study: str) -> StudyRow:
+        if not id_ok(study):
+            shown = printable_id(study)
+            return StudyRow(study_id=shown, skip_class="input.bad_id", skip_message=f"study {shown!r}: {id_rule}")
+        value = found.get(study, _MISSING)   # one look-up, not two: a million ids in random order
+        if value is _MISSING:
+            return StudyRow(study_id=study, skip_class="input.no_series", skip_message=f"study {study}: not in {source}")
+        return make_row(study, value)
+
+    return StudyRows(ids, row), already
 
 
 def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str] | None = None,
                     limit: int | None = None, known: Container[str] = frozenset()) -> Inventory:
     """RSNA layout: one StudyRow per study (the listed ones, or every study in the CSV), pending or skipped.
 
-    Studies in `known` (already in the ledger, which keeps them as they are) are counted, not looked at.
+    Studies in `known` (already in the ledger, which keeps them as they are) are counted, not looked at. The rows
+    are made as they are read (StudyRows), from the CSV's table kept in its compact form (SeriesTable).
     """
     dataset = Path(dataset).resolve()
     csv_path = find_series_csv(dataset, split)
@@ -291,15 +360,18 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
     images_dir = dataset / f"{split}_images"
     images = str(images_dir)   # joined as text: a Path per study was a third of init's time
 
-    def row(study: str, series: list[Series]) -> StudyRow:
-        chosen, reason = select_series(study, series, images_dir)
+    def row(study: str, value: str) -> StudyRow:
+        series_id = table.only_sagittal_t2(value)
+        if series_id is not None:   # what select_series chooses for one candidate, without its Series list
+            # The same path as series_folder() gives (ids are plain numbers, checked above).
+            return StudyRow(study, series_id, SAGITTAL_T2, f"{images}/{study}/{series_id}", ONLY_SERIES)
+        chosen, reason = select_series(study, table.decode(value), images_dir)
         if chosen is None:
             return StudyRow(study_id=study, skip_class="input.no_series", skip_message=reason)
-        # The same path as series_folder() gives (ids are plain numbers, checked above).
         return StudyRow(study, chosen.series_id, chosen.description, f"{images}/{study}/{chosen.series_id}",
                         reason)
 
-    rows, already = pick_new_studies(table, study_list, limit, source=csv_path.name, make_row=row, id_ok=is_rsna_id,
-                                     id_rule="not a plain decimal study id", order=int, known=known)
+    rows, already = pick_new_studies(table.encoded, study_list, limit, source=csv_path.name, make_row=row,
+                                     id_ok=is_rsna_id, id_rule="not a plain decimal study id", order=int, known=known)
     return Inventory(rows=rows, layout="rsna", source=csv_path, wanted=f"a {SAGITTAL_T2} series",
                      warnings=warnings, duplicates=duplicates, known=already)

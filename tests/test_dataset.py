@@ -136,7 +136,8 @@ def test_test_split_layout(tmp_path: Path) -> None:
     dataset.mkdir()
     (dataset / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n7,8,Sagittal T2/STIR\n")
     inventory = build_inventory(dataset, split="test")
-    assert inventory.rows[0].input_path.endswith("test_images/7/8")
+    [row] = inventory.rows
+    assert row.input_path.endswith("test_images/7/8")
 
 
 def test_the_id_rule_admits_labels_and_never_a_path() -> None:
@@ -192,3 +193,35 @@ def test_duplicate_rows_are_read_once_and_counted(tmp_path: Path) -> None:
     assert all(r.selection_reason == "the only Sagittal T2/STIR series" for r in inventory.rows)
     out = batchseg("init", "--project", str(tmp_path / "p"), "--dataset", str(dataset)).stdout
     assert "2 studies listed, 2 with a Sagittal T2/STIR series, 0 skipped, 3 duplicate row(s) read once" in out
+
+
+def test_the_compact_series_table_tells_series_and_descriptions_apart_exactly(tmp_path: Path) -> None:
+    """Series ids that are prefixes and suffixes of one another, twelve descriptions (codes 1 and 11), repeats in any
+    order: the table, its duplicates and its one-T2 shortcut agree with a plain list of (series, description)."""
+    import random
+
+    from batchseg.dataset import SAGITTAL_T2, Series, read_series_table, select_series
+
+    names = [SAGITTAL_T2 if i == 11 else f"desc {i}" for i in range(12)]
+    rng = random.Random(5)
+    rows = [(str(study), rng.choice(["1", "11", "111", "21", "12"]), rng.choice(names))
+            for study in range(1, 40) for _ in range(rng.randint(1, 8))]
+    rng.shuffle(rows)
+    path = write_dataset(tmp_path / "d", rows) / "train_series_descriptions.csv"
+    table, warnings, duplicates = read_series_table(path, skip={"7"})
+    expected: dict[str, list[Series]] = {}
+    for study, series, description in rows:
+        listed = expected.setdefault(study, [])
+        if study != "7" and Series(series, description) not in listed:   # "7" is skipped: not read
+            listed.append(Series(series, description))
+    repeats = sum(1 for i, r in enumerate(rows) if r[0] != "7" and r in rows[:i])
+    assert not warnings and duplicates == repeats
+    assert dict(table) == expected and table["7"] == []
+    for study, series in expected.items():
+        if study == "7":
+            continue
+        t2 = [s.series_id for s in series if s.description == SAGITTAL_T2]
+        only = table.only_sagittal_t2(table.encoded[study])
+        assert only == (t2[0] if len(t2) == 1 else None), study
+        if only is not None:
+            assert select_series(study, series, tmp_path)[0] == Series(only, SAGITTAL_T2)

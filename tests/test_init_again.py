@@ -16,8 +16,9 @@ def test_init_again_looks_only_at_new_studies(tmp_path: Path, monkeypatch: pytes
     synth_dataset(data, 5, seed=2, matrix=64, broken=False)
     project = tmp_path / "p"
     looked: list[str] = []
-    real = dataset.select_series
-    monkeypatch.setattr(dataset, "select_series", lambda study, *a: looked.append(study) or real(study, *a))
+    real = dataset.SeriesTable.only_sagittal_t2   # each study's series are looked at here first
+    monkeypatch.setattr(dataset.SeriesTable, "only_sagittal_t2",
+                        lambda table, value: looked.append(value) or real(table, value))
     runner = CliRunner()
     first = runner.invoke(cli, ["init", "--project", str(project), "--dataset", str(data), "--limit", "3",
                                 "--segmenter", "noop"])
