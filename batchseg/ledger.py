@@ -512,20 +512,13 @@ class Ledger:
                 # those studies' files). Older batchseg versions name their columns and never see it.
                 if "findings" not in {c["name"] for c in inspect(conn).get_columns("studies")}:
                     conn.exec_driver_sql("ALTER TABLE studies ADD COLUMN findings TEXT")
-                if "findings" in keys:
-                    conn.execute(update(meta).where(meta.c.key == "findings").values(value=FINDINGS_VERSION))
-                else:
-                    conn.execute(insert(meta).values(key="findings", value=FINDINGS_VERSION))
+                _set_meta(conn, keys, "findings", FINDINGS_VERSION)
             if "schema_version" not in keys:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
             if keys.get("counts") != ledger_counts.COUNTS_VERSION:
                 for statement in (*ledger_counts.trigger_ddl(self.dialect), *ledger_counts.FILL):
                     conn.exec_driver_sql(statement)
-                if "counts" in keys:
-                    conn.execute(update(meta).where(meta.c.key == "counts")
-                                 .values(value=ledger_counts.COUNTS_VERSION))
-                else:
-                    conn.execute(insert(meta).values(key="counts", value=ledger_counts.COUNTS_VERSION))
+                _set_meta(conn, keys, "counts", ledger_counts.COUNTS_VERSION)
 
     @staticmethod
     def _meta(engine: Engine) -> dict[str, str] | None:
@@ -899,6 +892,14 @@ class Ledger:
                                               studies_per_group=studies_per_group)
             finally:
                 cursor.close()
+
+
+def _set_meta(conn: Connection, keys: dict[str, str], key: str, value: str) -> None:
+    """meta[key] = value, where `keys` is the meta table as read in this transaction."""
+    if key in keys:
+        conn.execute(update(meta).where(meta.c.key == key).values(value=value))
+    else:
+        conn.execute(insert(meta).values(key=key, value=value))
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

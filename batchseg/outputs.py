@@ -68,8 +68,7 @@ class OutputPaths(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         if name not in self._names:
             raise KeyError(name)
-        folder, rest = self._template[name]
-        return folder + self._study + rest
+        return _path(self._template, name, self._study)
 
     def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in self._names else default
@@ -110,6 +109,12 @@ def _layout_template(out_dir: str) -> dict[str, tuple[str, str]]:
         assert path.name.startswith("x"), path
         template[name] = (str(path.parent) + os.sep, path.name[1:])
     return template
+
+
+def _path(template: dict[str, tuple[str, str]], name: str, study_id: str) -> str:
+    """Output `name` of `study_id` from _layout_template's (folder, rest)."""
+    folder, rest = template[name]
+    return folder + study_id + rest
 
 
 # The metadata's `lstv` fields and the types the pipeline writes (lstv.LstvFindings; None is allowed).
@@ -166,8 +171,7 @@ def _read(out_dir: Path | str, study_id: str, *, identify: bool) -> tuple[StudyF
         return files, (None, None)
     # The paths as text from a template: eight Path objects per study were a quarter of a large report.
     template = _layout_template(str(out_dir))
-    folder, rest = template["metadata"]
-    meta_path = folder + study_id + rest
+    meta_path = _path(template, "metadata", study_id)
     before = _identity(meta_path) if identify else None
     meta, problem = _json_object(meta_path, "metadata", shown=meta_path)
     if meta is None:
@@ -189,8 +193,7 @@ def _read(out_dir: Path | str, study_id: str, *, identify: bool) -> tuple[StudyF
     # Metadata is published last: the outputs it lists are all in place.
     if isinstance(names := get("outputs"), dict):
         files.outputs = OutputPaths(template, study_id, names)
-    folder, rest = template["vertebra_labels"]
-    labels_path = folder + study_id + rest
+    labels_path = _path(template, "vertebra_labels", study_id)
     labels_before = _identity(labels_path) if identify else None
     labels, problem = _json_object(labels_path, "vertebra labels")
     if labels is None:
@@ -270,10 +273,8 @@ def files_from_digest(out_dir: Path | str, study_id: str, text: str | None) -> S
     except (ValueError, TypeError, KeyError):
         return None
     template = _layout_template(str(out_dir))
-    folder, rest = template["metadata"]
-    meta_path = folder + study_id + rest
-    labels_folder, labels_rest = template["vertebra_labels"]
-    if _identity(meta_path) != meta_id or _identity(labels_folder + study_id + labels_rest) != labels_id:
+    meta_path = _path(template, "metadata", study_id)
+    if _identity(meta_path) != meta_id or _identity(_path(template, "vertebra_labels", study_id)) != labels_id:
         return None
     lstv = digest.get("lstv")
     return StudyFiles(
