@@ -550,24 +550,26 @@ def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
               help="Studies the HTML lists in its long tables (every study, skipped, not assessed, unknown; "
                    "default 3000). Failures, LSTV candidates and caveats are always listed in full; the CSV "
                    "always has every study.")
+@click.option("--processes", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Processes that read the ledger, each a run of its queue (default: one per CPU this process "
+                   "may use, at most one per 10,000 studies).")
 @_without_gc
 def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool,
-           all_rows: int | None) -> None:
+           all_rows: int | None, processes: int | None) -> None:
     """A review report: progress, failures, skipped studies, LSTV candidates, every study."""
-    from .report.csv_rows import write_csv
+    from .report.collect import collect_report
     from .report.html_page import write_html
-    from .report.model import ALL_ROWS, collect_report, report_json
+    from .report.model import ALL_ROWS, report_json
 
     config = ctx.config()
     ledger = ctx.ledger(config)
     jobs = _slurm_jobs(config, ledger)
     if html_path is None and not as_json and csv_path is None:
         html_path = config.project_dir / "report.html"
-    # One pass over the ledger: the CSV is written as the studies stream by.
+    # One read of every study: the CSV is written as the studies stream by.
     try:
         built = collect_report(config, ledger, slurm_jobs=jobs, all_rows=ALL_ROWS if all_rows is None else all_rows,
-                               keep_all=as_json,
-                               consume=(lambda entries: write_csv(entries, csv_path)) if csv_path else None)
+                               keep_all=as_json, csv_path=csv_path, processes=processes)
     except OSError as exc:
         if csv_path is None:
             raise

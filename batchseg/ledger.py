@@ -25,7 +25,6 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -250,10 +249,15 @@ REPORT_STUDIES = (
 REPORT_KEYS = tuple(c.name for c in REPORT_STUDIES.selected_columns)
 
 
-@lru_cache(maxsize=2)
-def _report_sql(dialect: Any) -> str:
-    """REPORT_STUDIES as the dialect's SQL text (it has no parameters: its constants are inlined)."""
-    return Prepared.compile(REPORT_STUDIES, dialect, literal=True).sql
+def _report_sql(dialect: Any, first_seq: int | None, end_seq: int | None) -> str:
+    """REPORT_STUDIES of the studies with first_seq <= seq < end_seq (None: no bound) as the dialect's SQL text,
+    its constants inlined (whole numbers only, so nothing from outside goes into the text)."""
+    query = REPORT_STUDIES
+    if first_seq is not None:
+        query = query.where(studies.c.seq >= int(first_seq))
+    if end_seq is not None:
+        query = query.where(studies.c.seq < int(end_seq))
+    return Prepared.compile(query, dialect, literal=True).sql
 
 
 ATTEMPT_ERRORS = (select(history.c.study_id, history.c.error_class)
@@ -814,8 +818,20 @@ class Ledger:
                     for r in conn.execute(select(studies).where(studies.c.study_id.in_(ids)))}
         return [rows[i] for i in ids if i in rows]
 
-    def report_rows(self, page_size: int = REPORT_PAGE) -> Iterator[dict[str, Any]]:
-        """Every study in queue order, streamed, with what `report` says of its attempts.
+    def report_cuts(self, parts: int) -> list[int]:
+        """Queue places (seq) that cut the ledger into `parts` runs of about equal length, for report_rows'
+        ranges (fewer cuts when there are fewer studies than parts)."""
+        with self.reader.begin() as conn:
+            low, high = conn.execute(select(func.min(studies.c.seq), func.max(studies.c.seq))).one()
+        if low is None:
+            return []
+        # Seq runs 1, 2, 3, ... from init; a retried study moves to the back, so the runs stay near equal.
+        return sorted({low + (high - low + 1) * k // parts for k in range(1, parts)} - {low})
+
+    def report_rows(self, page_size: int = REPORT_PAGE, *, first_seq: int | None = None,
+                    end_seq: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every study in queue order (with first_seq <= seq < end_seq where given), streamed, with what
+        `report` says of its attempts.
 
         One read transaction (one snapshot); the studies come through a streaming cursor (server-side on
         PostgreSQL), `page_size` rows at a time, so memory does not grow with the ledger. Each row holds the
@@ -828,7 +844,7 @@ class Ledger:
             for study_id, error_class in conn.execute(ATTEMPT_ERRORS):
                 errors.setdefault(study_id, []).append(error_class or "unknown")
             # On the driver's cursor: SQLAlchemy's row objects were a third of a large report's ledger read.
-            sql = _report_sql(conn.dialect)
+            sql = _report_sql(conn.dialect, first_seq, end_seq)
             cursor = conn.connection.cursor(name="report_rows") if self.dialect == "postgresql" \
                 else conn.connection.cursor()
             try:

@@ -56,28 +56,32 @@ OUTPUT_NAMES = tuple(output_paths(Path("."), "0"))
 
 class OutputPaths(Mapping[str, str]):
     """One study's output paths (name -> path as text), each made when asked: a report over a million studies
-    keeps tens of thousands of them, and nine paths apiece were a third of its memory."""
+    keeps tens of thousands of them, and nine paths apiece were a third of its memory.
 
-    __slots__ = ("_template", "_study", "_names")
+    `template` is the results folder's layout (_layout_template: name -> folder with its separator, and the
+    file name after the study id), `names` the outputs the study has, in the layout's order.
+    """
+
+    __slots__ = ("template", "study_id", "names")
 
     def __init__(self, template: dict[str, tuple[str, str]], study_id: str, names: Iterable[str]) -> None:
-        self._template, self._study = template, study_id
+        self.template, self.study_id = template, study_id
         wanted = set(names)
-        self._names = tuple(name for name in template if name in wanted)   # the layout's order
+        self.names = tuple(name for name in template if name in wanted)   # the layout's order
 
     def __getitem__(self, name: str) -> str:
-        if name not in self._names:
+        if name not in self.names:
             raise KeyError(name)
-        return _path(self._template, name, self._study)
+        return _path(self.template, name, self.study_id)
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self[name] if name in self._names else default
+        return self[name] if name in self.names else default
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(self.names)
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self.names)
 
     def __repr__(self) -> str:
         return f"OutputPaths({dict(self)!r})"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import csv
 import html
 import io
@@ -24,9 +25,9 @@ from batchseg.report.model import (
     NOT_ASSESSABLE,
     UNKNOWN,
     StudyFiles,
-    collect_report,
     study_entry,
 )
+from batchseg.report.collect import collect_report
 from batchseg.outputs import findings_digest
 from batchseg.synth import read_manifest, synth_dataset
 from tests.conftest import batchseg
@@ -462,12 +463,12 @@ def test_the_report_reads_the_ledger_s_digest_and_it_says_what_the_files_say(
     for study, (digested, from_files) in both.items():
         assert digested is not None and digested == from_files, study
     # The whole report without opening one study's files: the same CSV as from the files.
-    from batchseg.report import model
+    from batchseg.report import collect
 
-    monkeypatch.setattr(model, "read_study_files", lambda *a: pytest.fail("a study's files were read"))
+    monkeypatch.setattr(collect, "read_study_files", lambda *a: pytest.fail("a study's files were read"))
     invoke("report", "--project", str(finished), "--csv", str(tmp_path / "digest.csv"))
     monkeypatch.undo()
-    monkeypatch.setattr(model, "files_from_digest", lambda *a: None)
+    monkeypatch.setattr(collect, "files_from_digest", lambda *a: None)
     invoke("report", "--project", str(finished), "--csv", str(tmp_path / "files.csv"))
     assert (tmp_path / "digest.csv").read_bytes() == (tmp_path / "files.csv").read_bytes()
 
@@ -603,3 +604,147 @@ def test_csv_cells_are_never_formulas_and_rejected_ids_stay_escaped(finished: Pa
     formulas = [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
     assert formulas == [], formulas
     assert "'-2+3 =cmd|' /C calc'!A0" in cells and "'@SUM(A1)" in cells
+
+
+# -- the report read in runs, by several processes ------------------------------------------------
+
+def _entries(project: Path) -> list[Any]:
+    from batchseg.config import load_config
+    from batchseg.report.collect import study_entries
+
+    ledger = Ledger.for_config(load_config(project))
+    entries = list(study_entries(project / "results", ledger))
+    ledger.close()
+    return entries
+
+
+def _kept(builder: Any) -> Any:
+    """What a builder keeps, with each entry as its study id."""
+    def ids(entries: list[Any]) -> list[str]:
+        return [e.study_id for e in entries]
+
+    return (ids(builder.shown), {k: ids(v) for k, v in builder.lists.items()},
+            {k: ids(v) for k, v in builder.level_lists.items()}, builder.lstv_totals, builder.level_verdicts,
+            builder.level_not_checked, builder.segmenters, builder.versions,
+            None if builder.everything is None else ids(builder.everything))
+
+
+def test_builders_of_consecutive_runs_merge_into_the_builder_of_the_whole(
+        finished: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchseg.report import model
+    from batchseg.report.model import ReportBuilder
+
+    monkeypatch.setattr(model, "NOT_CHECKED_IDS", 2)
+    entries = _entries(finished)
+    # Three times the studies, so that runs hold several studies of each kind, and levels not checked.
+    unchecked = [dataclasses.replace(e, levels=model.LevelView("not_available", reason=f"why {i % 2}"))
+                 for i, e in enumerate(entries) if e.levels]
+    entries = [*entries, *unchecked, *entries, *unchecked, *entries]
+    for all_rows in (0, 2, 5, 3000):
+        whole = ReportBuilder(all_rows, keep_all=True)
+        for entry in entries:
+            whole.add(entry)
+        for cuts in ([1], [4], [len(entries) - 1], [2, 9, 17], [0, len(entries)]):
+            bounds = [0, *cuts, len(entries)]
+            builders = []
+            for lo, hi in zip(bounds, bounds[1:]):
+                builder = ReportBuilder(all_rows, keep_all=True)
+                for entry in entries[lo:hi]:
+                    builder.add(entry)
+                builders.append(builder)
+            for later in builders[1:]:
+                builders[0].merge(later)
+            assert _kept(builders[0]) == _kept(whole), (all_rows, cuts)
+
+
+def test_the_report_read_by_several_processes_is_the_single_pass_report(finished: Path, tmp_path: Path) -> None:
+    from batchseg.config import load_config
+    from batchseg.report.model import report_json
+
+    project = copy_project(finished, tmp_path)
+    ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
+    ledger.record_findings({sid: findings_digest(project / "results", sid)
+                            for sid, state in ledger_states(ledger).items() if state == "done"})
+    failed = next(sid for sid, state in ledger_states(ledger).items() if state == "failed")
+    assert ledger.retry_failed(study_ids=[failed]) == [failed]   # its seq moves to the back of the queue
+    ledger.close()
+    config = load_config(project)
+    made = {}
+    for processes in (1, 2, 3, 9):
+        ledger = Ledger.for_config(config)
+        csv_path = tmp_path / f"p{processes}.csv"
+        report = collect_report(config, ledger, now=0.0, all_rows=2, keep_all=True, csv_path=csv_path,
+                                processes=processes)
+        ledger.close()
+        made[processes] = (report_json(report), csv_path.read_bytes(), [s.study_id for s in report.shown])
+    assert made[1][0]["total"] == 8 and made[1][2] == [s.study_id for s in _entries(project)][:2]
+    assert all(made[n] == made[1] for n in made)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "part files left behind"
+
+
+def ledger_states(ledger: Ledger) -> dict[str, str]:
+    return {row["study_id"]: row["state"] for row in ledger.report_rows()}
+
+
+def test_report_runs_cover_the_queue_once_in_order(finished: Path, tmp_path: Path) -> None:
+    project = copy_project(finished, tmp_path)
+    ledger = Ledger(f"sqlite:///{project / 'ledger.sqlite'}")
+    order = [row["study_id"] for row in ledger.report_rows()]
+    for parts in (1, 2, 3, 7, 8, 50):
+        cuts = ledger.report_cuts(parts)
+        assert cuts == sorted(set(cuts)) and len(cuts) <= parts - 1
+        runs = zip([None, *cuts], [*cuts, None])
+        assert [row["study_id"] for lo, hi in runs for row in ledger.report_rows(first_seq=lo, end_seq=hi)] == order
+    ledger.close()
+    empty = Ledger(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    assert empty.report_cuts(4) == [] and list(empty.report_rows()) == []
+    empty.close()
+
+
+def test_a_run_that_fails_leaves_no_csv_and_no_part_file(finished: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchseg.config import load_config
+    from batchseg.report import collect
+
+    project = copy_project(finished, tmp_path)
+    last = _entries(project)[-1].study_id
+
+    def broken(row: dict[str, Any], files: Any) -> Any:
+        if row["study_id"] == last:
+            raise OSError(28, "No space left on device")
+        return study_entry(row, files)
+
+    monkeypatch.setattr(collect, "study_entry", broken)   # the forked processes have it too
+    config = load_config(project)
+    out = tmp_path / "out"
+    for processes in (1, 3):
+        ledger = Ledger.for_config(config)
+        with pytest.raises(OSError, match="No space left"):
+            collect_report(config, ledger, csv_path=out / "r.csv", processes=processes)
+        ledger.close()
+        assert list(out.iterdir()) == []
+
+
+def test_output_paths_past_the_csv_module_are_what_it_writes(finished: Path, tmp_path: Path) -> None:
+    from batchseg.outputs import OutputPaths, _layout_template
+    from batchseg.report.csv_rows import csv_values, render_csv
+
+    entries = [e for e in _entries(finished) if e.outputs]
+    assert entries and all(isinstance(e.outputs, OutputPaths) for e in entries)
+    # Results folders the csv module must quote, or neutralise (a leading "-"), and odd ids.
+    for folder in (Path("/r"), tmp_path / 'a,b "q"', Path("-x"), Path("=y") / "z", tmp_path / "line\nend"):
+        template = _layout_template(str(folder))
+        odd = []
+        for e in entries:
+            for study_id in (e.study_id, "a,b", 'q"q', "1"):
+                copy = dataclasses.replace(e, study_id=study_id)
+                copy.outputs = OutputPaths(template, study_id, e.outputs.names)
+                odd.append(copy)
+        odd.append(dataclasses.replace(entries[0], outputs=OutputPaths(template, "1", ["metadata"])))
+        odd.append(dataclasses.replace(entries[0], outputs={"nifti": "/a,b/1.nii.gz"}))
+        odd.append(dataclasses.replace(entries[0], outputs={}))
+        expected = io.StringIO()
+        writer = csv.writer(expected, lineterminator="\n")
+        for e in odd:
+            writer.writerow(csv_values(e))
+        assert "".join(render_csv(odd)) == expected.getvalue(), folder

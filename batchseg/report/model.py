@@ -1,13 +1,12 @@
-"""The review report's model (`batchseg report`): read the ledger and what each done study's files say, build a
-`Report`.
+"""The review report's model (`batchseg report`): what the report says of each study (`study_entry`, pure,
+from its ledger row and what its files say), and the `Report` built from those entries.
 
-One pass, flat in memory whatever the ledger's size: `collect_report` streams the studies from the
-ledger (`Ledger.report_rows`) with each done study's findings digest, believed while its metadata and
-vertebra labels are the files it was made of, else those files are read (outputs.py); the pure `study_entry` turns each into a `StudyEntry`, which goes on to whoever consumes the
-stream (the CSV writer) and through a `ReportBuilder`. The builder keeps the counts and what the page
-shows in full (every failure, LSTV candidate, caveat and problem with a study's files) and, of the long
-lists, only the first `all_rows` studies; `build_report` does the same for entries already at hand.
-`report_json` is the `--json` form. The page and the table are drawn by `html_page` and `csv_rows`.
+A `ReportBuilder` takes the entries in ledger order and keeps the counts and what the page shows in full
+(every failure, LSTV candidate, caveat and problem with a study's files) and, of the long lists, only the
+first `all_rows` studies, so it stays flat in memory whatever the ledger's size; builders of consecutive
+runs of the ledger merge (collect.py reads the ledger in such runs). `build_report` does the same for
+entries already at hand. `report_json` is the `--json` form. The page and the table are drawn by
+`html_page` and `csv_rows`.
 
 LSTV findings are candidates for review, never diagnoses. A study whose lumbar count
 is not assessable (a junction out of view, labels not anatomical, irregular labels) is
@@ -18,17 +17,17 @@ whose findings carry a caveat (lstv.py: caveats apart from informational notes).
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from ..labels import L6, SACRUM, SPINE_ORDER, T13, VERTEBRA_NAMES
 from ..levels import VERDICTS
 from ..lstv import PATTERNS
-from ..outputs import LEVEL_DETAIL_SHOWN, StudyFiles, files_from_digest, read_study_files
+from ..outputs import LEVEL_DETAIL_SHOWN, StudyFiles, read_study_files
 from .status_text import worker_label
 
 # LSTV status words: "no candidate" is the only one that means "counted and nothing found".
@@ -167,9 +166,14 @@ class Report:
         return self.caveat_studies
 
 
+# The builder's lists the page shows in full; of the others, the first `all_rows`.
+_IN_FULL = frozenset((CANDIDATE, "caveat", "failed", "problems", "shifted", "disagree"))
+
+
 class ReportBuilder:
     """Takes the study entries one at a time, in ledger order, and keeps what the report needs of them:
-    counts, everything the page shows in full, and the first `all_rows` of each long list."""
+    counts, everything the page shows in full, and the first `all_rows` of each long list. Builders of
+    consecutive runs of the ledger merge into the builder of the whole (`merge`, in ledger order)."""
 
     def __init__(self, all_rows: int = ALL_ROWS, *, keep_all: bool = False) -> None:
         self.all_rows = all_rows
@@ -184,9 +188,9 @@ class ReportBuilder:
         self.level_lists: dict[str, list[StudyEntry]] = {"shifted": [], "disagree": [], "agree": []}
         self.level_not_checked: dict[str, tuple[int, list[str]]] = {}
 
-    def _keep(self, name: str, entry: StudyEntry, *, all_of_them: bool = False) -> None:
+    def _keep(self, name: str, entry: StudyEntry) -> None:
         kept = self.lists[name]
-        if all_of_them or len(kept) < self.all_rows:
+        if name in _IN_FULL or len(kept) < self.all_rows:
             kept.append(entry)
 
     def add(self, s: StudyEntry) -> StudyEntry:
@@ -199,21 +203,21 @@ class ReportBuilder:
         if s.made_by:
             self.versions.add(s.made_by)
         if s.state == "failed":
-            self._keep("failed", s, all_of_them=True)
+            self._keep("failed", s)
         elif s.state == "skipped":
             self._keep("skipped", s)
         status = s.lstv.status if s.lstv is not None else None
         if status is not None:
             self.lstv_totals[status] = self.lstv_totals.get(status, 0) + 1
         if status == CANDIDATE:
-            self._keep(CANDIDATE, s, all_of_them=True)
+            self._keep(CANDIDATE, s)
         elif status in (NOT_ASSESSABLE, UNKNOWN):
             self._keep(status, s)
         elif status == NO_CANDIDATE and s.lstv and s.lstv.caveats:
-            self._keep("caveat", s, all_of_them=True)
+            self._keep("caveat", s)
         # A candidate's problems show in its own row, an unknown study's are why it is unknown.
         if s.problems and status in (NO_CANDIDATE, NOT_ASSESSABLE):
-            self._keep("problems", s, all_of_them=True)
+            self._keep("problems", s)
         if s.levels is not None:
             self._add_levels(s)
         return s
@@ -223,7 +227,7 @@ class ReportBuilder:
         self.level_verdicts[verdict] = self.level_verdicts.get(verdict, 0) + 1
         kept = self.level_lists.get(verdict)
         if kept is not None:
-            if verdict != "agree" or len(kept) < self.all_rows:
+            if verdict in _IN_FULL or len(kept) < self.all_rows:
                 kept.append(s)
         elif s.levels is not None:
             why = s.levels.reason or verdict
@@ -231,6 +235,28 @@ class ReportBuilder:
             if len(ids) < NOT_CHECKED_IDS:
                 ids.append(s.study_id)
             self.level_not_checked[why] = (n + 1, ids)
+
+    def merge(self, later: "ReportBuilder") -> None:
+        """Add what `later` kept of the run of the ledger that follows this builder's (same `all_rows`)."""
+        def extend(kept: list[StudyEntry], more: list[StudyEntry], name: str) -> None:
+            kept += more if name in _IN_FULL else more[:max(0, self.all_rows - len(kept))]
+
+        extend(self.shown, later.shown, "shown")
+        if self.everything is not None and later.everything is not None:
+            self.everything += later.everything
+        for name, kept in self.lists.items():
+            extend(kept, later.lists[name], name)
+        for name, kept in self.level_lists.items():
+            extend(kept, later.level_lists[name], name)
+        for counts, more in ((self.lstv_totals, later.lstv_totals), (self.level_verdicts, later.level_verdicts)):
+            for key, n in more.items():
+                counts[key] = counts.get(key, 0) + n
+        for name, note in later.segmenters.items():
+            self.segmenters.setdefault(name, note)
+        self.versions |= later.versions
+        for why, (n, ids) in later.level_not_checked.items():
+            had, shown = self.level_not_checked.get(why, (0, []))
+            self.level_not_checked[why] = (had + n, shown + ids[:max(0, NOT_CHECKED_IDS - len(shown))])
 
     def passing(self, entries: Iterable[StudyEntry]) -> Iterator[StudyEntry]:
         """The same entries, each one added on its way through."""
@@ -277,47 +303,6 @@ class ReportBuilder:
         )
 
 
-# -- reading (the I/O edge) -----------------------------------------------------------------------
-
-def study_entries(out_dir: Path, ledger: Any) -> Iterator[StudyEntry]:
-    """Every study's entry in ledger order, streamed from the ledger. A done study's files are read from the
-    ledger's digest of them while it matches them (outputs.py), else from the files themselves."""
-    for row in ledger.report_rows():
-        files = None
-        if row["state"] == "done":
-            study_id = row["study_id"]
-            files = files_from_digest(out_dir, study_id, row["findings"]) or read_study_files(out_dir, study_id)
-        yield study_entry(row, files)
-
-
-def collect_report(config: Any, ledger: Any, *, now: float | None = None,
-                   slurm_jobs: Iterable[dict[str, Any]] = (), all_rows: int = ALL_ROWS, keep_all: bool = False,
-                   consume: Callable[[Iterable[StudyEntry]], Any] | None = None) -> Report:
-    """One pass over the ledger and the done studies' files: the report.
-
-    `consume`, when given, is handed the stream of entries first (the CSV writer writes each row as it
-    comes); whatever it leaves is read through. `keep_all` keeps every entry in `Report.studies`.
-    """
-    from sqlalchemy.engine import make_url
-
-    from .. import __version__
-
-    summary = ledger.summary()
-    out_dir = Path(config.out_dir)
-    builder = ReportBuilder(all_rows, keep_all=keep_all)
-    entries = builder.passing(study_entries(out_dir, ledger))
-    if consume is not None:
-        consume(entries)
-    for _ in entries:
-        pass
-    try:
-        ledger_url = make_url(config.db_url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an odd URL still gets a report
-        ledger_url = "(unparsable URL)"
-    return builder.build(summary, project=str(config.project_dir), results=str(out_dir), ledger_url=ledger_url,
-                         version=__version__, now=now, slurm_jobs=slurm_jobs)
-
-
 # -- building (pure) --------------------------------------------------------------------------------
 
 def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> LstvView:
@@ -338,7 +323,7 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
     candidates, kinds = [], []
     for c in lstv.get("candidates") if isinstance(lstv.get("candidates"), list) else []:
         if isinstance(c, dict) and isinstance(c.get("pattern"), str):
-            kinds.append(c["pattern"])
+            kinds.append(_shared(c["pattern"]))
             candidates.append(f"{c['pattern']}: {c.get('evidence')}" if isinstance(c.get("evidence"), str)
                               else c["pattern"])
     count, reason, caveats = lstv.get("lumbar_count"), lstv.get("count_reason"), _texts(lstv.get("caveats"))
@@ -350,7 +335,7 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
     known = labels_anatomical is not False
     return LstvView(
         CANDIDATE if candidates else (NO_CANDIDATE if assessable else NOT_ASSESSABLE),
-        pattern=pattern,
+        pattern=_shared(pattern),
         count_assessable=assessable,
         count_reason=reason if isinstance(reason, str) and not assessable else None,
         lumbar_count=count if assessable and isinstance(count, int) and not isinstance(count, bool) else None,
@@ -444,32 +429,38 @@ def _consistency(lstv: LstvView, vertebra_labels: dict[str, str] | None) -> list
     return problems
 
 
+def _shared(value: Any) -> Any:
+    """One string object for each repeated text (states, error classes, workers, segmenters, versions): the
+    page keeps tens of thousands of entries, and each of them a copy of the same few words."""
+    return sys.intern(value) if value.__class__ is str else value
+
+
 def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
     """One study's line of the report from its ledger row (Ledger.report_rows) and its files (done studies only)."""
     get = row.get
     timings = get("timings")
     seconds = get("attempt_seconds")
-    state = row["state"]
+    state = _shared(row["state"])
     failed = state != "done"
     entry = StudyEntry(
         str(row["study_id"]), get("series_id"), state, int(get("attempts") or 0),
-        error_class=get("error_class") if failed else None,
+        error_class=_shared(get("error_class")) if failed else None,
         error_message=get("error_message") if failed else None,
         log_path=get("log_path") if failed else None,
         seconds=timings.get("total") if isinstance(timings, dict) else None,
         attempt_seconds=round(seconds, 3) if seconds is not None else None,
-        attempt_errors=list(get("attempt_errors") or ()),
+        attempt_errors=list(map(_shared, get("attempt_errors") or ())),
         # The study row keeps the last claim's worker (every claim writes it).
-        worker=worker_label(get("worker_host"), get("worker_pid"), get("slurm_array_job_id"),
-                            get("slurm_array_task_id")),
+        worker=_shared(worker_label(get("worker_host"), get("worker_pid"), get("slurm_array_job_id"),
+                                    get("slurm_array_task_id"))),
     )
     if files is None:
         return entry
     entry.outputs = files.outputs
     segmenter = files.segmenter
-    entry.segmenter = segmenter.get("name")
-    entry.segmenter_note = segmenter.get("note")
-    entry.made_by = files.batchseg_version if isinstance(files.batchseg_version, str) else None
+    entry.segmenter = _shared(segmenter.get("name"))
+    entry.segmenter_note = _shared(segmenter.get("note"))
+    entry.made_by = _shared(files.batchseg_version) if isinstance(files.batchseg_version, str) else None
     anatomical = segmenter.get("labels_anatomical")
     entry.labels_anatomical = anatomical if isinstance(anatomical, bool) else None
     if entry.seconds is None:

@@ -1,0 +1,147 @@
+"""The review report's pass over the ledger (`batchseg report`): every study read once, in queue order, into a
+`Report` and, when asked, the CSV.
+
+Each done study's findings come from the ledger's digest of its files while it matches them (outputs.py),
+else from the files themselves. A large ledger is read in consecutive runs of its queue (`Ledger.report_cuts`),
+one process each (this one and, with it, a process per CPU this process may use, at most one per PART_STUDIES
+studies): each writes its run's CSV rows to a part file beside the CSV and builds its run's `ReportBuilder`; the parts are joined in queue
+order into the CSV (written atomically) and the builders merged in the same order, so the result is the one a
+single pass gives. Each run is one read of its own (one snapshot per run, like the summary's); a ledger that
+changes while the report runs gives each study as its run saw it, as a single pass's studies are each as they
+were when read.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..files import open_atomic
+from ..outputs import files_from_digest, read_study_files
+from .csv_rows import csv_header, render_csv
+from .model import ALL_ROWS, Report, ReportBuilder, StudyEntry, study_entry
+
+# A process of its own for fewer studies than this costs more in start-up than it saves.
+PART_STUDIES = 10_000
+
+
+def study_entries(out_dir: Path, ledger: Any, *, first_seq: int | None = None,
+                  end_seq: int | None = None) -> Iterator[StudyEntry]:
+    """Every study's entry in ledger order (first_seq <= seq < end_seq where given), streamed from the ledger."""
+    for row in ledger.report_rows(first_seq=first_seq, end_seq=end_seq):
+        files = None
+        if row["state"] == "done":
+            study_id = row["study_id"]
+            files = files_from_digest(out_dir, study_id, row["findings"]) or read_study_files(out_dir, study_id)
+        yield study_entry(row, files)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a Slurm job's or a container's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
+
+
+def default_processes(studies: int) -> int:
+    return max(1, min(usable_cpus(), studies // PART_STUDIES))
+
+
+def collect_report(config: Any, ledger: Any, *, now: float | None = None,
+                   slurm_jobs: Iterable[dict[str, Any]] = (), all_rows: int = ALL_ROWS, keep_all: bool = False,
+                   csv_path: Path | None = None, processes: int | None = None) -> Report:
+    """The report (and the CSV at `csv_path`, one row per study) from one read of every study.
+
+    `processes`: how many processes read the ledger (None: default_processes). `keep_all` keeps every entry
+    in `Report.studies`. The ledger's own connection reads the summary, and the studies too when one process
+    reads them; other processes open the ledger at `config.db_url` themselves.
+    """
+    from sqlalchemy.engine import make_url
+
+    from .. import __version__
+
+    summary = ledger.summary()
+    parts = processes if processes is not None else default_processes(int(summary["total"]))
+    cuts = ledger.report_cuts(parts) if parts > 1 else []
+    runs = list(zip([None, *cuts], [*cuts, None]))
+    with _csv_in_parts(csv_path, len(runs)) as part_paths:
+        builder = _in_processes(config, ledger, runs, part_paths, all_rows, keep_all)
+    try:
+        ledger_url = make_url(config.db_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an odd URL still gets a report
+        ledger_url = "(unparsable URL)"
+    return builder.build(summary, project=str(config.project_dir), results=str(config.out_dir),
+                         ledger_url=ledger_url, version=__version__, now=now, slurm_jobs=slurm_jobs)
+
+
+def _collect_run(config: Any, ledger: Any, run: tuple[int | None, int | None], part_path: Path | None,
+                 all_rows: int, keep_all: bool) -> ReportBuilder:
+    """One run of the queue: its CSV rows into `part_path` (when given) and its builder. `ledger` None: this
+    process opens the ledger itself (a process must never use a connection it inherited)."""
+    own = ledger is None
+    if own:
+        from ..ledger import Ledger
+
+        ledger = Ledger.for_config(config)
+    try:
+        builder = ReportBuilder(all_rows, keep_all=keep_all)
+        entries = builder.passing(study_entries(Path(config.out_dir), ledger, first_seq=run[0], end_seq=run[1]))
+        if part_path is not None:
+            with open(part_path, "w", encoding="utf-8", newline="") as part:
+                for chunk in render_csv(entries):
+                    part.write(chunk)
+        for _ in entries:
+            pass
+    finally:
+        if own:
+            ledger.close()
+    return builder
+
+
+def _in_processes(config: Any, ledger: Any, runs: list[tuple[int | None, int | None]],
+                  part_paths: list[Path | None], all_rows: int, keep_all: bool) -> ReportBuilder:
+    """The first run in this process, on `ledger`; each later run in a process of its own. Their builders
+    merged in queue order."""
+    if len(runs) == 1:
+        return _collect_run(config, ledger, runs[0], part_paths[0], all_rows, keep_all)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: the processes start with batchseg imported (spawn would import it again in each). They are made
+    # before this process reads the studies, and each opens its own connection to the ledger.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(len(runs) - 1, mp_context=multiprocessing.get_context(method)) as pool:
+        later = [pool.submit(_collect_run, config, None, run, path, all_rows, keep_all)
+                 for run, path in zip(runs[1:], part_paths[1:])]
+        builder = _collect_run(config, ledger, runs[0], part_paths[0], all_rows, keep_all)
+        for future in later:
+            builder.merge(future.result())
+    return builder
+
+
+@contextmanager
+def _csv_in_parts(path: Path | None, parts: int) -> Iterator[list[Path | None]]:
+    """Part files beside `path`, one per run; when the block ends without an error, the header and the parts in
+    order become the file at `path` (atomically: open_atomic). The part files are gone either way."""
+    if path is None:
+        yield [None] * parts
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    part_paths = [path.parent / f".{path.name}.{tag}.part{i}" for i in range(parts)]
+    try:
+        yield list(part_paths)
+        with open_atomic(path, "wb") as handle:
+            handle.write(csv_header().encode())
+            for part_path in part_paths:
+                with open(part_path, "rb") as part:
+                    shutil.copyfileobj(part, handle, 1 << 20)
+    finally:
+        for part_path in part_paths:
+            part_path.unlink(missing_ok=True)
