@@ -66,8 +66,7 @@ class OutputPaths(Mapping[str, str]):
 
     def __init__(self, template: dict[str, tuple[str, str]], study_id: str, names: Iterable[str]) -> None:
         self.template, self.study_id = template, study_id
-        wanted = set(names)
-        self.names = tuple(name for name in template if name in wanted)   # the layout's order
+        self.names = _in_layout_order(tuple(names))
 
     def __getitem__(self, name: str) -> str:
         if name not in self.names:
@@ -85,6 +84,13 @@ class OutputPaths(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"OutputPaths({dict(self)!r})"
+
+
+@lru_cache(maxsize=1024)
+def _in_layout_order(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs of the layout among `names`, in the layout's order (every results folder's layout has the
+    same names in the same order: output_paths)."""
+    return tuple(name for name in OUTPUT_NAMES if name in names)
 
 
 @dataclass(slots=True)

@@ -396,9 +396,15 @@ def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
     """Vertebra and sacrum names of a vertebra-labels file, top to bottom."""
     if not vertebra_labels:
         return []
+    # A cohort's label files hold a few dozen different sets of vertebrae: each set is ordered once.
+    return list(_ordered(tuple(vertebra_labels.items())))
+
+
+@lru_cache(maxsize=4096)
+def _ordered(labels: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     ranks = _vertebra_ranks()
     found = []
-    for key, name in vertebra_labels.items():
+    for key, name in labels:
         rank = ranks.get(key, -1)
         if rank == -1:
             # isascii and isdecimal: "²" is a digit to str.isdigit, and int() refuses it
@@ -407,7 +413,7 @@ def ordered_vertebrae(vertebra_labels: dict[str, str] | None) -> list[str]:
             found.append((rank, name))
     found.sort()
     # The usual names as one shared string each: the page keeps tens of thousands of these lists.
-    return [_NAMES.get(name, name) for _, name in found]
+    return tuple(_NAMES.get(name, name) for _, name in found)
 
 
 _NAMES = {name: name for name in VERTEBRA_NAMES.values()}

@@ -84,6 +84,11 @@ def test_cli_runs_with_a_postgresql_ledger(pg_url: str, tmp_path: Path, synth_sm
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert len(lines) == 1 + sum(states.values())
+    # Read in three runs of the queue by three processes, each with its own connection: the same CSV.
+    result = runner.invoke(cli, ["report", "--project", str(project), "--csv", str(tmp_path / "r3.csv"),
+                                 "--processes", "3"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r3.csv").read_bytes() == (tmp_path / "r.csv").read_bytes()
 
 
 def test_a_postgresql_ledger_made_before_the_findings_digest_gets_its_column(pg_url: str) -> None:
