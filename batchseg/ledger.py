@@ -516,8 +516,9 @@ class Ledger:
                 # from the history once. Older batchseg versions never read it; their outcomes fire the trigger.
                 if "attempt_seconds" not in {c["name"] for c in inspect(conn).get_columns("studies")}:
                     conn.exec_driver_sql("ALTER TABLE studies ADD COLUMN attempt_seconds FLOAT")
-                for statement in (*ledger_counts.attempt_seconds_ddl(self.dialect), ledger_counts.FILL_ATTEMPT_SECONDS):
+                for statement in ledger_counts.attempt_seconds_ddl(self.dialect):
                     conn.exec_driver_sql(statement)
+                conn.exec_driver_sql(ledger_counts.FILL_ATTEMPT_SECONDS)
                 _set_meta(conn, keys, "attempt_seconds", ledger_counts.ATTEMPT_SECONDS_VERSION)
             if "schema_version" not in keys:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -826,7 +827,7 @@ class Ledger:
         One read transaction (one snapshot); the studies come through a streaming cursor (server-side on
         PostgreSQL), `page_size` rows at a time, so memory does not grow with the ledger. Each row holds the
         REPORT_STUDIES columns (`timings` decoded): `attempt_seconds` is the sum of every attempt's claim-to-
-        outcome seconds (None when no attempt ended; kept by a trigger, ledger_counts.py), and `attempt_errors` the error classes of its failed or
+        outcome seconds (None when no attempt ended), and `attempt_errors` the error classes of its failed or
         lost attempts in order. The worker columns are the last claim's (every claim writes them).
         """
         with self.reader.begin() as conn:
