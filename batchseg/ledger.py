@@ -92,6 +92,9 @@ studies = Table(
     Column("timings", Text),                               # JSON: seconds per stage of the last done attempt
     Column("outputs", Text),                               # JSON: output name -> path
     Column("findings", Text),                              # JSON: outputs.findings_digest of a done study
+    # Seconds of every attempt from claim to outcome, summed (NULL until one ends): kept by a trigger on the
+    # history (ledger_counts.py), so the report needs no pass over the history.
+    Column("attempt_seconds", Float),
     Column("added_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float),
@@ -231,20 +234,14 @@ DONE_WINDOW = select(func.count(), func.min(history.c.at), func.max(history.c.at
 RECENT_DURATIONS = (
     select(history.c.duration).where(history.c.event == "done", history.c.duration.is_not(None))
     .order_by(history.c.at.desc()).limit(bindparam("p_limit")))
-# The report's stream: every study in queue order with the seconds all its attempts took (one aggregate over the
-# history, joined in the database), and the error classes of the attempts that failed or were lost (few).
+# The report's stream: every study in queue order with the seconds all its attempts took (the kept column, no
+# pass over the history), and the error classes of the attempts that failed or were lost (few).
 REPORT_PAGE = 2000
-_ATTEMPT_SECONDS = (
-    select(history.c.study_id, func.sum(history.c.duration).label("attempt_seconds"))
-    .where(history.c.event.in_(("done", "failed", "lost", "released")))
-    .group_by(history.c.study_id)
-    .subquery())
 REPORT_STUDIES = (
     select(studies.c.study_id, studies.c.series_id, studies.c.state, studies.c.attempts, studies.c.error_class,
            studies.c.error_message, studies.c.log_path, studies.c.timings, studies.c.worker_host,
            studies.c.worker_pid, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id, studies.c.findings,
-           _ATTEMPT_SECONDS.c.attempt_seconds)
-    .select_from(studies.outerjoin(_ATTEMPT_SECONDS, _ATTEMPT_SECONDS.c.study_id == studies.c.study_id))
+           studies.c.attempt_seconds)
     .order_by(studies.c.seq))
 REPORT_KEYS = tuple(c.name for c in REPORT_STUDIES.selected_columns)
 
@@ -500,7 +497,8 @@ class Ledger:
                 raise RuntimeError(f"the ledger has schema {version}; this batchseg knows up to {SCHEMA_VERSION}: "
                                    "upgrade batchseg")
             if version is not None and found.get("counts") == ledger_counts.COUNTS_VERSION \
-                    and found.get("findings") == FINDINGS_VERSION:
+                    and found.get("findings") == FINDINGS_VERSION \
+                    and found.get("attempt_seconds") == ledger_counts.ATTEMPT_SECONDS_VERSION:
                 return
         # A new ledger, or one made before the counters and indexes: only now take the write lock.
         with self.engine.begin() as conn:
@@ -517,6 +515,15 @@ class Ledger:
                 if "findings" not in {c["name"] for c in inspect(conn).get_columns("studies")}:
                     conn.exec_driver_sql("ALTER TABLE studies ADD COLUMN findings TEXT")
                 _set_meta(conn, keys, "findings", FINDINGS_VERSION)
+            if keys.get("attempt_seconds") != ledger_counts.ATTEMPT_SECONDS_VERSION:
+                # A ledger made before the kept attempt seconds: the column, its trigger, and its values summed
+                # from the history once. Older batchseg versions never read it; their outcomes fire the trigger.
+                if "attempt_seconds" not in {c["name"] for c in inspect(conn).get_columns("studies")}:
+                    conn.exec_driver_sql("ALTER TABLE studies ADD COLUMN attempt_seconds FLOAT")
+                for statement in ledger_counts.attempt_seconds_ddl(self.dialect):
+                    conn.exec_driver_sql(statement)
+                conn.exec_driver_sql(ledger_counts.FILL_ATTEMPT_SECONDS)
+                _set_meta(conn, keys, "attempt_seconds", ledger_counts.ATTEMPT_SECONDS_VERSION)
             if "schema_version" not in keys:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
             if keys.get("counts") != ledger_counts.COUNTS_VERSION:
@@ -936,7 +943,8 @@ def schema_sql(dialect_name: str = "sqlite") -> str:
         parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
             parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
-    parts += [statement + ";" for statement in ledger_counts.trigger_ddl(dialect_name)]
+    parts += [statement + ";" for statement in (*ledger_counts.trigger_ddl(dialect_name),
+                                                 *ledger_counts.attempt_seconds_ddl(dialect_name))]
     return "\n\n".join(parts) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""The ledger's summary counters, kept by triggers inside the database.
+"""The ledger's summary counters and each study's attempt seconds, kept by triggers inside the database.
 
 `status`, `run`'s progress line and `report` need counts: studies per state,
 failed and skipped studies per error class, claims ever made, studies ever
@@ -21,6 +21,11 @@ another order), so its triggers only insert rows into `count_deltas`; a claim
 folds the deltas into `counts` when no other transaction is folding
 (`pg_try_advisory_xact_lock`: a busy folder is skipped, never waited for).
 Readers add `counts` and the deltas not folded yet, in one snapshot.
+
+`studies.attempt_seconds` is the sum of the claim-to-outcome seconds of every
+attempt the study has had (the `duration` of its done, failed, lost and released
+history rows; NULL until one ends): a trigger on each such history row adds it,
+so `report` reads one column instead of summing the whole history per report.
 """
 from __future__ import annotations
 
@@ -86,13 +91,43 @@ _SQLITE = (
      (_sqlite_add("'retried'", "1", "NOT EXISTS (SELECT 1 FROM history h WHERE h.study_id = NEW.study_id "
                   "AND h.id < NEW.id AND h.event IN ('failed', 'lost') AND h.to_state = 'pending')"),)),
 )
+# Each study's attempt seconds: every outcome row with a duration adds it to its study (the same row the outcome
+# changed, in the same transaction). FILL_ATTEMPT_SECONDS makes the column from the history of a ledger made before it.
+ATTEMPT_SECONDS_VERSION = "1"   # meta key "attempt_seconds": studies.attempt_seconds and its trigger are there
+ATTEMPT_EVENTS = ("done", "failed", "lost", "released")
+_IS_ATTEMPT_END = f"NEW.event IN ({', '.join(repr(e) for e in ATTEMPT_EVENTS)}) AND NEW.duration IS NOT NULL"
+_ADD_ATTEMPT_SECONDS = ("UPDATE studies SET attempt_seconds = coalesce(attempt_seconds, 0) + NEW.duration "
+                        "WHERE study_id = NEW.study_id;")
+FILL_ATTEMPT_SECONDS = (
+    "UPDATE studies SET attempt_seconds = a.seconds FROM (SELECT study_id, sum(duration) AS seconds FROM history "
+    f"WHERE event IN ({', '.join(repr(e) for e in ATTEMPT_EVENTS)}) GROUP BY study_id) AS a "
+    "WHERE a.study_id = studies.study_id")
+_ATTEMPT_TRIGGER = "attempt_seconds_history_insert"
+_ATTEMPT_SECONDS_DDL = {
+    "sqlite": (f"DROP TRIGGER IF EXISTS {_ATTEMPT_TRIGGER}",
+               f"CREATE TRIGGER {_ATTEMPT_TRIGGER} AFTER INSERT ON history WHEN {_IS_ATTEMPT_END} BEGIN\n  "
+               f"{_ADD_ATTEMPT_SECONDS}\nEND"),
+    # One row at a time, with a WHEN: claims (half the history) and init's `added` rows never call the function.
+    "postgresql": ("CREATE OR REPLACE FUNCTION batchseg_attempt_seconds() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+                   f"BEGIN\n  {_ADD_ATTEMPT_SECONDS}\n  RETURN NULL;\nEND $$",
+                   f"DROP TRIGGER IF EXISTS {_ATTEMPT_TRIGGER} ON history",
+                   f"CREATE TRIGGER {_ATTEMPT_TRIGGER} AFTER INSERT ON history FOR EACH ROW WHEN ({_IS_ATTEMPT_END}) "
+                   "EXECUTE FUNCTION batchseg_attempt_seconds()"),
+}
+
+
+def attempt_seconds_ddl(dialect_name: str) -> tuple[str, ...]:
+    """The statements that install the attempt-seconds trigger (idempotent)."""
+    return _ATTEMPT_SECONDS_DDL[dialect_name]
+
+
 # `init`'s bulk insert on SQLite (Ledger.add_studies): these triggers fire on every inserted row, and cost more
 # than the insert itself (a million studies: 60 s of 100). The bulk insert drops them, inserts, adds the counters
 # from the rows it inserted (`added_counts`) and makes them again, all in its one transaction under the write lock:
 # no other writer can slip a row past them, and a crash leaves the ledger and its triggers as they were.
 # The history rows it inserts are `added` events, which change no counter (claims: `claimed`; retried: `failed`,
-# `lost`).
-SQLITE_INSERT_TRIGGERS = tuple(name for name, on, _, _ in _SQLITE if on.startswith("INSERT "))
+# `lost`) and no attempt seconds (no duration).
+SQLITE_INSERT_TRIGGERS = (*(name for name, on, _, _ in _SQLITE if on.startswith("INSERT ")), _ATTEMPT_TRIGGER)
 ADD = "INSERT INTO counts (name, n) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = n + excluded.n"
 
 

@@ -202,11 +202,8 @@ def init(dataset: Path, url: str) -> None:
 REPORT_ERRORS = "SELECT study_id, error_class FROM history WHERE event IN ('failed', 'lost') ORDER BY id"
 REPORT_STUDIES = (
     "SELECT s.study_id, s.series_id, s.state, s.attempts, s.error_class, s.error_message, s.log_path, s.timings, "
-    "s.worker_host, s.worker_pid, s.slurm_array_job_id, s.slurm_array_task_id, s.findings, a.attempt_seconds "
-    "FROM studies s "
-    "LEFT OUTER JOIN (SELECT study_id, sum(duration) AS attempt_seconds FROM history "
-    "WHERE event IN ('done', 'failed', 'lost', 'released') GROUP BY study_id) a ON a.study_id = s.study_id "
-    "ORDER BY s.seq")
+    "s.worker_host, s.worker_pid, s.slurm_array_job_id, s.slurm_array_task_id, s.findings, s.attempt_seconds "
+    "FROM studies s ORDER BY s.seq")
 
 
 def identity(path: str) -> list[int]:

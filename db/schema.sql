@@ -71,6 +71,7 @@ CREATE TABLE studies (
 	timings TEXT, 
 	outputs TEXT, 
 	findings TEXT, 
+	attempt_seconds FLOAT, 
 	added_at FLOAT NOT NULL, 
 	updated_at FLOAT NOT NULL, 
 	finished_at FLOAT, 
@@ -145,6 +146,12 @@ CREATE TRIGGER counts_retried AFTER INSERT ON history WHEN NEW.event IN ('failed
   INSERT INTO counts (name, n) SELECT 'retried', 1 WHERE NOT EXISTS (SELECT 1 FROM history h WHERE h.study_id = NEW.study_id AND h.id < NEW.id AND h.event IN ('failed', 'lost') AND h.to_state = 'pending') ON CONFLICT (name) DO UPDATE SET n = n + excluded.n;
 END;
 
+DROP TRIGGER IF EXISTS attempt_seconds_history_insert;
+
+CREATE TRIGGER attempt_seconds_history_insert AFTER INSERT ON history WHEN NEW.event IN ('done', 'failed', 'lost', 'released') AND NEW.duration IS NOT NULL BEGIN
+  UPDATE studies SET attempt_seconds = coalesce(attempt_seconds, 0) + NEW.duration WHERE study_id = NEW.study_id;
+END;
+
 -- PostgreSQL
 CREATE TABLE count_deltas (
 	id BIGSERIAL NOT NULL, 
@@ -215,6 +222,7 @@ CREATE TABLE studies (
 	timings TEXT, 
 	outputs TEXT, 
 	findings TEXT, 
+	attempt_seconds FLOAT, 
 	added_at FLOAT NOT NULL, 
 	updated_at FLOAT NOT NULL, 
 	finished_at FLOAT, 
@@ -293,3 +301,13 @@ CREATE TRIGGER counts_studies_delete AFTER DELETE ON studies FOR EACH ROW EXECUT
 DROP TRIGGER IF EXISTS counts_history_insert ON history;
 
 CREATE TRIGGER counts_history_insert AFTER INSERT ON history REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION batchseg_counts_history_insert();
+
+CREATE OR REPLACE FUNCTION batchseg_attempt_seconds() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE studies SET attempt_seconds = coalesce(attempt_seconds, 0) + NEW.duration WHERE study_id = NEW.study_id;
+  RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS attempt_seconds_history_insert ON history;
+
+CREATE TRIGGER attempt_seconds_history_insert AFTER INSERT ON history FOR EACH ROW WHEN (NEW.event IN ('done', 'failed', 'lost', 'released') AND NEW.duration IS NOT NULL) EXECUTE FUNCTION batchseg_attempt_seconds();

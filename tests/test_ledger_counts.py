@@ -301,3 +301,123 @@ def test_a_bulk_add_that_fails_midway_leaves_the_ledger_as_it_was(
     assert ledger.study_ids() == set() and nonzero(ledger.counts()) == {}
     ledger.add_studies(_bulk_rows(0, 30))
     assert nonzero(ledger.counts()) == nonzero(recount(ledger))
+
+
+# -- each study's attempt seconds (studies.attempt_seconds, kept by a trigger on the history) ---------------------
+
+def summed_attempt_seconds(ledger: Ledger) -> dict[str, float | None]:
+    """Each study's attempt seconds as its history gives them: the durations of its ended attempts, in order."""
+    out: dict[str, float | None] = {sid: None for sid in ledger.study_ids()}
+    for row in ledger.history():
+        if row["event"] in ("done", "failed", "lost", "released") and row["duration"] is not None:
+            out[row["study_id"]] = (out[row["study_id"]] or 0) + row["duration"]
+    return out
+
+
+def kept_attempt_seconds(ledger: Ledger) -> dict[str, float | None]:
+    return {study["study_id"]: study["attempt_seconds"] for study in ledger.studies()}
+
+
+def attempts_end_every_way(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way an attempt ends, on a clock the test sets: after each, the study's kept seconds are the sum of its
+    ended attempts' claim-to-outcome seconds (None while none has ended), and so is the report's column."""
+    from batchseg import ledger as ledger_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(ledger_module.time, "time", lambda: clock[0])
+
+    def at(t: float) -> None:
+        clock[0] = t
+
+    def seconds(study_id: str) -> float | None:
+        return ledger.study(study_id)["attempt_seconds"]
+
+    ledger.add_studies([StudyRow(str(i)) for i in range(1, 6)])
+    assert kept_attempt_seconds(ledger) == {str(i): None for i in range(1, 6)}
+    a = ledger.claim(worker(), 60)
+    assert a.study_id == "1" and seconds("1") is None, "a claim alone ends no attempt"
+    at(1002.5)
+    assert ledger.fail(a, "segment.oom", "out of memory") == "pending" and seconds("1") == 2.5      # retryable
+    at(1010)
+    b = ledger.claim(worker(), 60)
+    at(1014)
+    assert ledger.complete(b, {}, {}) and seconds("2") == 4.0                                      # done
+    assert not ledger.complete(a, {}, {}) and seconds("1") == 2.5, "a stale token adds nothing"
+    at(1020)
+    c = ledger.claim(worker(), 60)
+    at(1021.25)
+    assert ledger.release(c, "SIGUSR1") and seconds("3") == 1.25                                   # released
+    at(1022)
+    again = ledger.claim(worker(), 60)
+    at(1025.25)
+    assert again.study_id == "3", "a release keeps its place in the queue"
+    assert ledger.complete(again, {}, {}) and seconds("3") == 4.5       # the released attempt's seconds count too
+    at(1030)
+    d = ledger.claim(worker(), -1)                                       # its lease runs out at once
+    at(1036)
+    e = ledger.claim(worker(2), 60)                                      # ... and this claim expires it (lost)
+    assert (d.study_id, e.study_id) == ("4", "5") and seconds("4") == 6.0 and seconds("5") is None
+    at(1040)
+    assert ledger.mark_lost("5", e.token, "slurm says gone") == "pending" and seconds("5") == 4.0   # lost (Slurm)
+    at(1050)
+    again = ledger.claim(worker(), 60)
+    at(1053)
+    assert again.study_id == "1" and ledger.fail(again, "input.bad_dicom", "bad") == "failed"
+    assert seconds("1") == 2.5 + 3.0                                     # a retry's seconds add to the first's
+    assert ledger.retry_failed() == ["1"] and seconds("1") == 5.5, "retry-failed ends no attempt"
+    at(1060)
+    third = ledger.claim(worker(), 60)
+    while third is not None and third.study_id != "1":
+        third = ledger.claim(worker(), 60)
+    at(1061)
+    assert ledger.complete(third, {}, {}) and seconds("1") == 6.5
+    assert kept_attempt_seconds(ledger) == summed_attempt_seconds(ledger)
+    assert {r["study_id"]: r["attempt_seconds"] for r in ledger.report_rows()} == kept_attempt_seconds(ledger)
+
+
+def test_attempt_seconds_follow_every_way_an_attempt_ends(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts_end_every_way(ledger, monkeypatch)
+
+
+def test_hand_written_history_keeps_the_attempt_seconds_right(ledger: Ledger) -> None:
+    """The trigger, not batchseg's code, keeps them: an outcome row any writer appends is counted."""
+    exercise(ledger)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("INSERT INTO history (study_id, event, from_state, to_state, at, duration) "
+                          "VALUES ('1001', 'done', 'running', 'done', 0, 7.5), "
+                          "('1002', 'claimed', 'pending', 'running', 0, 3.0)"))
+    assert kept_attempt_seconds(ledger) == summed_attempt_seconds(ledger)
+
+
+def test_a_ledger_made_before_the_attempt_seconds_gets_them_from_its_history(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    ledger = Ledger(f"sqlite:///{path}", max_attempts=2)
+    exercise(ledger)
+    ledger.add_studies([StudyRow("never-claimed")])
+    expected = summed_attempt_seconds(ledger)
+    assert expected["never-claimed"] is None and sum(v is not None for v in expected.values()) >= 8
+    ledger.close()
+    raw = sqlite3.connect(path)   # as the ledger was before the column, its trigger and its meta key
+    raw.execute("DROP TRIGGER attempt_seconds_history_insert")
+    raw.execute("ALTER TABLE studies DROP COLUMN attempt_seconds")
+    raw.execute("DELETE FROM meta WHERE key = 'attempt_seconds'")
+    raw.commit()
+    raw.close()
+    reopened = Ledger(f"sqlite:///{path}")
+    assert kept_attempt_seconds(reopened) == expected
+    reopened.add_studies([StudyRow("new")])
+    claim = reopened.claim(worker(), 60)
+    assert reopened.complete(claim, {}, {}) and reopened.study(claim.study_id)["attempt_seconds"] is not None
+    assert kept_attempt_seconds(reopened) == summed_attempt_seconds(reopened)
+    reopened.close()
+
+
+def test_a_bulk_add_keeps_the_attempt_seconds_trigger(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchseg import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "ADD_CHUNK", 8)
+    ledger.add_studies(_bulk_rows(0, 50))
+    claim = ledger.claim(worker(), 60)
+    assert ledger.fail(claim, "segment.oom", "oom") == "pending"
+    assert ledger.study(claim.study_id)["attempt_seconds"] is not None
+    assert kept_attempt_seconds(ledger) == summed_attempt_seconds(ledger)

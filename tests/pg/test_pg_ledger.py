@@ -148,3 +148,38 @@ def test_a_postgresql_ledger_made_before_the_counters_gets_them(pg_url: str) -> 
     reopened.add_studies([StudyRow("5")])
     assert reopened.counts()["state:pending"] == 1
     reopened.close()
+
+
+def test_attempt_seconds_follow_every_way_an_attempt_ends_on_postgresql(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_ledger_counts import attempts_end_every_way
+
+    ledger = Ledger(pg_url, max_attempts=2)
+    attempts_end_every_way(ledger, monkeypatch)
+    ledger.close()
+
+
+def test_a_postgresql_ledger_made_before_the_attempt_seconds_gets_them_from_its_history(pg_url: str) -> None:
+    from sqlalchemy import text
+
+    from tests.test_ledger_counts import exercise, kept_attempt_seconds, summed_attempt_seconds
+
+    ledger = Ledger(pg_url, max_attempts=2)
+    exercise(ledger)
+    expected = summed_attempt_seconds(ledger)
+    assert sum(v is not None for v in expected.values()) >= 8
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER attempt_seconds_history_insert ON history"))
+        conn.execute(text("ALTER TABLE studies DROP COLUMN attempt_seconds"))
+        conn.execute(text("DELETE FROM meta WHERE key = 'attempt_seconds'"))
+    ledger.close()
+    reopened = Ledger(pg_url)
+    assert kept_attempt_seconds(reopened) == expected
+    reopened.add_studies([StudyRow(str(i)) for i in range(5)])   # COPY: `added` rows change no seconds
+    claim = reopened.claim(WorkerInfo("node", 1), 60)
+    assert reopened.complete(claim, {}, {}) and reopened.study(claim.study_id)["attempt_seconds"] is not None
+    with reopened.engine.begin() as conn:   # any writer's outcome row counts
+        conn.execute(text("INSERT INTO history (study_id, event, from_state, to_state, at, duration) "
+                          "VALUES ('0', 'failed', 'running', 'pending', 0, 2.5)"))
+    assert kept_attempt_seconds(reopened) == summed_attempt_seconds(reopened)
+    reopened.close()
