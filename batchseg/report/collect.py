@@ -1,14 +1,13 @@
-"""The review report's pass over the ledger (`batchseg report`): every study read once, in queue order, into a
-`Report` and, when asked, the CSV.
+"""The review report's read of the ledger (`batchseg report`): every study once, in queue order, into a `Report`
+and, when asked, the CSV.
 
 Each done study's findings come from the ledger's digest of its files while it matches them (outputs.py),
 else from the files themselves. A large ledger is read in consecutive runs of its queue (`Ledger.report_cuts`),
-one process each (this one and, with it, a process per CPU this process may use, at most one per PART_STUDIES
-studies): each writes its run's CSV rows to a part file beside the CSV and builds its run's `ReportBuilder`; the parts are joined in queue
-order into the CSV (written atomically) and the builders merged in the same order, so the result is the one a
-single pass gives. Each run is one read of its own (one snapshot per run, like the summary's); a ledger that
-changes while the report runs gives each study as its run saw it, as a single pass's studies are each as they
-were when read.
+one process each: this one and, beside it, as many as make one per CPU this process may use, at most one per
+PART_STUDIES studies. Each writes its run's CSV rows to a part file beside the CSV and builds its run's
+`ReportBuilder`; the parts are joined in queue order into the CSV (written atomically) and the builders merged in
+the same order, so the result is the one a single pass gives. Each run reads in a transaction of its own (as the
+summary does): on a ledger that changes while the report runs, each study is as its run saw it.
 """
 from __future__ import annotations
 
@@ -70,7 +69,7 @@ def collect_report(config: Any, ledger: Any, *, now: float | None = None,
     cuts = ledger.report_cuts(parts) if parts > 1 else []
     runs = list(zip([None, *cuts], [*cuts, None]))
     with _csv_in_parts(csv_path, len(runs)) as part_paths:
-        builder = _in_processes(config, ledger, runs, part_paths, all_rows, keep_all)
+        builder = _read_runs(config, ledger, runs, part_paths, all_rows, keep_all)
     try:
         ledger_url = make_url(config.db_url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an odd URL still gets a report
@@ -103,7 +102,7 @@ def _collect_run(config: Any, ledger: Any, run: tuple[int | None, int | None], p
     return builder
 
 
-def _in_processes(config: Any, ledger: Any, runs: list[tuple[int | None, int | None]],
+def _read_runs(config: Any, ledger: Any, runs: list[tuple[int | None, int | None]],
                   part_paths: list[Path | None], all_rows: int, keep_all: bool) -> ReportBuilder:
     """The first run in this process, on `ledger`; each later run in a process of its own. Their builders
     merged in queue order."""
