@@ -320,9 +320,10 @@ _MISSING: Any = object()
 
 class StudyRows(Collection[StudyRow]):
     """pick_studies' rows, made afresh on each pass over them and never held: init streams a million of them into
-    the ledger (as StudyRow objects all at once they were a quarter of a gigabyte)."""
+    the ledger (as StudyRow objects all at once they were a quarter of a gigabyte). `ids`: what `row` makes each
+    row from (a study id, or an (id, what the dataset has for it) pair)."""
 
-    def __init__(self, ids: list[str], row: Callable[[str], StudyRow]) -> None:
+    def __init__(self, ids: list[Any], row: Callable[[Any], StudyRow]) -> None:
         self.ids = ids
         self.row = row
 
@@ -340,25 +341,38 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
                      make_row: Callable[[str, T], StudyRow], id_ok: Callable[[str], bool] = is_valid_id,
                      id_rule: str = "not a safe study id (letters, digits, '.', '_', '-'; no '..')",
                      order: Callable[[str], object] = str,
-                     known: Container[str] = frozenset()) -> tuple[StudyRows, int]:
-    """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known)."""
+                     known: Container[str] = frozenset(), checked: bool = False) -> tuple[StudyRows, int]:
+    """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known).
+    `checked`: every id in `found` passed id_ok already."""
+    def bad_id(study: str) -> StudyRow:
+        shown = printable_id(study)
+        return StudyRow(study_id=shown, skip_class="input.bad_id", skip_message=f"study {shown!r}: {id_rule}")
+
     def row(study: str) -> StudyRow:
         if not id_ok(study):
-            shown = printable_id(study)
-            return StudyRow(study_id=shown, skip_class="input.bad_id", skip_message=f"study {shown!r}: {id_rule}")
+            return bad_id(study)
         value = found.get(study, _MISSING)   # one look-up, not two: a million ids in random order
         if value is _MISSING:
             return StudyRow(study_id=study, skip_class="input.no_series", skip_message=f"study {study}: not in {source}")
         return make_row(study, value)
 
-    wanted = study_list if study_list is not None else sorted(found, key=order)
-    if limit is not None:
-        wanted = wanted[:limit]
-    if study_list is None and all(map(operator.is_, map(str.strip, wanted), wanted)):
-        # The dataset's own ids, none with a space to strip (strip gave each back as it was): each is there once
-        # already, so the loop below, a set of a million ids, has nothing to do.
-        ids = [study for study in wanted if study not in known] if known else wanted
-        return StudyRows(ids, row), len(wanted) - len(ids)
+    def pair_row(pair: tuple[str, T]) -> StudyRow:
+        return make_row(*pair) if checked or id_ok(pair[0]) else bad_id(pair[0])
+
+    if study_list is None:
+        # Every study of the dataset, in `order`, each with its value (sorted with it: a look-up per study, in
+        # random order, was a fifth of making a million rows).
+        pairs = sorted(found.items(), key=lambda pair: order(pair[0]))
+        if limit is not None:
+            del pairs[limit:]
+        if all(map(operator.is_, map(str.strip, (pair[0] for pair in pairs)), (pair[0] for pair in pairs))):
+            # None with a space to strip (strip gave each back as it was): each is there once already, so the
+            # loop below, a set of a million ids, has nothing to do.
+            new = [pair for pair in pairs if pair[0] not in known] if known else pairs
+            return StudyRows(new, pair_row), len(pairs) - len(new)
+        wanted: list[str] = [study for study, _ in pairs]
+    else:
+        wanted = study_list if limit is None else study_list[:limit]
     ids = []
     seen: set[str] = set()
     already = 0
@@ -399,6 +413,7 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
                         reason)
 
     rows, already = pick_new_studies(table.encoded, study_list, limit, source=csv_path.name, make_row=row,
-                                     id_ok=is_rsna_id, id_rule="not a plain decimal study id", order=int, known=known)
+                                     id_ok=is_rsna_id, id_rule="not a plain decimal study id", order=int, known=known,
+                                     checked=True)
     return Inventory(rows=rows, layout="rsna", source=csv_path, wanted=f"a {SAGITTAL_T2} series",
                      warnings=warnings, duplicates=duplicates, known=already)
