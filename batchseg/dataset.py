@@ -343,7 +343,7 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
                      order: Callable[[str], object] = str,
                      known: Container[str] = frozenset(), checked: bool = False) -> tuple[StudyRows, int]:
     """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known).
-    `checked`: every id in `found` passed id_ok already."""
+    `checked`: every id in `found` passed id_ok already and has no space around it."""
     def bad_id(study: str) -> StudyRow:
         shown = printable_id(study)
         return StudyRow(study_id=shown, skip_class="input.bad_id", skip_message=f"study {shown!r}: {id_rule}")
@@ -359,20 +359,25 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
     def pair_row(pair: tuple[str, T]) -> StudyRow:
         return make_row(*pair) if checked or id_ok(pair[0]) else bad_id(pair[0])
 
-    if study_list is None:
-        # Every study of the dataset, in `order`, each with its value (sorted with it: a look-up per study, in
-        # random order, was a fifth of making a million rows).
-        pairs = sorted(found.items(), key=lambda pair: order(pair[0]))
-        if limit is not None:
-            del pairs[limit:]
-        if all(map(operator.is_, map(str.strip, (pair[0] for pair in pairs)), (pair[0] for pair in pairs))):
-            # None with a space to strip (strip gave each back as it was): each is there once already, so the
-            # loop below, a set of a million ids, has nothing to do.
-            new = [pair for pair in pairs if pair[0] not in known] if known else pairs
-            return StudyRows(new, pair_row), len(pairs) - len(new)
-        wanted: list[str] = [study for study, _ in pairs]
-    else:
-        wanted = study_list if limit is None else study_list[:limit]
+    if study_list is None and (checked or all(map(operator.is_, map(str.strip, found), found))):
+        # Every study of the dataset, none with a space to strip (strip gave each back as it was), so each is there
+        # once already (the loop below, a set of a million ids, has nothing to do); in `order`, each with its
+        # value (sorted with it: a look-up per study, in random order, was a fifth of making a million rows).
+        if limit is None:
+            # The ledger's studies are only counted: not sorted.
+            pairs = [pair for pair in found.items() if pair[0] not in known] if known else list(found.items())
+            already = len(found) - len(pairs)
+            pairs.sort(key=lambda pair: order(pair[0]))
+        else:
+            pairs = sorted(found.items(), key=lambda pair: order(pair[0]))[:limit]
+            listed = len(pairs)
+            if known:
+                pairs = [pair for pair in pairs if pair[0] not in known]
+            already = listed - len(pairs)
+        return StudyRows(pairs, pair_row), already
+    wanted = study_list if study_list is not None else sorted(found, key=order)
+    if limit is not None:
+        wanted = wanted[:limit]
     ids = []
     seen: set[str] = set()
     already = 0
