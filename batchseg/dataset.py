@@ -10,12 +10,11 @@ study-list rule kept here; inventory.py picks the layout.
 from __future__ import annotations
 
 import csv
+import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Container, Iterable, Iterator, Mapping, NamedTuple, TypeVar
-
-import numpy as np
 
 from .errors import StudyError
 from .ledger import StudyRow
@@ -134,6 +133,8 @@ def load_study_list(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            import numpy as np   # here only: init reads no .npy list most days, and numpy's import is a tenth of it
+
             array = np.load(path, allow_pickle=False)
             if array.size == 0 and np.issubdtype(array.dtype, np.number):
                 return []   # np.save([]) writes float64: an empty list has no integer dtype to show
@@ -170,6 +171,27 @@ def iter_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset
     """read_csv's rules, streamed: (columns, an iterator of (line number, the row's stripped fields in column
     order)). A short row's missing fields are empty, extra fields dropped. Nothing is held: three million
     rows as dicts were most of init's time and memory."""
+    columns, handle, reader = _open_csv(path, required, error_class)
+    width = len(columns)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        with handle:
+            try:
+                for fields in reader:
+                    if not fields:   # a blank line is no row (as DictReader had it)
+                        continue
+                    if len(fields) != width:
+                        fields = (fields + [""] * width)[:width]
+                    yield reader.line_num, list(map(str.strip, fields))
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise _csv_error(Path(path), reader, exc, error_class) from None
+
+    return columns, rows()
+
+
+def _open_csv(path: Path, required: Iterable[str], error_class: str) -> tuple[list[str], Any, Any]:
+    """(stripped column names, the open file, its csv reader past the header) of a CSV with the `required`
+    columns (read_csv's rules); DatasetError naming the file otherwise."""
     path = Path(path)
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
@@ -185,21 +207,7 @@ def iter_csv(path: Path, required: Iterable[str], *, error_class: str = "dataset
     if missing:
         handle.close()
         raise DatasetError(error_class, f"{path}: missing column(s) {', '.join(missing)}")
-    width = len(columns)
-
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        with handle:
-            try:
-                for fields in reader:
-                    if not fields:   # a blank line is no row (as DictReader had it)
-                        continue
-                    if len(fields) != width:
-                        fields = (fields + [""] * width)[:width]
-                    yield reader.line_num, list(map(str.strip, fields))
-            except (UnicodeDecodeError, csv.Error) as exc:
-                raise _csv_error(path, reader, exc, error_class) from None
-
-    return columns, rows()
+    return columns, handle, reader
 
 
 def _csv_error(path: Path, reader: Any, exc: Exception, error_class: str) -> DatasetError:
@@ -216,34 +224,49 @@ def read_series_table(csv_path: Path, skip: Container[str] = frozenset(),
     Rows with bad ids become warnings; a row repeated word for word is read once and counted. A study in
     `skip` (one the ledger has) is listed with no series (its rows are not looked at).
     """
-    columns, rows = iter_csv(csv_path, SERIES_COLUMNS)
+    columns, handle, reader = _open_csv(csv_path, SERIES_COLUMNS, "dataset.csv")
+    width = len(columns)
     i_study, i_series, i_description = (columns.index(c) for c in SERIES_COLUMNS)
     encoded: dict[str, str] = {}
     descriptions: list[str] = []
     codes: dict[str, str] = {}   # description -> ":N," (SeriesTable)
     warnings: list[str] = []
     duplicates = 0
-    # Three million rows: a study's id is checked at its first row only (every id in `encoded` passed).
-    for line, fields in rows:
-        study, series, description = fields[i_study], fields[i_series], fields[i_description]
-        listed = encoded.get(study)
-        if not (is_rsna_id(series) and (listed is not None or is_rsna_id(study))):
-            warnings.append(f"{csv_path.name} line {line}: ignored row with a bad id "
-                            f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
-            continue
-        code = codes.get(description)
-        if code is None:
-            code = codes[description] = f":{len(descriptions)},"
-            descriptions.append(description)
-        if listed is None:
-            encoded[study] = "" if study in skip else "," + series + code
-        elif listed:
-            # A duplicate repeats a row of the same study: its few rows are the only ones to look at.
-            item = series + code
-            if "," + item in listed:
-                duplicates += 1
-            else:
-                encoded[study] = listed + item
+    # Three million rows, so iter_csv's rules are spelled out here on the reader's own lists (a generator step and
+    # a list of every field per row were a third of this loop), and is_rsna_id inline. A study's id is checked
+    # at its first row only (every id in `encoded` passed).
+    with handle:
+        try:
+            for fields in reader:
+                if len(fields) != width:
+                    if not fields:   # a blank line is no row
+                        continue
+                    fields = (fields + [""] * width)[:width]
+                study, series = fields[i_study].strip(), fields[i_series].strip()
+                listed = encoded.get(study)
+                if not (series.isascii() and series.isdigit() and len(series) <= 20
+                        and (listed is not None or is_rsna_id(study))):
+                    warnings.append(f"{csv_path.name} line {reader.line_num}: ignored row with a bad id "
+                                    f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
+                    continue
+                if listed == "":   # a study the ledger has (`skip`): its other rows are not looked at
+                    continue
+                description = fields[i_description].strip()
+                code = codes.get(description)
+                if code is None:
+                    code = codes[description] = f":{len(descriptions)},"
+                    descriptions.append(description)
+                if listed is None:
+                    encoded[study] = "" if study in skip else "," + series + code
+                else:
+                    # A duplicate repeats a row of the same study: its few rows are the only ones to look at.
+                    item = series + code
+                    if "," + item in listed:
+                        duplicates += 1
+                    else:
+                        encoded[study] = listed + item
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise _csv_error(Path(csv_path), reader, exc, "dataset.csv") from None
     return SeriesTable(encoded, descriptions), warnings, duplicates
 
 
@@ -297,9 +320,10 @@ _MISSING: Any = object()
 
 class StudyRows(Collection[StudyRow]):
     """pick_studies' rows, made afresh on each pass over them and never held: init streams a million of them into
-    the ledger (as StudyRow objects all at once they were a quarter of a gigabyte)."""
+    the ledger (as StudyRow objects all at once they were a quarter of a gigabyte). `ids`: what `row` makes each
+    row from (a study id, or an (id, what the dataset has for it) pair)."""
 
-    def __init__(self, ids: list[str], row: Callable[[str], StudyRow]) -> None:
+    def __init__(self, ids: list[Any], row: Callable[[Any], StudyRow]) -> None:
         self.ids = ids
         self.row = row
 
@@ -317,12 +341,44 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
                      make_row: Callable[[str, T], StudyRow], id_ok: Callable[[str], bool] = is_valid_id,
                      id_rule: str = "not a safe study id (letters, digits, '.', '_', '-'; no '..')",
                      order: Callable[[str], object] = str,
-                     known: Container[str] = frozenset()) -> tuple[StudyRows, int]:
-    """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known)."""
+                     known: Container[str] = frozenset(), checked: bool = False) -> tuple[StudyRows, int]:
+    """pick_studies, leaving out the wanted studies in `known` (the ledger's): (rows, how many were known).
+    `checked`: every id in `found` passed id_ok already and has no space around it."""
+    def bad_id(study: str) -> StudyRow:
+        shown = printable_id(study)
+        return StudyRow(study_id=shown, skip_class="input.bad_id", skip_message=f"study {shown!r}: {id_rule}")
+
+    def row(study: str) -> StudyRow:
+        if not id_ok(study):
+            return bad_id(study)
+        value = found.get(study, _MISSING)   # one look-up, not two: a million ids in random order
+        if value is _MISSING:
+            return StudyRow(study_id=study, skip_class="input.no_series", skip_message=f"study {study}: not in {source}")
+        return make_row(study, value)
+
+    def pair_row(pair: tuple[str, T]) -> StudyRow:
+        return make_row(*pair) if checked or id_ok(pair[0]) else bad_id(pair[0])
+
+    if study_list is None and (checked or all(map(operator.is_, map(str.strip, found), found))):
+        # Every study of the dataset, none with a space to strip (strip gave each back as it was), so each is there
+        # once already (the loop below, a set of a million ids, has nothing to do); in `order`, each with its
+        # value (sorted with it: a look-up per study, in random order, was a fifth of making a million rows).
+        if limit is None:
+            # The ledger's studies are only counted: not sorted.
+            pairs = [pair for pair in found.items() if pair[0] not in known] if known else list(found.items())
+            already = len(found) - len(pairs)
+            pairs.sort(key=lambda pair: order(pair[0]))
+        else:
+            pairs = sorted(found.items(), key=lambda pair: order(pair[0]))[:limit]
+            listed = len(pairs)
+            if known:
+                pairs = [pair for pair in pairs if pair[0] not in known]
+            already = listed - len(pairs)
+        return StudyRows(pairs, pair_row), already
     wanted = study_list if study_list is not None else sorted(found, key=order)
     if limit is not None:
         wanted = wanted[:limit]
-    ids: list[str] = []
+    ids = []
     seen: set[str] = set()
     already = 0
     for raw in wanted:
@@ -334,16 +390,6 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
             already += 1
         else:
             ids.append(study)
-
-    def row(study: str) -> StudyRow:
-        if not id_ok(study):
-            shown = printable_id(study)
-            return StudyRow(study_id=shown, skip_class="input.bad_id", skip_message=f"study {shown!r}: {id_rule}")
-        value = found.get(study, _MISSING)   # one look-up, not two: a million ids in random order
-        if value is _MISSING:
-            return StudyRow(study_id=study, skip_class="input.no_series", skip_message=f"study {study}: not in {source}")
-        return make_row(study, value)
-
     return StudyRows(ids, row), already
 
 
@@ -372,6 +418,7 @@ def build_inventory(dataset: Path, *, split: str = "train", study_list: list[str
                         reason)
 
     rows, already = pick_new_studies(table.encoded, study_list, limit, source=csv_path.name, make_row=row,
-                                     id_ok=is_rsna_id, id_rule="not a plain decimal study id", order=int, known=known)
+                                     id_ok=is_rsna_id, id_rule="not a plain decimal study id", order=int, known=known,
+                                     checked=True)
     return Inventory(rows=rows, layout="rsna", source=csv_path, wanted=f"a {SAGITTAL_T2} series",
                      warnings=warnings, duplicates=duplicates, known=already)

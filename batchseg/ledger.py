@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
 import os
 import socket
 import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -460,6 +462,71 @@ class _SqliteBulk:
         self.cursor.execute(f"PRAGMA cache_size = {self.cache_size}")
 
 
+# New studies into SQLite (Ledger.add_studies): the columns of its rows a row may leave empty.
+_NULLABLE_ADDED = (2, 3, 4, 5, 8, 9)   # series_id, series_description, selection_reason, input_path, error_*
+_ADDED_HISTORY_SQL = ("INSERT INTO history (study_id, event, to_state, at, error_class, message) "
+                      "SELECT study_id, 'added', state, added_at, error_class, error_message FROM studies "
+                      "WHERE rowid > ? ORDER BY rowid")
+
+
+@lru_cache(maxsize=64)
+def _added_study_sql(state: str, empty: tuple[bool, ...]) -> tuple[str, tuple[int, ...]]:
+    """(INSERT of a new study in `state` whose _NULLABLE_ADDED columns are `empty` or not, the places in its row
+    (Ledger._ADDED_STUDY) of the values it binds). What every such row has is in the SQL, not bound per row: an
+    empty column is a NULL (Python's sqlite3 looks up an adapter for every None it binds, ~1 us each: four per
+    study and its history row were a sixth of a million studies' init), the state, attempts 0, and updated_at the
+    same parameter as added_at."""
+    columns = Ledger._ADDED_STUDY
+    null = {i for i, e in zip(_NULLABLE_ADDED, empty) if e}
+    bound = tuple(i for i in range(len(columns)) if i not in null and columns[i] not in ("state", "attempts",
+                                                                                       "updated_at"))
+    values = []
+    for i, name in enumerate(columns):
+        if i in null:
+            values.append("NULL")
+        elif name == "state":
+            values.append(f"'{state}'")   # one of STATES (add_studies'), never text from the dataset
+        elif name == "attempts":
+            values.append("0")
+        else:
+            values.append(f"?{bound.index(columns.index('added_at' if name == 'updated_at' else name)) + 1}")
+    return f"INSERT INTO studies ({', '.join(columns)}) VALUES ({', '.join(values)})", bound
+
+
+def _sqlite_insert(cursor: Any, new_rows: list[tuple[Any, ...]]) -> None:
+    """New study rows (Ledger._ADDED_STUDY's columns, in order; attempts 0, updated_at = added_at) and their
+    `added` history rows into SQLite.
+
+    Rows go in in their order, each run of rows of one state and the same empty columns by one executemany. The
+    history rows are copied from the study rows just inserted, in their order, by one INSERT ... SELECT
+    (to_state = state, at = added_at, error_class and message as the study's): the rows an executemany of each
+    one's values gave, without binding a million rows' values a second time.
+    """
+    cursor.execute("SELECT max(rowid) FROM studies")
+    last = cursor.fetchone()[0] or 0
+    a, b, c, d, e, f = _NULLABLE_ADDED
+    run: list[tuple[Any, ...]] = []
+    shape: tuple[Any, ...] = ()
+    for row in new_rows:
+        kind = (row[6], row[a] is None, row[b] is None, row[c] is None, row[d] is None, row[e] is None,
+                row[f] is None)
+        if kind != shape:
+            if run:
+                _sqlite_run(cursor, shape, run)
+            run, shape = [], kind
+        run.append(row)
+    if run:
+        _sqlite_run(cursor, shape, run)
+    cursor.execute(_ADDED_HISTORY_SQL, (last,))
+
+
+def _sqlite_run(cursor: Any, shape: tuple[Any, ...], rows: list[tuple[Any, ...]]) -> None:
+    if shape[0] not in STATES:
+        raise ValueError(f"not a study state: {shape[0]!r}")
+    sql, bound = _added_study_sql(shape[0], shape[1:])
+    cursor.executemany(sql, map(operator.itemgetter(*bound), rows))
+
+
 class Ledger:
     """The study ledger behind one SQLAlchemy URL (SQLite by default, PostgreSQL by option)."""
 
@@ -564,28 +631,36 @@ class Ledger:
                 cursor.execute("SELECT max(seq) FROM studies")
                 seq = cursor.fetchone()[0] or 0
                 new_rows: list[tuple[Any, ...]] = []
-                events: list[tuple[Any, ...]] = []
-                added: dict[tuple[str, str | None], int] = {}
+                pending = 0
+                skipped: dict[str | None, int] = {}
                 for row in rows:
-                    if row.study_id in known:
-                        result.existing.append(row.study_id)
+                    study = row.study_id
+                    size = len(known)
+                    known.add(study)   # one hash step where `in` and add took two: a million ids
+                    if len(known) == size:
+                        result.existing.append(study)
                         continue
-                    known.add(row.study_id)
                     seq += 1
-                    state = "skipped" if row.skip_class else "pending"
-                    new_rows.append((row.study_id, seq, row.series_id, row.series_description, row.selection_reason,
+                    if row.skip_class:
+                        state = "skipped"
+                        skipped[row.skip_class] = skipped.get(row.skip_class, 0) + 1
+                    else:
+                        state = "pending"
+                        pending += 1
+                    new_rows.append((study, seq, row.series_id, row.series_description, row.selection_reason,
                                      row.input_path, state, 0, row.skip_class, row.skip_message, now, now))
-                    events.append((row.study_id, "added", state, now, row.skip_class, row.skip_message))
-                    result.added.append(row.study_id)
-                    added[state, row.skip_class] = added.get((state, row.skip_class), 0) + 1
+                    result.added.append(study)
                     if len(new_rows) >= ADD_CHUNK:
                         if bulk is None and self.dialect == "sqlite":
                             bulk = _SqliteBulk(cursor, empty=len(known) == len(result.added))
-                        self._insert(conn, cursor, new_rows, events)
-                        new_rows, events = [], []
+                        self._insert(conn, cursor, new_rows)
+                        new_rows = []
                 if new_rows:
-                    self._insert(conn, cursor, new_rows, events)
+                    self._insert(conn, cursor, new_rows)
                 if bulk is not None:
+                    added = {("skipped", error): n for error, n in skipped.items()}
+                    if pending:
+                        added["pending", None] = pending
                     bulk.finish(ledger_counts.added_counts(added))
             finally:
                 if bulk is not None:
@@ -597,17 +672,19 @@ class Ledger:
                     "attempts", "error_class", "error_message", "added_at", "updated_at")
     _ADDED_EVENT = ("study_id", "event", "to_state", "at", "error_class", "message")
 
-    def _insert(self, conn: Connection, cursor: Any, new_rows: list[tuple[Any, ...]],
-                events: list[tuple[Any, ...]]) -> None:
+    def _insert(self, conn: Connection, cursor: Any, new_rows: list[tuple[Any, ...]]) -> None:
+        """New study rows (_ADDED_STUDY's columns) and an `added` history row for each."""
+        if self.dialect == "sqlite":
+            _sqlite_insert(cursor, new_rows)
+            return
+        # to_state, at, error_class, message: the study's state, added_at, error_class, error_message.
+        events = [(v[0], "added", v[6], v[10], v[8], v[9]) for v in new_rows]
         for table, columns, values in ((studies, self._ADDED_STUDY, new_rows), (history, self._ADDED_EVENT, events)):
             names = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
             if self.dialect == "postgresql" and hasattr(cursor, "copy"):   # psycopg 3: COPY, the bulk path
                 with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
                     for value in values:
                         copy.write_row(value)
-            elif self.dialect == "sqlite":
-                cursor.executemany(f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})",
-                                   values)
             else:
                 conn.execute(insert(table), [dict(zip(columns, value)) for value in values])
 

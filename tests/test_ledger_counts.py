@@ -421,3 +421,34 @@ def test_a_bulk_add_keeps_the_attempt_seconds_trigger(ledger: Ledger, monkeypatc
     assert ledger.fail(claim, "segment.oom", "oom") == "pending"
     assert ledger.study(claim.study_id)["attempt_seconds"] is not None
     assert kept_attempt_seconds(ledger) == summed_attempt_seconds(ledger)
+
+
+@pytest.mark.parametrize("chunk", [8, 1000], ids=["bulk", "one chunk, through the triggers"])
+def test_added_rows_hold_every_value_given_in_order_whatever_their_empty_columns(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """SQLite gets each run of rows with the same empty columns by its own INSERT (NULL in the SQL, not a bound
+    None) and their history rows copied from them: every column of every row, and the rows' order (rowid, history
+    id, seq), are what was given, whichever empty columns follow which."""
+    from batchseg import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "ADD_CHUNK", chunk)
+    shapes = [dict(series_id="7", series_description="Sagittal T2/STIR", input_path="/d/x", selection_reason="r"),
+              dict(series_id="8"), dict(input_path="/d/é\n"), dict(selection_reason="only", series_description=""),
+              dict(skip_class="input.no_series", skip_message="study: no series"), dict(skip_class="input.bad_id"),
+              dict(skip_message="a message without a class"), {}]
+    rows = [StudyRow(f"s{i}", **shapes[(i * i + i // 3) % len(shapes)]) for i in range(60)]
+    assert ledger.add_studies(rows).added == [r.study_id for r in rows]
+    with ledger.reader.begin() as conn:
+        got = conn.exec_driver_sql(
+            "SELECT rowid, study_id, seq, series_id, series_description, selection_reason, input_path, state, attempts,"
+            " error_class, error_message, added_at = updated_at FROM studies ORDER BY rowid").all()
+        events = conn.exec_driver_sql(
+            "SELECT h.id, h.study_id, h.event, h.from_state, h.to_state, h.error_class, h.message, h.at = s.added_at, "
+            "h.token, h.host FROM history h JOIN studies s USING (study_id) ORDER BY h.id").all()
+    assert [tuple(r) for r in got] == [
+        (i + 1, r.study_id, i + 1, r.series_id, r.series_description, r.selection_reason, r.input_path,
+         "skipped" if r.skip_class else "pending", 0, r.skip_class, r.skip_message, 1) for i, r in enumerate(rows)]
+    assert [tuple(e) for e in events] == [
+        (i + 1, r.study_id, "added", None, "skipped" if r.skip_class else "pending", r.skip_class, r.skip_message, 1,
+         None, None) for i, r in enumerate(rows)]
+    assert nonzero(ledger.counts()) == nonzero(recount(ledger))
