@@ -903,14 +903,15 @@ class Ledger:
         return [rows[i] for i in ids if i in rows]
 
     def report_cuts(self, parts: int) -> list[int]:
-        """Queue places (seq) that cut the ledger into `parts` runs of about equal length, for report_rows'
-        ranges (fewer cuts when there are fewer studies than parts)."""
+        """Queue places (seq) that cut the ledger into `parts` runs with about as many done studies each (a done
+        study is most of the report's work, and a cohort mid-run has its pending studies at the back of the
+        queue), for report_rows' ranges; fewer cuts when there are fewer done studies than parts."""
+        done_seq = select(studies.c.seq).where(studies.c.state == "done").order_by(studies.c.seq)
         with self.reader.begin() as conn:
-            low, high = conn.execute(select(func.min(studies.c.seq), func.max(studies.c.seq))).one()
-        if low is None:
-            return []
-        # Seq runs 1, 2, 3, ... from init; a retried study moves to the back, so the runs stay near equal.
-        return sorted({low + (high - low + 1) * k // parts for k in range(1, parts)} - {low})
+            done = conn.execute(select(func.count()).select_from(studies).where(studies.c.state == "done")).scalar()
+            # One step each along ix_studies_state_seq to the k-th done study.
+            cuts = {conn.execute(done_seq.limit(1).offset(done * k // parts)).scalar() for k in range(1, parts)}
+        return sorted(cuts - {None}) if done >= parts else []
 
     def report_rows(self, page_size: int = REPORT_PAGE, *, first_seq: int | None = None,
                     end_seq: int | None = None) -> Iterator[dict[str, Any]]:
