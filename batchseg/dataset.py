@@ -233,8 +233,8 @@ def read_series_table(csv_path: Path, skip: Container[str] = frozenset(),
     warnings: list[str] = []
     duplicates = 0
     # Three million rows, so iter_csv's rules are spelled out here on the reader's own lists (a generator step and
-    # a list of every field per row were a third of this loop), and is_rsna_id inline. A study's id is checked
-    # at its first row only (every id in `encoded` passed).
+    # a list of every field per row were a third of this loop). A study's id is checked at its first row only
+    # (every id in `encoded` passed).
     with handle:
         try:
             for fields in reader:
@@ -244,8 +244,7 @@ def read_series_table(csv_path: Path, skip: Container[str] = frozenset(),
                     fields = (fields + [""] * width)[:width]
                 study, series = fields[i_study].strip(), fields[i_series].strip()
                 listed = encoded.get(study)
-                if not (series.isascii() and series.isdigit() and len(series) <= 20
-                        and (listed is not None or is_rsna_id(study))):
+                if not (is_rsna_id(series) and (listed is not None or is_rsna_id(study))):
                     warnings.append(f"{csv_path.name} line {reader.line_num}: ignored row with a bad id "
                                     f"(study {printable_id(study)!r}, series {printable_id(series)!r})")
                     continue

@@ -909,7 +909,7 @@ class Ledger:
         done_seq = select(studies.c.seq).where(studies.c.state == "done").order_by(studies.c.seq)
         with self.reader.begin() as conn:
             done = conn.execute(select(func.count()).select_from(studies).where(studies.c.state == "done")).scalar()
-            # One step each along ix_studies_state_seq to the k-th done study.
+            # The k-th done study along ix_studies_state_seq, one query per cut.
             cuts = {conn.execute(done_seq.limit(1).offset(done * k // parts)).scalar() for k in range(1, parts)}
         return sorted(cuts - {None}) if done >= parts else []
 

@@ -95,12 +95,13 @@ _SQLITE = (
 # changed, in the same transaction). FILL_ATTEMPT_SECONDS makes the column from the history of a ledger made before it.
 ATTEMPT_SECONDS_VERSION = "1"   # meta key "attempt_seconds": studies.attempt_seconds and its trigger are there
 ATTEMPT_EVENTS = ("done", "failed", "lost", "released")
-_IS_ATTEMPT_END = f"NEW.event IN ({', '.join(repr(e) for e in ATTEMPT_EVENTS)}) AND NEW.duration IS NOT NULL"
+_ATTEMPT_EVENTS_SQL = ", ".join(repr(e) for e in ATTEMPT_EVENTS)
+_IS_ATTEMPT_END = f"NEW.event IN ({_ATTEMPT_EVENTS_SQL}) AND NEW.duration IS NOT NULL"
 _ADD_ATTEMPT_SECONDS = ("UPDATE studies SET attempt_seconds = coalesce(attempt_seconds, 0) + NEW.duration "
                         "WHERE study_id = NEW.study_id;")
 FILL_ATTEMPT_SECONDS = (
     "UPDATE studies SET attempt_seconds = a.seconds FROM (SELECT study_id, sum(duration) AS seconds FROM history "
-    f"WHERE event IN ({', '.join(repr(e) for e in ATTEMPT_EVENTS)}) GROUP BY study_id) AS a "
+    f"WHERE event IN ({_ATTEMPT_EVENTS_SQL}) GROUP BY study_id) AS a "
     "WHERE a.study_id = studies.study_id")
 _ATTEMPT_TRIGGER = "attempt_seconds_history_insert"
 _ATTEMPT_SECONDS_DDL = {
