@@ -512,7 +512,7 @@ def _plain_summary(config: Config, per_group: int | None) -> dict[str, Any] | No
     the Ledger may open this ledger (ledger_summary.PlainReader: none yet, older, Slurm to ask, PostgreSQL)."""
     from .ledger_summary import PlainReader
 
-    reader = PlainReader.open(config.ledger_file or config.db)
+    reader = PlainReader.for_config(config)
     if reader is None:
         return None
     try:
@@ -561,9 +561,16 @@ def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json:
     from .report.html_page import write_html
     from .report.model import ALL_ROWS, report_json
 
+    from .ledger_summary import PlainReader
+
     config = ctx.config()
-    ledger = ctx.ledger(config)
-    jobs = _slurm_jobs(config, ledger)
+    # A current local SQLite ledger without Slurm jobs is read with sqlite3 alone (no SQLAlchemy to import: a
+    # large share of a small report's time); any other through the Ledger, which migrates and asks Slurm.
+    ledger = PlainReader.for_config(config)
+    jobs: list[dict[str, Any]] = []
+    if ledger is None:
+        ledger = ctx.ledger(config)
+        jobs = _slurm_jobs(config, ledger)
     if html_path is None and not as_json and csv_path is None:
         html_path = config.project_dir / "report.html"
     # One read of every study: the CSV is written as the studies stream by.

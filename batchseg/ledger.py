@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from . import ledger_counts, ledger_sqlite, ledger_summary
+from . import ledger_counts, ledger_report, ledger_sqlite, ledger_summary
 from .errors import is_retryable, one_line
 from .ledger_hot import HotConnection, Transaction
 from .ledger_sql import Prepared
@@ -236,31 +236,23 @@ DONE_WINDOW = select(func.count(), func.min(history.c.at), func.max(history.c.at
 RECENT_DURATIONS = (
     select(history.c.duration).where(history.c.event == "done", history.c.duration.is_not(None))
     .order_by(history.c.at.desc()).limit(bindparam("p_limit")))
-# The report's stream: every study in queue order with the seconds all its attempts took (the kept column, no
-# pass over the history), and the error classes of the attempts that failed or were lost (few).
-REPORT_PAGE = 2000
+# The report's stream (ledger_report.py): every study of a run of the queue (p_first <= seq <= p_last) in queue order
+# with the seconds all its attempts took (the kept column, no pass over the history), and the error classes of the
+# attempts that failed or were lost (few).
 REPORT_STUDIES = (
     select(studies.c.study_id, studies.c.series_id, studies.c.state, studies.c.attempts, studies.c.error_class,
            studies.c.error_message, studies.c.log_path, studies.c.timings, studies.c.worker_host,
            studies.c.worker_pid, studies.c.slurm_array_job_id, studies.c.slurm_array_task_id, studies.c.findings,
            studies.c.attempt_seconds)
+    .where(studies.c.seq >= bindparam("p_first"), studies.c.seq <= bindparam("p_last"))
     .order_by(studies.c.seq))
-REPORT_KEYS = tuple(c.name for c in REPORT_STUDIES.selected_columns)
-
-
-def _report_sql(dialect: Any, first_seq: int | None, end_seq: int | None) -> str:
-    """REPORT_STUDIES of the studies with first_seq <= seq < end_seq (None: no bound) as the dialect's SQL text,
-    its constants inlined (whole numbers only, so nothing from outside goes into the text)."""
-    query = REPORT_STUDIES
-    if first_seq is not None:
-        query = query.where(studies.c.seq >= int(first_seq))
-    if end_seq is not None:
-        query = query.where(studies.c.seq < int(end_seq))
-    return Prepared.compile(query, dialect, literal=True).sql
-
-
+DONE_COUNT = select(func.count()).select_from(studies).where(studies.c.state == "done")
+# The queue place of the done study after p_offset others: one walk along ix_studies_state_seq.
+DONE_SEQ_AT = (select(studies.c.seq).where(studies.c.state == "done").order_by(studies.c.seq).limit(1)
+               .offset(bindparam("p_offset")))
 ATTEMPT_ERRORS = (select(history.c.study_id, history.c.error_class)
-                  .where(history.c.event.in_(("failed", "lost"))).order_by(history.c.id))
+                  .where(history.c.event.in_([literal_column("'failed'"), literal_column("'lost'")]))
+                  .order_by(history.c.id))
 _PROBLEM_ROWS = select(studies.c.study_id, studies.c.state, studies.c.error_class, studies.c.error_message,
                        studies.c.log_path).where(IS_PROBLEM)
 # Every failed and skipped study, group by group in queue order: the index's own order, from the index alone.
@@ -274,8 +266,9 @@ PROBLEM_GROUP_UNKNOWN = (_PROBLEM_ROWS.where(studies.c.state == bindparam("p_sta
                          .order_by(studies.c.seq).limit(bindparam("p_limit")))
 LEASES_EXPIRED = select(func.count()).select_from(studies).where(
     studies.c.state == "running", studies.c.lease_expires_at < bindparam("p_now"))
-# The summary's reads (ledger_summary.py), compiled ahead of time into ledger_reads.py for `status`.
-SUMMARY_READS = {
+# The reads that run on a plain driver connection (the summary: ledger_summary.py; the report: ledger_report.py),
+# compiled ahead of time into ledger_reads.py, so that `status` and `report` need no SQLAlchemy.
+PLAIN_READS = {
     "meta": select(meta.c.key, meta.c.value),
     "any_submission": select(submissions.c.id).limit(1),
     "done_window": DONE_WINDOW,
@@ -284,7 +277,17 @@ SUMMARY_READS = {
     "problems": PROBLEMS,
     "problem_group": PROBLEM_GROUP,
     "problem_group_unknown": PROBLEM_GROUP_UNKNOWN,
+    "report_studies": REPORT_STUDIES,
+    "attempt_errors": ATTEMPT_ERRORS,
+    "done_count": DONE_COUNT,
+    "done_seq_at": DONE_SEQ_AT,
 }
+
+
+# The meta values of a ledger that needs nothing done to it: `_create` then writes nothing, and the plain
+# readers (ledger_summary.PlainReader) may read it (ledger_reads.py holds the same).
+CURRENT_META = {"schema_version": str(SCHEMA_VERSION), "counts": ledger_counts.COUNTS_VERSION,
+                "findings": FINDINGS_VERSION, "attempt_seconds": ledger_counts.ATTEMPT_SECONDS_VERSION}
 
 
 def history_row(study_id: str, event_name: str, from_state: str | None, to_state: str, at: float, *,
@@ -563,9 +566,7 @@ class Ledger:
             if version is not None and int(version) > SCHEMA_VERSION:
                 raise RuntimeError(f"the ledger has schema {version}; this batchseg knows up to {SCHEMA_VERSION}: "
                                    "upgrade batchseg")
-            if version is not None and found.get("counts") == ledger_counts.COUNTS_VERSION \
-                    and found.get("findings") == FINDINGS_VERSION \
-                    and found.get("attempt_seconds") == ledger_counts.ATTEMPT_SECONDS_VERSION:
+            if all(found.get(key) == value for key, value in CURRENT_META.items()):
                 return
         # A new ledger, or one made before the counters and indexes: only now take the write lock.
         with self.engine.begin() as conn:
@@ -903,47 +904,16 @@ class Ledger:
         return [rows[i] for i in ids if i in rows]
 
     def report_cuts(self, parts: int) -> list[int]:
-        """Queue places (seq) that cut the ledger into `parts` runs with about as many done studies each (a done
-        study is most of the report's work, and a cohort mid-run has its pending studies at the back of the
-        queue), for report_rows' ranges; fewer cuts when there are fewer done studies than parts."""
-        done_seq = select(studies.c.seq).where(studies.c.state == "done").order_by(studies.c.seq)
+        """ledger_report.report_cuts: where to cut the queue into `parts` runs of the report."""
         with self.reader.begin() as conn:
-            done = conn.execute(select(func.count()).select_from(studies).where(studies.c.state == "done")).scalar()
-            # The k-th done study along ix_studies_state_seq, one query per cut.
-            cuts = {conn.execute(done_seq.limit(1).offset(done * k // parts)).scalar() for k in range(1, parts)}
-        return sorted(cuts - {None}) if done >= parts else []
+            return ledger_report.report_cuts(conn.connection.cursor(), self.dialect, parts)
 
-    def report_rows(self, page_size: int = REPORT_PAGE, *, first_seq: int | None = None,
+    def report_rows(self, page_size: int = ledger_report.PAGE, *, first_seq: int | None = None,
                     end_seq: int | None = None) -> Iterator[dict[str, Any]]:
-        """Every study in queue order (with first_seq <= seq < end_seq where given), streamed, with what
-        `report` says of its attempts.
-
-        One read transaction (one snapshot); the studies come through a streaming cursor (server-side on
-        PostgreSQL), `page_size` rows at a time, so memory does not grow with the ledger. Each row holds the
-        REPORT_STUDIES columns (`timings` decoded): `attempt_seconds` is the sum of every attempt's claim-to-
-        outcome seconds (None when no attempt ended), and `attempt_errors` the error classes of its failed or
-        lost attempts in order. The worker columns are the last claim's (every claim writes them).
-        """
+        """ledger_report.report_rows in one read transaction: every study of a run of the queue, streamed."""
         with self.reader.begin() as conn:
-            errors: dict[str, list[str]] = {}
-            for study_id, error_class in conn.execute(ATTEMPT_ERRORS):
-                errors.setdefault(study_id, []).append(error_class or "unknown")
-            # On the driver's cursor: SQLAlchemy's row objects were a third of a large report's ledger read.
-            sql = _report_sql(conn.dialect, first_seq, end_seq)
-            cursor = conn.connection.cursor(name="report_rows") if self.dialect == "postgresql" \
-                else conn.connection.cursor()
-            try:
-                cursor.execute(sql)
-                keys = REPORT_KEYS
-                while page := cursor.fetchmany(page_size):
-                    for row in page:
-                        study = dict(zip(keys, row))
-                        if study["timings"]:
-                            study["timings"] = json.loads(study["timings"])
-                        study["attempt_errors"] = errors.pop(study["study_id"], [])
-                        yield study
-            finally:
-                cursor.close()
+            yield from ledger_report.report_rows(conn.connection, self.dialect, page_size=page_size,
+                                                 first_seq=first_seq, end_seq=end_seq)
 
     def history(self, study_id: str | None = None) -> list[dict[str, Any]]:
         query = select(history).order_by(history.c.id)
@@ -1033,23 +1003,23 @@ def schema_file() -> str:
 
 
 def reads_file() -> str:
-    """ledger_reads.py: SUMMARY_READS compiled for SQLite (sqlite3) and PostgreSQL (psycopg)."""
+    """ledger_reads.py: PLAIN_READS compiled for SQLite (sqlite3) and PostgreSQL (psycopg), and CURRENT_META."""
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
     from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
-    lines = ['"""The summary\'s reads as driver SQL: ledger.py\'s SUMMARY_READS compiled for sqlite3 and psycopg.',
+    lines = ['"""The plain readers\' SQL: ledger.py\'s PLAIN_READS compiled for sqlite3 and psycopg, and CURRENT_META.',
              "",
              "Generated by `python -m batchseg.ledger reads > batchseg/ledger_reads.py`; a test keeps it current.",
              "Do not edit: change the Core statements in ledger.py and generate it again.",
              '"""',
              "from .ledger_sql import Prepared",
              "",
-             f"SCHEMA_VERSION = {SCHEMA_VERSION!r}",
+             f"CURRENT_META = {CURRENT_META!r}",
              "",
              "READS = {"]
     for name, dialect in (("sqlite", SQLiteDialect_pysqlite()), ("postgresql", PGDialect_psycopg())):
         lines.append(f"    {name!r}: {{")
-        for key, statement in SUMMARY_READS.items():
+        for key, statement in PLAIN_READS.items():
             lines.append(f"        {key!r}: {Prepared.compile(statement, dialect)!r},")
         lines.append("    },")
     lines.append("}")

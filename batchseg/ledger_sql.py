@@ -32,6 +32,11 @@ class Prepared:
             return values
         return tuple(values[name] for name in self.names)
 
+    def run(self, cursor: Any, params: dict[str, Any] | None = None) -> Any:
+        """The statement executed on a DB-API `cursor` with `params` (over the defaults); the cursor."""
+        cursor.execute(self.sql, self.args(params or {}))
+        return cursor
+
     def __repr__(self) -> str:
         return f"Prepared({self.sql!r}, {self.names!r}, {self.defaults!r})"
 

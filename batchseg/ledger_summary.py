@@ -4,10 +4,11 @@ One code path and one set of SQL for every caller: `Ledger.summary` runs it on a
 (SQLite or PostgreSQL), and `batchseg status` on a sqlite3 connection of its own (`PlainReader`), so that
 status never imports SQLAlchemy: at a million studies the import was half of status's time, and the reads
 themselves take milliseconds (counters kept by triggers, failure groups from a partial index). The SQL is
-ledger.py's Core statements compiled ahead of time (ledger_reads.py, kept current by a test).
+ledger.py's Core statements compiled ahead of time (ledger_reads.py, kept current by a test). `batchseg report`
+reads a SQLite ledger through the same plain reader (its reads: ledger_report.py).
 
 The plain reader only reads a ledger that needs nothing done to it first: a SQLite file that exists, on a
-local filesystem, with the current schema and counters, and no Slurm submission to reconcile. For anything
+local filesystem, with the current schema, counters and columns, and no Slurm submission to reconcile. For anything
 else `PlainReader.open` answers None and the caller opens the `Ledger`, which creates, migrates, warns and
 reconciles as it always has.
 """
@@ -16,10 +17,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from . import ledger_counts, ledger_sqlite
-from .ledger_reads import READS, SCHEMA_VERSION
+from . import ledger_counts, ledger_report, ledger_sqlite
+from .ledger_reads import CURRENT_META, READS
 from .ledger_sql import Prepared
 
 STATES = ("pending", "running", "done", "failed", "skipped")
@@ -30,11 +32,6 @@ MIN_RATE_SECONDS = 60.0   # throughput and ETA only from done studies at least t
 def states(counted: dict[str, int]) -> dict[str, int]:
     """Studies per state (every state, zeros included) from the counters."""
     return {s: max(0, counted.get(f"state:{s}", 0)) for s in STATES}
-
-
-def _run(cursor: Any, prepared: Prepared, params: dict[str, Any] | None = None) -> Any:
-    cursor.execute(prepared.sql, prepared.args(params or {}))
-    return cursor
 
 
 def counts(cursor: Any) -> dict[str, int]:
@@ -56,10 +53,10 @@ def summary(cursor: Any, dialect: str, *, window_seconds: float = 3600.0,
     now = time.time()
     counted = counts(cursor)
     groups = _problem_groups(cursor, reads, counted, studies_per_group)
-    n_done, first, last = _run(cursor, reads["done_window"], {"p_since": now - window_seconds}).fetchone()
-    durations = [d for (d,) in _run(cursor, reads["recent_durations"], {"p_limit": 50}).fetchall()]
+    n_done, first, last = reads["done_window"].run(cursor, {"p_since": now - window_seconds}).fetchone()
+    durations = [d for (d,) in reads["recent_durations"].run(cursor, {"p_limit": 50}).fetchall()]
     # Held by a worker that stopped heartbeating: reclaimed at the next claim, `run` or `sync`.
-    (expired,) = _run(cursor, reads["leases_expired"], {"p_now": now}).fetchone()
+    (expired,) = reads["leases_expired"].run(cursor, {"p_now": now}).fetchone()
     by_state = states(counted)
 
     def grouped(state: str) -> list[dict[str, Any]]:
@@ -101,12 +98,12 @@ def _problem_groups(cursor: Any, reads: dict[str, Prepared], counted: dict[str, 
         query = reads["problem_group_unknown" if error_class == "unknown" else "problem_group"]
         limit = 1 if per_group is None else per_group
         # (study_id, state, error_class, error_message, log_path), in queue order
-        rows = _run(cursor, query, {"p_state": state, "p_class": error_class, "p_limit": limit}).fetchall()
+        rows = query.run(cursor, {"p_state": state, "p_class": error_class, "p_limit": limit}).fetchall()
         if rows:   # the first in queue order speaks for the group: its message and log
             group["example"], group["log"] = rows[0][3] or "", rows[0][4]
         group["studies"] = [r[0] for r in rows] if per_group is not None else []
     if per_group is None:
-        for state, error_class, study_id in _run(cursor, reads["problems"]).fetchall():
+        for state, error_class, study_id in reads["problems"].run(cursor).fetchall():
             group = groups.get((state, error_class or "unknown"))
             if group is not None:
                 group["studies"].append(study_id)
@@ -114,7 +111,8 @@ def _problem_groups(cursor: Any, reads: dict[str, Prepared], counted: dict[str, 
 
 
 class PlainReader:
-    """A current SQLite ledger opened with sqlite3 alone, inside one read transaction (one snapshot)."""
+    """A current SQLite ledger opened with sqlite3 alone, inside one read transaction (one snapshot): the summary
+    (`status`) and the review report's reads (ledger_report.py)."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
@@ -142,22 +140,34 @@ class PlainReader:
         reader.close()
         return None
 
+    @classmethod
+    def for_config(cls, config: Any) -> "PlainReader | None":
+        """The reader of a project's ledger (its `db` URL, else its ledger file), or None (see `open`)."""
+        return cls.open(config.ledger_file or config.db)
+
     def _current(self) -> bool:
-        """Whether the ledger has the schema and counters this batchseg makes (the Ledger's _create would
-        find nothing to do)."""
+        """Whether the ledger has the schema, counters and columns this batchseg makes (the Ledger's _create
+        would find nothing to do)."""
         self.cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
         if not self.cursor.fetchone()[0]:
             return False
-        found = dict(_run(self.cursor, READS["sqlite"]["meta"]).fetchall())
-        return (found.get("schema_version") == str(SCHEMA_VERSION)
-                and found.get("counts") == ledger_counts.COUNTS_VERSION)
+        found = dict(READS["sqlite"]["meta"].run(self.cursor).fetchall())
+        return all(found.get(key) == value for key, value in CURRENT_META.items())
 
     def _submitted(self) -> bool:
         """Whether Slurm arrays were submitted: status then reconciles with Slurm, which writes."""
-        return _run(self.cursor, READS["sqlite"]["any_submission"]).fetchone() is not None
+        return READS["sqlite"]["any_submission"].run(self.cursor).fetchone() is not None
 
     def summary(self, studies_per_group: int | None = None) -> dict[str, Any]:
         return summary(self.cursor, "sqlite", studies_per_group=studies_per_group)
+
+    def report_cuts(self, parts: int) -> list[int]:
+        return ledger_report.report_cuts(self.cursor, "sqlite", parts)
+
+    def report_rows(self, page_size: int = ledger_report.PAGE, *, first_seq: int | None = None,
+                    end_seq: int | None = None) -> Iterator[dict[str, Any]]:
+        return ledger_report.report_rows(self.connection, "sqlite", page_size=page_size, first_seq=first_seq,
+                                         end_seq=end_seq)
 
     def close(self) -> None:
         try:

@@ -40,13 +40,13 @@ import numpy as np
 
 from .annotations import LEVELS, LevelPoint, StudyAnnotations
 from .enumeration import SequenceEntry, SpineSequence
+from .findings_words import VERDICTS
 
 # A point further than this along the long axis from its nearest disc has no disc at its level: half the
 # smallest lumbar disc spacing (30-45 mm between disc centres).
 AT_DISC_MM = 15.0
 # ... or further than this in 3D: the canal point is 15-25 mm posterior of the disc, plus a slice or two aside.
 NEAR_SPINE_MM = 60.0
-VERDICTS = ("agree", "shifted", "disagree", "not_available")
 POINT_STATUSES = ("agree", "other_level", "no_disc_here", "not_placed")
 TRANSITIONAL_PATTERNS = ("lumbarization", "thoracolumbar_t13", "eleven_thoracic", "four_lumbar")
 # The LSTV candidate pattern of a consistent shift on a spine whose labels show no transitional pattern.
@@ -338,16 +338,3 @@ def lstv_with_levels(lstv: dict[str, Any] | None, levels: dict[str, Any]) -> dic
             candidates.append({"pattern": pattern if pattern in TRANSITIONAL_PATTERNS else SHIFT_PATTERN,
                                "evidence": evidence, "source": SOURCE})
     return {**lstv, "caveats": caveats, "candidates": candidates}
-
-
-def summarize(verdicts: Iterable[str | None]) -> dict[str, Any]:
-    """Counts per verdict and the agreement rate over the studies that could be checked.
-
-    A study without a check (older outputs: None) counts as `not_checked`.
-    """
-    counts = {v: 0 for v in (*VERDICTS, "not_checked")}
-    for v in verdicts:
-        counts[v if v in VERDICTS else "not_checked"] += 1
-    checked = counts["agree"] + counts["shifted"] + counts["disagree"]
-    return {"studies": sum(counts.values()), "verdicts": counts, "checked": checked,
-            "agreement_rate": round(counts["agree"] / checked, 4) if checked else None}

@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .enumeration import SpineSequence
+from .findings_words import PATTERNS
 from .labels import (DISC_ABOVE_TOP, DISC_OFFSET, L1, L4, L5, L6, LUMBAR, SACRUM, SPINE_ORDER, T11, T12, T13,
                      THORACIC, TRANSITIONAL, VERTEBRA_NAMES)
 
 if TYPE_CHECKING:
     from .structures import Structure
 
-PATTERNS = ("normal", "lumbarization", "thoracolumbar_t13", "eleven_thoracic", "four_lumbar", "irregular",
-            "not_assessable")
 # A label's volume this many times the study's median for its kind (vertebra, disc), or this fraction of it.
 VOLUME_HIGH = 2.5
 VOLUME_LOW = 0.25

@@ -19,7 +19,8 @@ from .annotations import AnnotationTable, StudyAnnotations
 from .dataset import series_folder
 from .errors import StudyError
 from .files import write_json
-from .levels import check_study, lstv_with_levels, summarize
+from .findings_words import summarize
+from .levels import check_study, lstv_with_levels
 from .measures import measure, read_label_map
 from .outputs import output_paths
 from .pipeline import sha256

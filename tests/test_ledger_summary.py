@@ -1,12 +1,14 @@
-"""`status` without SQLAlchemy: the plain sqlite3 reader gives what Ledger.summary gives, with the same SQL,
-and leaves every ledger that needs the Ledger (none yet, older, Slurm to ask, another database) to it."""
+"""`status` and `report` without SQLAlchemy: the plain sqlite3 reader gives what the Ledger gives, with the same
+SQL, and leaves every ledger that needs the Ledger (none yet, older, Slurm to ask, another database) to it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,6 +77,13 @@ def test_the_plain_reader_leaves_every_other_ledger_to_the_ledger(busy: Path, tm
     ledger.close()
     _as_made_by_the_first_release(old)
     assert PlainReader.open(old) is None, "a ledger without the counters gets them from the Ledger first"
+    Ledger(f"sqlite:///{old}").close()
+    assert PlainReader.open(old) is not None, "the Ledger brought it up to date"
+    raw = sqlite3.connect(old)
+    raw.execute("DELETE FROM meta WHERE key = 'attempt_seconds'")
+    raw.commit()
+    raw.close()
+    assert PlainReader.open(old) is None, "a ledger without the kept attempt seconds gets them from the Ledger first"
     submitted = Ledger(f"sqlite:///{busy}")
     assert PlainReader.open(busy) is not None
     submitted.record_submission("123", "0-3", "#!/bin/sh", pending=4, tasks=4)
@@ -97,6 +106,50 @@ def test_status_imports_no_sqlalchemy(busy: Path, tmp_path: Path) -> None:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert result.stderr.strip() == "no sqlalchemy", result.stderr
         assert ("17 studies" in result.stdout) or json.loads(result.stdout)["total"] == 17
+
+
+@pytest.mark.parametrize("bounds", [(None, None), (None, 6), (6, None), (3, 9), (9, 3)])
+def test_the_plain_reader_reads_the_report_s_rows_as_the_ledger_does(busy: Path, bounds: tuple[Any, Any]) -> None:
+    ledger = Ledger(f"sqlite:///{busy}")
+    expected = list(ledger.report_rows(first_seq=bounds[0], end_seq=bounds[1], page_size=4))
+    cuts = {parts: ledger.report_cuts(parts) for parts in (1, 2, 3, 5, 40)}
+    ledger.close()
+    reader = PlainReader.open(busy)
+    assert reader is not None
+    try:
+        assert list(reader.report_rows(first_seq=bounds[0], end_seq=bounds[1], page_size=4)) == expected
+        assert {parts: reader.report_cuts(parts) for parts in cuts} == cuts
+    finally:
+        reader.close()
+    assert len(expected) == {(None, None): 17, (9, 3): 0}.get(bounds, len(expected))
+    assert any(row["attempt_errors"] for row in expected) or bounds != (None, None)
+    assert cuts[40] == [] and len(cuts[2]) == 1
+
+
+def test_report_imports_no_sqlalchemy_and_shows_the_ledger_s_url(busy: Path, tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "batchseg.toml").write_text('segmenter = "noop"\n')
+    busy.rename(project / "ledger.sqlite")
+    for extra in ([], ["--json"], ["--csv", str(tmp_path / "r.csv"), "--processes", "2"]):
+        code = ("import sys\nfrom batchseg.cli import cli\n"
+                f"try:\n    cli.main(['report', '--project', {str(project)!r}, *{extra!r}], standalone_mode=False)\n"
+                "finally:\n    print('sqlalchemy loaded' if 'sqlalchemy' in sys.modules else 'no sqlalchemy',"
+                " file=sys.stderr)\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert result.stderr.strip().splitlines()[-1] == "no sqlalchemy", result.stderr
+    assert (tmp_path / "r.csv").read_text().count("\n") == 18
+    from sqlalchemy.engine import make_url
+
+    from batchseg.config import load_config
+    from batchseg.report.collect import shown_url
+
+    config = load_config(project)
+    assert shown_url(config) == make_url(config.db_url).render_as_string(hide_password=True)
+    for url, shown in ((f"sqlite:///{project / 'ledger.sqlite'}", f"sqlite:///{project / 'ledger.sqlite'}"),
+                       ("sqlite:///relative.sqlite", "sqlite:///relative.sqlite"),
+                       ("postgresql+psycopg://me:secret@db.example/ledger", "postgresql+psycopg://me:***@db.example/ledger")):
+        assert shown_url(dataclasses.replace(config, db=url)) == shown, url
 
 
 def test_status_still_creates_and_migrates_the_ledger(tmp_path: Path) -> None:

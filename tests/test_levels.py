@@ -8,8 +8,8 @@ import pytest
 
 from batchseg.annotations import LEVELS, LevelPoint, read_annotations, read_project_annotations
 from batchseg.enumeration import SequenceEntry, SpineSequence
-from batchseg.levels import (AT_DISC_MM, SHIFT_PATTERN, SOURCE, compare, disc_levels, lstv_with_levels,
-                             names_agree, summarize)
+from batchseg.findings_words import summarize
+from batchseg.levels import AT_DISC_MM, SHIFT_PATTERN, SOURCE, compare, disc_levels, lstv_with_levels, names_agree
 from batchseg.measures import measure
 
 HEADER = "study_id,series_id,instance_number,condition,level,x,y\n"

@@ -6,6 +6,7 @@ import dataclasses
 import csv
 import html
 import io
+import itertools
 import json
 import shutil
 from html.parser import HTMLParser
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 
 from batchseg.cli import cli
 from batchseg.ledger import Ledger, StudyRow, WorkerInfo
+from batchseg.ledger_summary import PlainReader
 from batchseg.measures import measure, measure_file
 from batchseg.report.model import (
     CANDIDATE,
@@ -670,15 +672,17 @@ def test_the_report_read_by_several_processes_is_the_single_pass_report(finished
     ledger.close()
     config = load_config(project)
     made = {}
-    for processes in (1, 2, 3, 9):
-        ledger = Ledger.for_config(config)
+    # Through the Ledger and through the plain sqlite3 reader (`report` on a current local SQLite ledger).
+    for processes, opener in itertools.product((1, 2, 3, 9), (Ledger.for_config, PlainReader.for_config)):
+        ledger = opener(config)
         csv_path = tmp_path / f"p{processes}.csv"
         report = collect_report(config, ledger, now=0.0, all_rows=2, keep_all=True, csv_path=csv_path,
                                 processes=processes)
         ledger.close()
-        made[processes] = (report_json(report), csv_path.read_bytes(), [s.study_id for s in report.shown])
-    assert made[1][0]["total"] == 8 and made[1][2] == [s.study_id for s in _entries(project)][:2]
-    assert all(made[n] == made[1] for n in made)
+        made[processes, opener] = (report_json(report), csv_path.read_bytes(), [s.study_id for s in report.shown])
+    first = made[1, Ledger.for_config]
+    assert first[0]["total"] == 8 and first[2] == [s.study_id for s in _entries(project)][:2]
+    assert all(made[n] == first for n in made)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "part files left behind"
 
 

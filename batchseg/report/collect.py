@@ -2,7 +2,7 @@
 and, when asked, the CSV.
 
 Each done study's findings come from the ledger's digest of its files while it matches them (outputs.py),
-else from the files themselves. A large ledger is read in consecutive runs of its queue (`Ledger.report_cuts`),
+else from the files themselves. A large ledger is read in consecutive runs of its queue (`report_cuts`),
 one process each: this one and, beside it, as many as make one per CPU this process may use, at most one per
 PART_STUDIES studies. Each writes its run's CSV rows to a part file beside the CSV and builds its run's
 `ReportBuilder`; the parts are joined in queue order into the CSV (written atomically) and the builders merged in
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import open_atomic
+from ..ledger_sqlite import plain_path
+from ..ledger_summary import PlainReader
 from ..outputs import files_from_digest, read_study_files
 from .csv_rows import csv_header, render_csv
 from .model import ALL_ROWS, Report, ReportBuilder, StudyEntry, study_entry
@@ -56,12 +58,11 @@ def collect_report(config: Any, ledger: Any, *, now: float | None = None,
                    csv_path: Path | None = None, processes: int | None = None) -> Report:
     """The report (and the CSV at `csv_path`, one row per study) from one read of every study.
 
+    `ledger`: the project's `Ledger`, or its `PlainReader` (a SQLite ledger read without SQLAlchemy).
     `processes`: how many processes read the ledger (None: default_processes). `keep_all` keeps every entry
     in `Report.studies`. The ledger's own connection reads the summary, and the studies too when one process
-    reads them; other processes open the ledger at `config.db_url` themselves.
+    reads them; other processes open the project's ledger themselves, the same way.
     """
-    from sqlalchemy.engine import make_url
-
     from .. import __version__
 
     summary = ledger.summary()
@@ -70,23 +71,46 @@ def collect_report(config: Any, ledger: Any, *, now: float | None = None,
     runs = list(zip([None, *cuts], [*cuts, None]))
     with _csv_in_parts(csv_path, len(runs)) as part_paths:
         builder = _read_runs(config, ledger, runs, part_paths, all_rows, keep_all)
-    try:
-        ledger_url = make_url(config.db_url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an odd URL still gets a report
-        ledger_url = "(unparsable URL)"
     return builder.build(summary, project=str(config.project_dir), results=str(config.out_dir),
-                         ledger_url=ledger_url, version=__version__, now=now, slurm_jobs=slurm_jobs)
+                         ledger_url=shown_url(config), version=__version__, now=now, slurm_jobs=slurm_jobs)
+
+
+def shown_url(config: Any) -> str:
+    """The ledger's URL as the report shows it: without its password. The default ledger's file and a plain
+    `sqlite:///PATH` URL have none (no SQLAlchemy is imported to hide one)."""
+    if config.ledger_file is not None:
+        return f"sqlite:///{config.ledger_file}"
+    if plain_path(config.db) is not None:
+        return config.db
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(config.db).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an odd URL still gets a report
+        return "(unparsable URL)"
+
+
+def _open_like(config: Any, plain: bool) -> Any:
+    """The project's ledger opened again, for another process: as a PlainReader when this one reads one."""
+    if plain:
+        reader = PlainReader.for_config(config)
+        if reader is None:
+            raise RuntimeError(f"the ledger {shown_url(config)} changed (schema, Slurm submissions) while the "
+                               "report read it: run the report again")
+        return reader
+    from ..ledger import Ledger
+
+    return Ledger.for_config(config)
 
 
 def _collect_run(config: Any, ledger: Any, run: tuple[int | None, int | None], part_path: Path | None,
                  all_rows: int, keep_all: bool) -> ReportBuilder:
-    """One run of the queue: its CSV rows into `part_path` (when given) and its builder. `ledger` None: this
-    process opens the ledger itself (a process must never use a connection it inherited)."""
-    own = ledger is None
+    """One run of the queue: its CSV rows into `part_path` (when given) and its builder. `ledger` True or
+    False: this process opens the ledger itself, as a PlainReader or not (a process must never use a
+    connection it inherited)."""
+    own = isinstance(ledger, bool)
     if own:
-        from ..ledger import Ledger
-
-        ledger = Ledger.for_config(config)
+        ledger = _open_like(config, ledger)
     try:
         builder = ReportBuilder(all_rows, keep_all=keep_all)
         entries = builder.passing(study_entries(Path(config.out_dir), ledger, first_seq=run[0], end_seq=run[1]))
@@ -115,7 +139,8 @@ def _read_runs(config: Any, ledger: Any, runs: list[tuple[int | None, int | None
     # before this process reads the studies, and each opens its own connection to the ledger.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with ProcessPoolExecutor(len(runs) - 1, mp_context=multiprocessing.get_context(method)) as pool:
-        later = [pool.submit(_collect_run, config, None, run, path, all_rows, keep_all)
+        plain = isinstance(ledger, PlainReader)
+        later = [pool.submit(_collect_run, config, plain, run, path, all_rows, keep_all)
                  for run, path in zip(runs[1:], part_paths[1:])]
         builder = _collect_run(config, ledger, runs[0], part_paths[0], all_rows, keep_all)
         for future in later:

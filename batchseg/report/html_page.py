@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
-from ..ledger import STATES
+from ..ledger_summary import STATES
 from .model import CANDIDATE, NO_CANDIDATE, NOT_ASSESSABLE, UNKNOWN, ErrorGroup, LstvView, Report, StudyEntry
 from .status_text import format_duration
 

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ..findings_words import PATTERNS, VERDICTS, summarize
 from ..labels import L6, SACRUM, SPINE_ORDER, T13, VERTEBRA_NAMES
-from ..levels import VERDICTS
-from ..lstv import PATTERNS
 from ..outputs import LEVEL_DETAIL_SHOWN, StudyFiles, read_study_files
 from .status_text import worker_label
 
@@ -151,9 +150,7 @@ class Report:
         return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def level_summary(self) -> dict[str, Any]:
-        """The cohort's level check: counts per verdict and the agreement rate (levels.summarize)."""
-        from ..levels import summarize
-
+        """The cohort's level check: counts per verdict and the agreement rate (findings_words.summarize)."""
         return summarize(verdict for verdict, n in self.level_verdicts.items() for _ in range(n))
 
     def level_order(self) -> list[StudyEntry]:
