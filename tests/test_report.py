@@ -757,3 +757,15 @@ def test_output_paths_past_the_csv_module_are_what_it_writes(finished: Path, tmp
         for e in odd:
             writer.writerow(csv_values(e))
         assert "".join(render_csv(odd)) == expected.getvalue(), folder
+
+
+def test_csv_cells_are_what_cell_makes_of_every_value() -> None:
+    from batchseg.report.csv_rows import _cell, _cells
+
+    values = [None, 0, 7, -3, 1.5, -1.5, float("inf"), True, False, "", "plain", "=1+1", "-1.5", "-x", "@a", "\tx",
+              [], ["a", "=b"], [1, 2.5], ["-c"], (), ("x", "y"), ("=z",), {"a": 1}, {}, b"by", 10**20]
+    fast, plain = io.StringIO(), io.StringIO()
+    csv.writer(fast, lineterminator="\n").writerow(_cells(values))
+    csv.writer(plain, lineterminator="\n").writerow([_cell(v) for v in values])
+    assert fast.getvalue() == plain.getvalue()
+    assert fast.getvalue().startswith(",0,7,-3,1.5,-1.5,inf,true,false,,plain,'=1+1,-1.5,'-x,'@a,'\tx,,a; =b,1; 2.5,'-c,")
