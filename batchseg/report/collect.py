@@ -90,27 +90,18 @@ def shown_url(config: Any) -> str:
         return "(unparsable URL)"
 
 
-def _open_like(config: Any, plain: bool) -> Any:
-    """The project's ledger opened again, for another process: as a PlainReader when this one reads one."""
-    if plain:
-        reader = PlainReader.for_config(config)
-        if reader is None:
-            raise RuntimeError(f"the ledger {shown_url(config)} changed (schema, Slurm submissions) while the "
-                               "report read it: run the report again")
-        return reader
-    from ..ledger import Ledger
-
-    return Ledger.for_config(config)
-
-
 def _collect_run(config: Any, ledger: Any, run: tuple[int | None, int | None], part_path: Path | None,
-                 all_rows: int, keep_all: bool) -> ReportBuilder:
-    """One run of the queue: its CSV rows into `part_path` (when given) and its builder. `ledger` True or
-    False: this process opens the ledger itself, as a PlainReader or not (a process must never use a
-    connection it inherited)."""
-    own = isinstance(ledger, bool)
+                 all_rows: int, keep_all: bool, *, plain: bool = False) -> ReportBuilder:
+    """One run of the queue: its CSV rows into `part_path` (when given) and its builder. `ledger` None: this
+    process opens the project's ledger itself (a process must never use a connection it inherited), with
+    sqlite3 alone where `plain` and the ledger lets it (PlainReader.open), else as the Ledger."""
+    own = ledger is None
     if own:
-        ledger = _open_like(config, ledger)
+        ledger = PlainReader.for_config(config) if plain else None
+        if ledger is None:
+            from ..ledger import Ledger
+
+            ledger = Ledger.for_config(config)
     try:
         builder = ReportBuilder(all_rows, keep_all=keep_all)
         entries = builder.passing(study_entries(Path(config.out_dir), ledger, first_seq=run[0], end_seq=run[1]))
@@ -140,7 +131,7 @@ def _read_runs(config: Any, ledger: Any, runs: list[tuple[int | None, int | None
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with ProcessPoolExecutor(len(runs) - 1, mp_context=multiprocessing.get_context(method)) as pool:
         plain = isinstance(ledger, PlainReader)
-        later = [pool.submit(_collect_run, config, plain, run, path, all_rows, keep_all)
+        later = [pool.submit(_collect_run, config, None, run, path, all_rows, keep_all, plain=plain)
                  for run, path in zip(runs[1:], part_paths[1:])]
         builder = _collect_run(config, ledger, runs[0], part_paths[0], all_rows, keep_all)
         for future in later:
