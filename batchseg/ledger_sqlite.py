@@ -107,8 +107,8 @@ def stage(final: str) -> str | None:
 def publish(staged: str, final: str, network: bool) -> None:
     """The filled ledger `staged` (stage()) moves to `final`: it gets the journal of its filesystem (configure),
     is fsynced, and appears at `final` whole or not at all. Never over a file that appeared at `final` meanwhile
-    (a hard link, where the filesystem has them: it fails when the name is taken); RuntimeError then, and the
-    caller removes `staged`."""
+    (a hard link, where the filesystem has them: it fails when the name is taken), unless that is an empty ledger
+    no one has open (_unused_and_empty); RuntimeError otherwise, and the caller removes `staged`."""
     connection = sqlite3.connect(staged)
     try:
         configure(connection, network)   # WAL locally: the switch writes the file's header
@@ -123,14 +123,29 @@ def publish(staged: str, final: str, network: bool) -> None:
                          "to add the studies to it")
     try:
         os.link(staged, final)
-    except FileExistsError:
-        raise taken from None
-    except OSError:   # no hard links on this filesystem: a rename, after one more look
-        if os.path.lexists(final):
+    except OSError as exc:   # the name is taken, or no hard links on this filesystem: a rename, after a look
+        if (isinstance(exc, FileExistsError) or os.path.lexists(final)) and not _unused_and_empty(final):
             raise taken from None
         os.replace(staged, final)
     else:
         os.unlink(staged)
+
+
+def _unused_and_empty(path: str) -> bool:
+    """Whether `path` is a ledger with no study, no history and no submission that no one has open in WAL mode (no
+    -wal, -shm or -journal beside it): what `batchseg status` makes of a ledger it finds missing while a new one
+    fills under its temporary name. Read as an immutable file: the look writes nothing beside it."""
+    if any(os.path.lexists(path + suffix) for suffix in ("-wal", "-shm", "-journal")):
+        return False
+    try:
+        connection = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
+        try:
+            return not any(connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                           for table in ("studies", "history", "submissions"))
+        finally:
+            connection.close()
+    except sqlite3.Error:   # not a ledger (or not a database at all)
+        return False
 
 
 def discard(staged: str) -> None:

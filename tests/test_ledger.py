@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from batchseg.ledger import Ledger, StudyRow, WorkerInfo, schema_sql
+from batchseg import ledger_sqlite
 from batchseg.ledger_sqlite import filesystem_type
 from tests.helpers import assert_no_overlapping_claims
 
@@ -291,7 +292,7 @@ def test_a_staged_ledger_that_fails_midway_leaves_nothing(tmp_path: Path) -> Non
     ledger.close()
 
 
-def test_a_staged_ledger_never_replaces_one_that_appeared(tmp_path: Path) -> None:
+def test_a_staged_ledger_never_replaces_a_file_or_a_ledger_in_use_that_appeared(tmp_path: Path) -> None:
     final = tmp_path / "ledger.sqlite"
     ledger = Ledger(f"sqlite:///{final}", stage_new=True)
     with pytest.raises(RuntimeError, match="appeared while init filled"), ledger.filling():
@@ -299,6 +300,31 @@ def test_a_staged_ledger_never_replaces_one_that_appeared(tmp_path: Path) -> Non
         final.write_text("someone else's")
     assert [p.name for p in tmp_path.iterdir()] == ["ledger.sqlite"] and final.read_text() == "someone else's"
     ledger.close()
+    final.unlink()
+    ledger = Ledger(f"sqlite:///{final}", stage_new=True)
+    with pytest.raises(RuntimeError, match="appeared while init filled"), ledger.filling():
+        ledger.add_studies(_rows(3))
+        other = Ledger(f"sqlite:///{final}")
+        other.add_studies(_rows(1))
+    assert other.states()["pending"] == 1, "the other ledger is as it was"
+    other.close()
+    ledger.close()
+
+
+def test_a_staged_ledger_replaces_an_empty_one_that_status_made_meanwhile(tmp_path: Path) -> None:
+    final = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{final}", stage_new=True)
+    with ledger.filling():
+        ledger.add_studies(_rows(3))
+        Ledger(f"sqlite:///{final}").close()   # `batchseg status` opens a ledger it finds missing: an empty one
+        with pytest.raises(RuntimeError, match="appeared while init filled"):
+            held = Ledger(f"sqlite:///{final}")   # one still open is never replaced
+            with held.engine.connect():
+                ledger_sqlite.publish(ledger._staging["file"], str(final), False)
+        held.close()
+    assert ledger.states()["pending"] == 3
+    ledger.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite"]
 
 
 def test_a_staged_ledger_on_a_network_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
