@@ -215,19 +215,21 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
         live.end()
         fail(f"{exc.error_class}: {exc.message}")
     live.end()
-    # The ledger opens before the config is written: a bad --db URL must not be saved.
+    # The ledger opens before the config is written: a bad --db URL must not be saved. A new SQLite ledger file is
+    # filled under a temporary name and appears whole when filled (Ledger's stage_new).
     if ledger is None:
-        ledger = _open_ledger(config)
-    write_config(config)
-    if url_password(config.db):
-        click.echo(f"warning: the database URL holds a password; {CONFIG_NAME} is saved readable by you only "
-                   "(mode 0600), but keep the password in ~/.pgpass instead (libpq reads it on every node) "
-                   "and drop it from the URL", err=True)
-    config.logs_dir.mkdir(exist_ok=True)
-    told = _Told(every_choice=inventory.layout == "rsna")
-    # Made once (StudyRows makes them on each pass): --recheck-skipped reads them twice.
-    rows = list(inventory.rows) if recheck_skipped else inventory.rows
-    added = ledger.add_studies(told.watch(rows))
+        ledger = _open_ledger(config, stage_new=True)
+    with ledger.filling():
+        write_config(config)
+        if url_password(config.db):
+            click.echo(f"warning: the database URL holds a password; {CONFIG_NAME} is saved readable by you only "
+                       "(mode 0600), but keep the password in ~/.pgpass instead (libpq reads it on every node) "
+                       "and drop it from the URL", err=True)
+        config.logs_dir.mkdir(exist_ok=True)
+        told = _Told(every_choice=inventory.layout == "rsna")
+        # Made once (StudyRows makes them on each pass): --recheck-skipped reads them twice.
+        rows = list(inventory.rows) if recheck_skipped else inventory.rows
+        added = ledger.add_studies(told.watch(rows))
     for study in ledger.requeue_skipped(rows) if recheck_skipped else []:
         click.echo(f"  study {study}: was skipped, its series is there now: pending")
     for warning in inventory.warnings:
@@ -281,13 +283,13 @@ class _Told:
             yield row
 
 
-def _open_ledger(config: Config) -> Any:
+def _open_ledger(config: Config, *, stage_new: bool = False) -> Any:
     """The project's ledger, its warnings (a network filesystem) shown as one line each."""
     from .ledger import Ledger
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ledger = Ledger.for_config(config)
+        ledger = Ledger.for_config(config, stage_new=stage_new)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     return ledger

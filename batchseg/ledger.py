@@ -25,6 +25,7 @@ import socket
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -379,7 +380,7 @@ class AddResult:
     existing: list[str] = field(default_factory=list)
 
 
-def _sqlite_engine(url: str) -> tuple[Engine, bool]:
+def _sqlite_engine(url: str, staging: dict[str, str]) -> tuple[Engine, bool]:
     ledger_sqlite.check_version()
     database = make_url(url).database or ""
     on_network = ledger_sqlite.on_network(database)
@@ -387,10 +388,16 @@ def _sqlite_engine(url: str) -> tuple[Engine, bool]:
         warnings.warn(ledger_sqlite.network_warning(database), stacklevel=3)
     engine = create_engine(url, connect_args=ledger_sqlite.connect_args(on_network))
 
+    @event.listens_for(engine, "do_connect")
+    def _to_staged(_dialect: Any, _record: Any, cargs: list[Any], _cparams: dict[str, Any]) -> None:
+        # A staged ledger (Ledger's stage_new): the engine keeps the URL, the connection opens the temporary file.
+        if staging:
+            cargs[0] = staging["file"]
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # SQLAlchemy's begin event below issues BEGIN IMMEDIATE (or BEGIN for a read) itself.
-        ledger_sqlite.configure(dbapi_connection, on_network)
+        ledger_sqlite.configure(dbapi_connection, on_network, staged=bool(staging))
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -400,8 +407,9 @@ def _sqlite_engine(url: str) -> tuple[Engine, bool]:
     return engine, on_network
 
 
-def _engine(url: str) -> tuple[str, Engine, bool]:
-    """(dialect, engine, on a network filesystem) for a URL; a URL that cannot work is one RuntimeError line."""
+def _engine(url: str, staging: dict[str, str]) -> tuple[str, Engine, bool]:
+    """(dialect, engine, on a network filesystem) for a URL; a URL that cannot work is one RuntimeError line.
+    `staging`: where a SQLite engine's connections go while it is filled under a temporary name (Ledger)."""
     from sqlalchemy.exc import ArgumentError
 
     kind = ""
@@ -409,7 +417,7 @@ def _engine(url: str) -> tuple[str, Engine, bool]:
         parsed = make_url(url)
         kind = parsed.drivername
         if parsed.get_backend_name() == "sqlite":
-            return "sqlite", *_sqlite_engine(url)
+            return "sqlite", *_sqlite_engine(url, staging)
         return parsed.get_backend_name(), create_engine(url, pool_pre_ping=True), False
     except ImportError as exc:
         hint = (" (pip install 'batchseg[pg]')" if kind == "postgresql+psycopg" else
@@ -533,10 +541,18 @@ def _sqlite_run(cursor: Any, shape: tuple[Any, ...], rows: list[tuple[Any, ...]]
 class Ledger:
     """The study ledger behind one SQLAlchemy URL (SQLite by default, PostgreSQL by option)."""
 
-    def __init__(self, url: str, *, max_attempts: int = 3) -> None:
+    def __init__(self, url: str, *, max_attempts: int = 3, stage_new: bool = False) -> None:
+        """`stage_new`: when `url` names a SQLite file with nothing there yet, the new ledger is made and filled
+        under a temporary name beside it, and appears at its name, whole, when filling() ends."""
         self.url = url
         self.max_attempts = max_attempts
-        self.dialect, self.engine, self.on_network_fs = _engine(url)
+        # {"file": the temporary file, "final": the ledger's own} while a new ledger is staged.
+        self._staging: dict[str, str] = {}
+        final = ledger_sqlite.plain_path(url) if stage_new else None
+        staged = ledger_sqlite.stage(final) if final else None
+        if staged:
+            self._staging.update(file=staged, final=final)
+        self.dialect, self.engine, self.on_network_fs = _engine(url, self._staging)
         if self.dialect not in ("sqlite", "postgresql"):
             raise RuntimeError(f"the ledger runs on SQLite or PostgreSQL, not {self.dialect} ({url.split(':')[0]})")
         if self.dialect == "sqlite":
@@ -552,12 +568,32 @@ class Ledger:
         self._create()
 
     @classmethod
-    def for_config(cls, config: Any) -> "Ledger":
-        return cls(config.db_url, max_attempts=config.max_attempts)
+    def for_config(cls, config: Any, *, stage_new: bool = False) -> "Ledger":
+        return cls(config.db_url, max_attempts=config.max_attempts, stage_new=stage_new)
 
     def close(self) -> None:
         self._hot.close()
         self.engine.dispose()
+
+    @contextmanager
+    def filling(self) -> Iterator[None]:
+        """The block that fills a staged ledger (stage_new): when it ends, the ledger moves into place, whole
+        (ledger_sqlite.publish); when it raises, its temporary file is removed and nothing appears at the
+        ledger's name (a process killed midway leaves the temporary file, never a half ledger). A ledger that is
+        not staged is used as it is."""
+        if not self._staging:
+            yield
+            return
+        try:
+            yield
+            self.close()   # every connection to the temporary file closed before it moves
+            ledger_sqlite.publish(self._staging["file"], self._staging["final"], self.on_network_fs)
+        except BaseException:
+            self.close()
+            ledger_sqlite.discard(self._staging["file"])
+            raise
+        finally:
+            self._staging.clear()   # from now on the engine opens the ledger's own file
 
     def _create(self) -> None:
         found = self._meta(self.reader)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from sqlalchemy import text
 
 from batchseg.ledger import Ledger, StudyRow, WorkerInfo, schema_sql
+from batchseg import ledger_sqlite
 from batchseg.ledger_sqlite import filesystem_type
 from tests.helpers import assert_no_overlapping_claims
 
@@ -253,3 +255,88 @@ def test_requeue_skipped_only_when_the_dataset_now_serves_the_study(ledger: Ledg
     assert row["state"] == "pending" and row["series_id"] == "99" and row["error_class"] is None
     assert ledger.study("8")["state"] == "skipped" and ledger.study("1000")["state"] == "pending"
     assert [e["event"] for e in ledger.history("7")] == ["added", "reset"]
+
+
+def _rows(n: int) -> list[StudyRow]:
+    return [StudyRow(str(1000 + i), series_id=str(i), input_path=f"/d/{i}") for i in range(n)]
+
+
+def test_a_staged_new_ledger_appears_whole_in_wal_mode(tmp_path: Path) -> None:
+    final = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{final}", stage_new=True)
+    with ledger.filling():
+        ledger.add_studies(_rows(5))
+        assert not final.exists(), "nothing at the ledger's name while it fills"
+        assert [p.name for p in tmp_path.iterdir()][0].endswith(".tmp")
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.sqlite"], "the temporary file is gone"
+    assert ledger.states()["pending"] == 5 and [s["study_id"] for s in ledger.studies()][0] == "1000"
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    ledger.close()
+    again = Ledger(f"sqlite:///{final}", stage_new=True)   # a ledger is there: used as it is
+    with again.filling():
+        assert again.add_studies(_rows(6)).added == ["1005"]
+    assert again.states()["pending"] == 6
+    again.close()
+
+
+def test_a_staged_ledger_that_fails_midway_leaves_nothing(tmp_path: Path) -> None:
+    def rows() -> Iterator[StudyRow]:
+        yield from _rows(30)
+        raise ValueError("the dataset broke")
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}", stage_new=True)
+    with pytest.raises(ValueError, match="broke"), ledger.filling():
+        ledger.add_studies(rows())
+    assert list(tmp_path.iterdir()) == [], "no ledger, no temporary file"
+    ledger.close()
+
+
+def test_a_staged_ledger_never_replaces_a_file_or_a_ledger_in_use_that_appeared(tmp_path: Path) -> None:
+    final = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{final}", stage_new=True)
+    with pytest.raises(RuntimeError, match="appeared while init filled"), ledger.filling():
+        ledger.add_studies(_rows(3))
+        final.write_text("someone else's")
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.sqlite"] and final.read_text() == "someone else's"
+    ledger.close()
+    final.unlink()
+    ledger = Ledger(f"sqlite:///{final}", stage_new=True)
+    with pytest.raises(RuntimeError, match="appeared while init filled"), ledger.filling():
+        ledger.add_studies(_rows(3))
+        other = Ledger(f"sqlite:///{final}")
+        other.add_studies(_rows(1))
+    assert other.states()["pending"] == 1, "the other ledger is as it was"
+    other.close()
+    ledger.close()
+
+
+def test_a_staged_ledger_replaces_an_empty_one_that_status_made_meanwhile(tmp_path: Path) -> None:
+    final = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{final}", stage_new=True)
+    with ledger.filling():
+        ledger.add_studies(_rows(3))
+        Ledger(f"sqlite:///{final}").close()   # `batchseg status` opens a ledger it finds missing: an empty one
+        with pytest.raises(RuntimeError, match="appeared while init filled"):
+            held = Ledger(f"sqlite:///{final}")   # one still open is never replaced
+            with held.engine.connect():
+                ledger_sqlite.publish(ledger._staging["file"], str(final), False)
+        held.close()
+    assert ledger.states()["pending"] == 3
+    ledger.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite"]
+
+
+def test_a_staged_ledger_on_a_network_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchseg.ledger_sqlite as module
+
+    monkeypatch.setattr(module, "filesystem_type", lambda path: "nfs4")
+    final = tmp_path / "nfs.sqlite"
+    with pytest.warns(UserWarning, match=f"the ledger {final} is on a network filesystem"):
+        ledger = Ledger(f"sqlite:///{final}", stage_new=True)
+    with ledger.filling():
+        ledger.add_studies(_rows(3))
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "delete"
+    assert [p.name for p in tmp_path.iterdir()] == ["nfs.sqlite"]
+    ledger.close()

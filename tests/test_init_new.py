@@ -1,0 +1,54 @@
+"""init into a new project: the new SQLite ledger is filled under a temporary name and appears whole, or not at all."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchseg import dataset
+from batchseg.cli import cli
+from batchseg.synth import synth_dataset
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    synth_dataset(tmp_path / "data", 5, seed=2, matrix=64, broken=False)
+    return tmp_path / "data"
+
+
+def test_init_fills_a_new_ledger_that_appears_in_wal_mode(data: Path, tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    result = CliRunner().invoke(cli, ["init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop"])
+    assert result.exit_code == 0, result.output
+    assert "5 added, 0 already there" in result.output
+    assert sorted(p.name for p in project.iterdir()) == ["batchseg.toml", "ledger.sqlite", "logs"]
+    connection = sqlite3.connect(project / "ledger.sqlite")
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("SELECT count(*) FROM studies").fetchone()[0] == 5
+    assert connection.execute("SELECT count(*) FROM history WHERE event = 'added'").fetchone()[0] == 5
+    connection.close()
+
+
+def test_an_init_that_fails_midway_leaves_no_ledger_and_no_temporary_file(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    looked: list[str] = []
+    real = dataset.SeriesTable.only_sagittal_t2   # each study's row is made as it goes into the ledger
+
+    def breaks_at_the_third(table: dataset.SeriesTable, value: str) -> str | None:
+        looked.append(value)
+        if len(looked) == 3:
+            raise MemoryError("out of memory")
+        return real(table, value)
+
+    monkeypatch.setattr(dataset.SeriesTable, "only_sagittal_t2", breaks_at_the_third)
+    project = tmp_path / "p"
+    result = CliRunner().invoke(cli, ["init", "--project", str(project), "--dataset", str(data), "--segmenter", "noop"])
+    assert isinstance(result.exception, MemoryError)
+    assert sorted(p.name for p in project.iterdir()) == ["batchseg.toml", "logs"], \
+        "no ledger (not an empty nor a half one) and no temporary file"
+    monkeypatch.setattr(dataset.SeriesTable, "only_sagittal_t2", real)
+    again = CliRunner().invoke(cli, ["init", "--project", str(project), "--dataset", str(data)])
+    assert again.exit_code == 0, again.output
+    assert "5 added, 0 already there" in again.output
