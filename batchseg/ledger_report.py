@@ -7,10 +7,10 @@ compiled ahead of time (ledger_reads.py).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
+from . import json_text
 from .ledger_reads import READS
 
 PAGE = 2000
@@ -61,7 +61,7 @@ def report_rows(connection: Any, dialect: str, *, page_size: int = PAGE, first_s
     try:
         reads["report_studies"].run(cursor, bounds)
         keys = tuple(column[0] for column in cursor.description)
-        loads = json.loads
+        loads = json_text.loads
         while page := cursor.fetchmany(page_size):
             for row in page:
                 study = dict(zip(keys, row))

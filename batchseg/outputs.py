@@ -19,6 +19,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+from . import json_text
 from .errors import StudyError, one_line, printable
 from .labels import VERTEBRA_NAMES
 
@@ -278,7 +279,7 @@ def files_from_digest(out_dir: Path | str, study_id: str, text: str | None) -> S
     if not text:
         return None
     try:
-        digest = json.loads(text)
+        digest = json_text.loads(text)
         (meta_id, labels_id), names = digest["id"], digest["outputs"]
     except (ValueError, TypeError, KeyError):
         return None
