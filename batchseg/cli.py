@@ -559,11 +559,10 @@ def _slurm_jobs(config: Config, ledger: Any) -> list[dict[str, Any]]:
 def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json: bool, embed: bool,
            all_rows: int | None, processes: int | None) -> None:
     """A review report: progress, failures, skipped studies, LSTV candidates, every study."""
+    from .ledger_summary import PlainReader
     from .report.collect import collect_report
     from .report.html_page import write_html
     from .report.model import ALL_ROWS, report_json
-
-    from .ledger_summary import PlainReader
 
     config = ctx.config()
     # A current local SQLite ledger without Slurm jobs is read with sqlite3 alone (no SQLAlchemy to import: a
@@ -577,8 +576,10 @@ def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json:
         html_path = config.project_dir / "report.html"
     # One read of every study: the CSV is written as the studies stream by.
     try:
+        # --csv alone: no page to build (the CSV's rows are all of it).
         built = collect_report(config, ledger, slurm_jobs=jobs, all_rows=ALL_ROWS if all_rows is None else all_rows,
-                               keep_all=as_json, csv_path=csv_path, processes=processes)
+                               keep_all=as_json, csv_path=csv_path, processes=processes,
+                               page=html_path is not None or as_json)
     except OSError as exc:
         if csv_path is None:
             raise

@@ -683,6 +683,12 @@ def test_the_report_read_by_several_processes_is_the_single_pass_report(finished
     first = made[1, Ledger.for_config]
     assert first[0]["total"] == 8 and first[2] == [s.study_id for s in _entries(project)][:2]
     assert all(made[n] == first for n in made)
+    for processes in (1, 3):   # the CSV alone (`report --csv`): the same rows, no report built
+        ledger = PlainReader.for_config(config)
+        csv_path = tmp_path / f"alone{processes}.csv"
+        assert collect_report(config, ledger, csv_path=csv_path, processes=processes, page=False) is None
+        ledger.close()
+        assert csv_path.read_bytes() == first[1]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "part files left behind"
 
 

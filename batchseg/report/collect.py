@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,14 @@ def default_processes(studies: int) -> int:
 
 def collect_report(config: Any, ledger: Any, *, now: float | None = None,
                    slurm_jobs: Iterable[dict[str, Any]] = (), all_rows: int = ALL_ROWS, keep_all: bool = False,
-                   csv_path: Path | None = None, processes: int | None = None) -> Report:
+                   csv_path: Path | None = None, processes: int | None = None, page: bool = True) -> Report | None:
     """The report (and the CSV at `csv_path`, one row per study) from one read of every study.
 
     `ledger`: the project's `Ledger`, or its `PlainReader` (a SQLite ledger read without SQLAlchemy).
     `processes`: how many processes read the ledger (None: default_processes). `keep_all` keeps every entry
-    in `Report.studies`. The ledger's own connection reads the summary, and the studies too when one process
-    reads them; other processes open the project's ledger themselves, the same way.
+    in `Report.studies`; `page` False builds no report at all (the CSV alone: None). The ledger's own connection
+    reads the summary, and the studies too when one process reads them; other processes open the project's
+    ledger themselves, the same way.
     """
     from .. import __version__
 
@@ -69,8 +71,11 @@ def collect_report(config: Any, ledger: Any, *, now: float | None = None,
     parts = processes if processes is not None else default_processes(int(summary["total"]))
     cuts = ledger.report_cuts(parts) if parts > 1 else []
     runs = list(zip([None, *cuts], [*cuts, None]))
+    new_builder = partial(ReportBuilder, all_rows, keep_all=keep_all) if page else None
     with _csv_in_parts(csv_path, len(runs)) as part_paths:
-        builder = _read_runs(config, ledger, runs, part_paths, all_rows, keep_all)
+        builder = _read_runs(config, ledger, runs, part_paths, new_builder)
+    if builder is None:
+        return None
     return builder.build(summary, project=str(config.project_dir), results=str(config.out_dir),
                          ledger_url=shown_url(config), version=__version__, now=now, slurm_jobs=slurm_jobs)
 
@@ -91,10 +96,10 @@ def shown_url(config: Any) -> str:
 
 
 def _collect_run(config: Any, ledger: Any, run: tuple[int | None, int | None], part_path: Path | None,
-                 all_rows: int, keep_all: bool, *, plain: bool = False) -> ReportBuilder:
-    """One run of the queue: its CSV rows into `part_path` (when given) and its builder. `ledger` None: this
-    process opens the project's ledger itself (a process must never use a connection it inherited), with
-    sqlite3 alone where `plain` and the ledger lets it (PlainReader.open), else as the Ledger."""
+                 new_builder: Callable[[], ReportBuilder] | None, *, plain: bool = False) -> ReportBuilder | None:
+    """One run of the queue: its CSV rows into `part_path` (when given) and its builder (None: none made).
+    `ledger` None: this process opens the project's ledger itself (a process must never use a connection it
+    inherited), with sqlite3 alone where `plain` and the ledger lets it (PlainReader.open), else as the Ledger."""
     own = ledger is None
     if own:
         ledger = PlainReader.for_config(config) if plain else None
@@ -103,8 +108,10 @@ def _collect_run(config: Any, ledger: Any, run: tuple[int | None, int | None], p
 
             ledger = Ledger.for_config(config)
     try:
-        builder = ReportBuilder(all_rows, keep_all=keep_all)
-        entries = builder.passing(study_entries(Path(config.out_dir), ledger, first_seq=run[0], end_seq=run[1]))
+        builder = new_builder() if new_builder is not None else None
+        entries = study_entries(Path(config.out_dir), ledger, first_seq=run[0], end_seq=run[1])
+        if builder is not None:
+            entries = builder.passing(entries)
         if part_path is not None:
             with open(part_path, "w", encoding="utf-8", newline="") as part:
                 for chunk in render_csv(entries):
@@ -118,11 +125,12 @@ def _collect_run(config: Any, ledger: Any, run: tuple[int | None, int | None], p
 
 
 def _read_runs(config: Any, ledger: Any, runs: list[tuple[int | None, int | None]],
-                  part_paths: list[Path | None], all_rows: int, keep_all: bool) -> ReportBuilder:
+               part_paths: list[Path | None], new_builder: Callable[[], ReportBuilder] | None
+               ) -> ReportBuilder | None:
     """The first run in this process, on `ledger`; each later run in a process of its own. Their builders
     merged in queue order."""
     if len(runs) == 1:
-        return _collect_run(config, ledger, runs[0], part_paths[0], all_rows, keep_all)
+        return _collect_run(config, ledger, runs[0], part_paths[0], new_builder)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -131,11 +139,13 @@ def _read_runs(config: Any, ledger: Any, runs: list[tuple[int | None, int | None
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with ProcessPoolExecutor(len(runs) - 1, mp_context=multiprocessing.get_context(method)) as pool:
         plain = isinstance(ledger, PlainReader)
-        later = [pool.submit(_collect_run, config, None, run, path, all_rows, keep_all, plain=plain)
+        later = [pool.submit(_collect_run, config, None, run, path, new_builder, plain=plain)
                  for run, path in zip(runs[1:], part_paths[1:])]
-        builder = _collect_run(config, ledger, runs[0], part_paths[0], all_rows, keep_all)
+        builder = _collect_run(config, ledger, runs[0], part_paths[0], new_builder)
         for future in later:
-            builder.merge(future.result())
+            more = future.result()
+            if builder is not None:
+                builder.merge(more)
     return builder
 
 
