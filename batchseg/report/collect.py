@@ -5,9 +5,11 @@ Each done study's findings come from the ledger's digest of its files while it m
 else from the files themselves. A large ledger is read in consecutive runs of its queue (`report_cuts`),
 one process each: this one and, beside it, as many as make one per CPU this process may use, at most one per
 PART_STUDIES studies. Each writes its run's CSV rows to a part file beside the CSV and builds its run's
-`ReportBuilder`; the parts are joined in queue order into the CSV (written atomically) and the builders merged in
-the same order, so the result is the one a single pass gives. Each run reads in a transaction of its own (as the
-summary does): on a ledger that changes while the report runs, each study is as its run saw it.
+`ReportBuilder` (none for the CSV alone); the parts are joined in queue order into the CSV (written atomically)
+and the builders merged in the same order, so the result is the one a single pass gives. Each run reads in a
+transaction of its own (as the summary does): on a ledger that changes while the report runs, each study is as
+its run saw it. `ledger` is the project's `Ledger` or, for a current local SQLite ledger, its `PlainReader`;
+each process opens the ledger the same way.
 """
 from __future__ import annotations
 
