@@ -1,6 +1,6 @@
 """The words a study's metadata uses for its findings: the LSTV patterns (lstv.py) and the level check's verdicts
-(levels.py), and the cohort's count of verdicts. The code that writes them and the report that reads them share
-these; kept apart from that code so that the report needs no numpy to read them."""
+(levels.py), and the cohort's count of verdicts. lstv.py and levels.py write these words (test_lstv holds every
+pattern to PATTERNS) and the report reads them; kept apart from that code so that the report needs no numpy."""
 from __future__ import annotations
 
 from collections.abc import Iterable

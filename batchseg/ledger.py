@@ -942,7 +942,11 @@ class Ledger:
     def report_cuts(self, parts: int) -> list[int]:
         """ledger_report.report_cuts: where to cut the queue into `parts` runs of the report."""
         with self.reader.begin() as conn:
-            return ledger_report.report_cuts(conn.connection.cursor(), self.dialect, parts)
+            cursor = conn.connection.cursor()
+            try:
+                return ledger_report.report_cuts(cursor, self.dialect, parts)
+            finally:
+                cursor.close()
 
     def report_rows(self, page_size: int = ledger_report.PAGE, *, first_seq: int | None = None,
                     end_seq: int | None = None) -> Iterator[dict[str, Any]]:

@@ -40,7 +40,6 @@ import numpy as np
 
 from .annotations import LEVELS, LevelPoint, StudyAnnotations
 from .enumeration import SequenceEntry, SpineSequence
-from .findings_words import VERDICTS
 
 # A point further than this along the long axis from its nearest disc has no disc at its level: half the
 # smallest lumbar disc spacing (30-45 mm between disc centres).
@@ -95,7 +94,7 @@ class LevelCheck:
     """One study's level check: the metadata's `levels` object."""
 
     available: bool
-    verdict: str                                # VERDICTS
+    verdict: str                                # findings_words.VERDICTS
     points: int = 0                             # annotated points on the study's series
     placed: int = 0                             # of them, placed in world space
     matched: int = 0                            # of them, at a disc of the annotated name

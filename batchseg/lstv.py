@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .enumeration import SpineSequence
-from .findings_words import PATTERNS
 from .labels import (DISC_ABOVE_TOP, DISC_OFFSET, L1, L4, L5, L6, LUMBAR, SACRUM, SPINE_ORDER, T11, T12, T13,
                      THORACIC, TRANSITIONAL, VERTEBRA_NAMES)
 
@@ -46,7 +45,7 @@ class LstvFindings:
     count_assessable: bool
     count_reason: str | None              # why not assessable; None when it is
     lumbar_count: int | None              # only when count_assessable
-    pattern: str                          # one of PATTERNS
+    pattern: str                          # one of findings_words.PATTERNS
     candidates: list[dict] = field(default_factory=list)    # {"pattern", "evidence"}
     caveats: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

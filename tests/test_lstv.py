@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchseg.cli import cli
-from batchseg.lstv import PATTERNS
+from batchseg.findings_words import PATTERNS
 from batchseg.measures import measure
 from tests.conftest import batchseg
 from tests.label_maps import AFFINE, spine_map, stack
