@@ -162,9 +162,7 @@ def test_filesystem_type_reads_proc_mounts() -> None:
 
 
 def test_network_filesystem_gets_a_rollback_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import batchseg.ledger_sqlite as module
-
-    monkeypatch.setattr(module, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(ledger_sqlite, "filesystem_type", lambda path: "nfs4")
     with pytest.warns(UserWarning, match="PostgreSQL"):
         ledger = Ledger(f"sqlite:///{tmp_path / 'nfs.sqlite'}")
     with ledger.engine.connect() as conn:
@@ -328,9 +326,7 @@ def test_a_staged_ledger_replaces_an_empty_one_that_status_made_meanwhile(tmp_pa
 
 
 def test_a_staged_ledger_on_a_network_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import batchseg.ledger_sqlite as module
-
-    monkeypatch.setattr(module, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(ledger_sqlite, "filesystem_type", lambda path: "nfs4")
     final = tmp_path / "nfs.sqlite"
     with pytest.warns(UserWarning, match=f"the ledger {final} is on a network filesystem"):
         ledger = Ledger(f"sqlite:///{final}", stage_new=True)
