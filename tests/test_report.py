@@ -742,7 +742,7 @@ def test_a_run_that_fails_leaves_no_csv_and_no_part_file(finished: Path, tmp_pat
 
 def test_output_paths_past_the_csv_module_are_what_it_writes(finished: Path, tmp_path: Path) -> None:
     from batchseg.outputs import OutputPaths, _layout_template
-    from batchseg.report.csv_rows import csv_values, render_csv
+    from batchseg.report.csv_rows import render_csv
 
     entries = [e for e in _entries(finished) if e.outputs]
     assert entries and all(isinstance(e.outputs, OutputPaths) for e in entries)
@@ -761,17 +761,79 @@ def test_output_paths_past_the_csv_module_are_what_it_writes(finished: Path, tmp
         expected = io.StringIO()
         writer = csv.writer(expected, lineterminator="\n")
         for e in odd:
-            writer.writerow(csv_values(e))
+            writer.writerow(_plain_row(e))
         assert "".join(render_csv(odd)) == expected.getvalue(), folder
 
 
-def test_csv_cells_are_what_cell_makes_of_every_value() -> None:
-    from batchseg.report.csv_rows import _cell, _cells
+def _reference_cell(value: Any) -> str:
+    """What the CSV's rules make of a value, written plainly: None blank, flags as words, lists joined with "; ",
+    text that a spreadsheet would run as a formula (and is no number) behind an apostrophe."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = "; ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not isinstance(value, (int, float)):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
 
-    values = [None, 0, 7, -3, 1.5, -1.5, float("inf"), True, False, "", "plain", "=1+1", "-1.5", "-x", "@a", "\tx",
-              [], ["a", "=b"], [1, 2.5], ["-c"], (), ("x", "y"), ("=z",), {"a": 1}, {}, b"by", 10**20]
-    fast, plain = io.StringIO(), io.StringIO()
-    csv.writer(fast, lineterminator="\n").writerow(_cells(values))
-    csv.writer(plain, lineterminator="\n").writerow([_cell(v) for v in values])
-    assert fast.getvalue() == plain.getvalue()
-    assert fast.getvalue().startswith(",0,7,-3,1.5,-1.5,inf,true,false,,plain,'=1+1,-1.5,'-x,'@a,'\tx,,a; =b,1; 2.5,'-c,")
+
+def _plain_row(entry: Any) -> list[str]:
+    """One study's CSV row by the plain rules (_reference_cell), every column in CSV_FIELDS order."""
+    from batchseg.outputs import OUTPUT_NAMES
+    from batchseg.report.csv_rows import CSV_FIELDS
+
+    lstv, levels = entry.lstv, entry.levels
+    plain = [entry.study_id, entry.series_id, entry.state, entry.attempts, entry.error_class, entry.error_message,
+             entry.log_path, entry.seconds, entry.attempt_seconds, entry.attempt_errors, entry.worker,
+             entry.segmenter, entry.labels_anatomical]
+    plain += ([lstv.status, lstv.pattern, lstv.count_assessable, lstv.count_reason, lstv.lumbar_count,
+               lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes] if lstv
+              else [""] + [None] * 9)
+    plain += ([levels.verdict, levels.points, levels.matched, levels.shift, levels.max_distance_mm, levels.reason]
+              if levels else [""] + [None] * 5)
+    plain += [entry.vertebrae, entry.problems, *(entry.outputs.get(name) for name in OUTPUT_NAMES)]
+    assert len(plain) == len(CSV_FIELDS)
+    return [_reference_cell(v) for v in plain]
+
+
+def test_csv_rows_are_what_the_plain_rules_make_of_every_value(finished: Path) -> None:
+    """render_csv neutralises a row's cells only when the written row shows a cell that could start like a
+    formula: its rows are still the plain rules' for odd values in every column."""
+    from batchseg.report.csv_rows import render_csv
+    from batchseg.report.model import LevelView
+
+    texts = ["", "plain", "=1+1", "-1.5", "-x", "@a", "\tx", "\rx", "+inf", 'a,"=b', "a,=b", 'q"q', "x\ny", "a\rb",
+             "1,-2"]
+    lists = [[], ["a", "=b"], [1, 2.5], ["-c"], ["x", "y", "@z"], ["a,b", "-1"]]
+    numbers = [0, 7, -3, 1.5, -1.5, float("inf"), float("-inf"), 10**20]
+    base = [e for e in _entries(finished) if e.lstv is not None and e.outputs]
+    assert base
+    odd = []
+    for i, (text, items, number) in enumerate(itertools.product(texts, lists, numbers)):
+        e = base[i % len(base)]
+        flag = (None, True, False)[i % 3]
+        lstv = dataclasses.replace(e.lstv, count_reason=text, lumbar_count=number, candidates=items,
+                                   caveats=items[::-1], notes=[text], l6_present=flag)
+        levels = LevelView(text or "agree", points=number, shift=-1 if i % 2 else 1, max_distance_mm=number,
+                           reason=text)
+        odd.append(dataclasses.replace(
+            e, study_id=text or "s", series_id=text, error_message=text, log_path=text, seconds=number,
+            attempt_seconds=number, attempt_errors=items, worker=text, segmenter=text, labels_anatomical=flag,
+            lstv=lstv, levels=levels, vertebrae=items, problems=items[::-1]))
+    odd.append(dataclasses.replace(base[0], lstv=None, levels=None, outputs={}))
+    odd.append(dataclasses.replace(base[0], study_id="=d", outputs={"nifti": "-a/1.nii.gz"}))   # no OutputPaths
+    odd.append(dataclasses.replace(base[0], study_id="@only"))   # the first cell alone
+    odd.append(dataclasses.replace(base[0], error_message="a\rb"))   # a "\r" alone
+    written = list(csv.reader(io.StringIO("".join(render_csv(odd)), newline="")))
+    assert len(written) == len(odd)
+    for entry, row in zip(odd, written):
+        assert row == _plain_row(entry), entry.study_id
+    cells = {cell for row in written for cell in row}
+    assert {"'=1+1", "-1.5", "'-x", 'a,"=b', "-3", "-inf", "a; =b", "'-c", "1; 2.5", "true", "false", "'=d",
+            "'-a/1.nii.gz", "'@only", "a\rb"} <= cells
+
+

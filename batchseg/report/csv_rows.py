@@ -39,39 +39,35 @@ def neutralised(text: str) -> str:
         return "'" + text
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return neutralised("; ".join(str(v) for v in value))
-    return neutralised(str(value))
-
-
-def _list_cell(value: list[Any] | tuple[Any, ...]) -> str:
-    return neutralised("; ".join(map(str, value))) if value else ""
-
-
-# None is a cell the csv module writes as it is (empty), and so are numbers, as str() does (numbers never need
-# neutralising: float() reads "-1.5" and "-inf" back).
-_NONE = type(None)
+# Flags as words; None stays None, which the csv module writes as an empty cell (blank reads as NaN in pandas).
+_FLAG = {None: None, True: "true", False: "false"}
 _NO_LSTV = ("", None, None, None, None, None, None, None, None, None)
 _NO_LEVELS = ("", None, None, None, None, None)
-_NO_OUTPUTS = (None,) * len(OUTPUT_NAMES)
 
 
-def _head_values(s: StudyEntry) -> list[Any]:
-    """One study's values in CSV_FIELDS order up to the output paths (a list, not a dict: a million rows pass)."""
+def _joined(items: list[Any] | tuple[Any, ...]) -> str:
+    """A list's cell: its items as text, "; " between them ("" for none)."""
+    try:
+        return "; ".join(items)
+    except TypeError:   # an item that is not text
+        return "; ".join(map(str, items))
+
+
+def _head_cells(s: StudyEntry) -> list[Any]:
+    """One study's cells in CSV_FIELDS order up to the output paths, text not yet neutralised: flags as words,
+    lists joined, None and numbers as they are (the csv module writes None empty and numbers as str() does;
+    numbers never need neutralising: float() reads "-1.5" and "-inf" back). A list, not a dict: a million rows
+    pass here."""
     lstv = s.lstv
     values = [s.study_id, s.series_id, s.state, s.attempts, s.error_class, s.error_message, s.log_path, s.seconds,
-              s.attempt_seconds, s.attempt_errors, s.worker, s.segmenter, s.labels_anatomical]
+              s.attempt_seconds, _joined(s.attempt_errors), s.worker, s.segmenter, _FLAG[s.labels_anatomical]]
     if lstv is None:
-        # Blank, not false, wherever nothing was assessed: a blank cell reads as NaN in pandas.
+        # Blank, not false, wherever nothing was assessed.
         values += _NO_LSTV
     else:
-        values += (lstv.status, lstv.pattern, lstv.count_assessable, lstv.count_reason, lstv.lumbar_count,
-                   lstv.l6_present, lstv.t13_present, lstv.candidates, lstv.caveats, lstv.notes)
+        values += (lstv.status, lstv.pattern, _FLAG[lstv.count_assessable], lstv.count_reason, lstv.lumbar_count,
+                   _FLAG[lstv.l6_present], _FLAG[lstv.t13_present], _joined(lstv.candidates),
+                   _joined(lstv.caveats), _joined(lstv.notes))
     levels = s.levels
     # The level check: shift in levels (-1, +1), distance along the spine's long axis in mm.
     if levels is None:
@@ -79,29 +75,19 @@ def _head_values(s: StudyEntry) -> list[Any]:
     else:
         values += (levels.verdict, levels.points, levels.matched, levels.shift, levels.max_distance_mm,
                    levels.reason)
-    values.append(s.vertebrae)
-    values.append(s.problems)
+    values.append(_joined(s.vertebrae))
+    values.append(_joined(s.problems))
     return values
 
 
-def _cells(values: list[Any]) -> list[Any]:
-    """Values as the csv module is to write them (what _cell makes of each): flags as words, lists joined, text
-    neutralised."""
-    # A million rows of 31 values pass here: the usual classes, most frequent first, without a call where none
-    # is needed (None and numbers as they are, plain text, empty lists, flags); the rest through _cell.
-    return [v if (c := v.__class__) is _NONE or c is int or c is float
-            else (v if not v.startswith(FORMULA_STARTS) else neutralised(v)) if c is str
-            else (_list_cell(v) if v else "") if c is list
-            else ("true" if v else "false") if c is bool
-            else _cell(v) for v in values]
+def _neutralised_cells(cells: list[Any]) -> list[Any]:
+    return [neutralised(c) if c.__class__ is str else c for c in cells]
 
 
-def csv_values(s: StudyEntry) -> list[Any]:
-    """One study's cells in CSV_FIELDS order."""
-    outputs = s.outputs
-    return _cells(_head_values(s) + (list(map(outputs.get, OUTPUT_NAMES)) if outputs else list(_NO_OUTPUTS)))
-
-
+# Where a written row's cell after the first may start like a formula: each follows a delimiter, a quote first
+# when it is quoted. A row without a match (and a first cell that does not) has no cell to neutralise; testing
+# each text cell instead was most of the row's time.
+_FORMULA_CELL = re.compile(',"?[=+@\t\r-]').search
 # A cell holding one of these is quoted by the csv module (the delimiter, the quote, a line end).
 _QUOTED = re.compile('[,"\r\n]').search
 _NO_PATHS_TEXT = "," * len(OUTPUT_NAMES) + "\n"
@@ -152,14 +138,25 @@ def csv_header() -> str:
 def render_csv(entries: Iterable[StudyEntry]) -> Iterator[str]:
     """One row per study (CSV_FIELDS), in the order given (ledger order), as chunks of text; no header."""
     lines: list[str] = []
-    writer = csv.writer(SimpleNamespace(write=lines.append), lineterminator="\n")
+    write = csv.writer(SimpleNamespace(write=lines.append), lineterminator="\n").writerow
+    # The csv module quotes a cell holding a character of its line end, not "\r" when that is "\n" alone: this
+    # writer's rows (ending "\r\n", made to end "\n") quote it too.
+    careful = csv.writer(SimpleNamespace(write=lines.append), lineterminator="\r\n").writerow
     for n, study in enumerate(entries, 1):
-        paths = _paths_text(study.outputs)
+        outputs = study.outputs
+        paths = _paths_text(outputs)
+        cells = _head_cells(study)
         if paths is None:
-            writer.writerow(csv_values(study))
-        else:
-            writer.writerow(_cells(_head_values(study)))
-            lines[-1] = lines[-1][:-1] + paths
+            cells += map(outputs.get, OUTPUT_NAMES)
+        write(cells)
+        line = lines[-1]
+        if _FORMULA_CELL(line) or "\r" in line or study.study_id.startswith(FORMULA_STARTS):
+            # Rare (a negative number, say): the row again, each text cell neutralised.
+            del lines[-1]
+            careful(_neutralised_cells(cells))
+            line = lines[-1] = lines[-1][:-2] + "\n"
+        if paths is not None:
+            lines[-1] = line[:-1] + paths
         if n % 256 == 0:
             yield "".join(lines)
             lines.clear()

@@ -39,9 +39,10 @@ NOT_CHECKED_IDS = 60
 ALL_ROWS = 3000
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class LevelView:
-    """One study's level check as the report shows it (levels.py); every number is checked for its type."""
+    """One study's level check as the report shows it (levels.py); every number is checked for its type.
+    Frozen: the studies without a level check share one."""
 
     verdict: str                          # agree | shifted | disagree | not_available | not_checked
     points: int | None = None             # annotated points on the study's series
@@ -345,10 +346,13 @@ def lstv_view(lstv: dict[str, Any] | None, labels_anatomical: bool | None) -> Ls
     )
 
 
+_NOT_CHECKED = LevelView("not_checked", reason="no level check in the metadata: run `batchseg levels`")
+
+
 def level_view(levels: dict[str, Any] | None) -> LevelView:
     """The report's view of a metadata `levels` object; outputs made before the level check are "not_checked"."""
     if not isinstance(levels, dict) or levels.get("verdict") not in VERDICTS:
-        return LevelView("not_checked", reason="no level check in the metadata: run `batchseg levels`")
+        return _NOT_CHECKED
     disagreements = []
     for d in levels.get("details") if isinstance(levels.get("details"), list) else []:
         if isinstance(d, dict) and d.get("status") in LEVEL_DETAIL_SHOWN:
@@ -442,41 +446,39 @@ def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
     """One study's line of the report from its ledger row (Ledger.report_rows) and its files (done studies only)."""
     get = row.get
     timings = get("timings")
-    seconds = get("attempt_seconds")
+    # The ledger's pipeline seconds (the done attempt's, publishing included), else the metadata's.
+    seconds = timings.get("total") if isinstance(timings, dict) else None
+    if seconds is None and files is not None:
+        seconds = files.seconds
+    attempt_seconds = get("attempt_seconds")
     state = _shared(row["state"])
     failed = state != "done"
-    entry = StudyEntry(
-        str(row["study_id"]), get("series_id"), state, int(get("attempts") or 0),
-        error_class=_shared(get("error_class")) if failed else None,
-        error_message=get("error_message") if failed else None,
-        log_path=get("log_path") if failed else None,
-        seconds=timings.get("total") if isinstance(timings, dict) else None,
-        attempt_seconds=round(seconds, 3) if seconds is not None else None,
-        attempt_errors=list(map(_shared, get("attempt_errors") or ())),
-        # The study row keeps the last claim's worker (every claim writes it).
-        worker=_shared(worker_label(get("worker_host"), get("worker_pid"), get("slurm_array_job_id"),
-                                    get("slurm_array_task_id"))),
-    )
+    head = (str(row["study_id"]), get("series_id"), state, int(get("attempts") or 0),
+            _shared(get("error_class")) if failed else None, get("error_message") if failed else None,
+            get("log_path") if failed else None, seconds,
+            round(attempt_seconds, 3) if attempt_seconds is not None else None,
+            list(map(_shared, get("attempt_errors") or ())),
+            # The study row keeps the last claim's worker (every claim writes it).
+            _shared(worker_label(get("worker_host"), get("worker_pid"), get("slurm_array_job_id"),
+                                 get("slurm_array_task_id"))))
     if files is None:
-        return entry
-    entry.outputs = files.outputs
+        return StudyEntry(*head)
     segmenter = files.segmenter
-    entry.segmenter = _shared(segmenter.get("name"))
-    entry.segmenter_note = _shared(segmenter.get("note"))
-    entry.made_by = _shared(files.batchseg_version) if isinstance(files.batchseg_version, str) else None
     anatomical = segmenter.get("labels_anatomical")
-    entry.labels_anatomical = anatomical if isinstance(anatomical, bool) else None
-    if entry.seconds is None:
-        entry.seconds = files.seconds
-    if files.metadata_path is None or (files.lstv is None and entry.labels_anatomical is not False):
-        entry.lstv = LstvView(UNKNOWN, notes=["metadata missing or unreadable: findings unknown"]
-                              if files.metadata_path is None else ["no LSTV findings recorded"])
+    anatomical = anatomical if isinstance(anatomical, bool) else None
+    if files.metadata_path is None or (files.lstv is None and anatomical is not False):
+        lstv = LstvView(UNKNOWN, notes=["metadata missing or unreadable: findings unknown"]
+                        if files.metadata_path is None else ["no LSTV findings recorded"])
     else:
-        entry.lstv = lstv_view(files.lstv, entry.labels_anatomical)
-    entry.levels = level_view(files.levels) if files.metadata_path is not None else None
-    entry.vertebrae = ordered_vertebrae(files.vertebra_labels)
-    entry.problems = files.problems + _consistency(entry.lstv, files.vertebra_labels)
-    return entry
+        lstv = lstv_view(files.lstv, anatomical)
+    version = files.batchseg_version
+    # One construction with every field (the entry is made a hundred thousand times).
+    return StudyEntry(
+        *head, segmenter=_shared(segmenter.get("name")), segmenter_note=_shared(segmenter.get("note")),
+        made_by=_shared(version) if isinstance(version, str) else None, labels_anatomical=anatomical, lstv=lstv,
+        levels=level_view(files.levels) if files.metadata_path is not None else None,
+        vertebrae=ordered_vertebrae(files.vertebra_labels), outputs=files.outputs,
+        problems=files.problems + _consistency(lstv, files.vertebra_labels))
 
 
 def _groups(groups: list[dict[str, Any]]) -> list[ErrorGroup]:
