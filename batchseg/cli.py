@@ -561,7 +561,6 @@ def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json:
     """A review report: progress, failures, skipped studies, LSTV candidates, every study."""
     from .ledger_summary import PlainReader
     from .report.collect import collect_report
-    from .report.html_page import write_html
     from .report.model import ALL_ROWS, report_json
 
     config = ctx.config()
@@ -588,6 +587,8 @@ def report(ctx: Context, html_path: Path | None, csv_path: Path | None, as_json:
     if csv_path is not None:
         click.echo(f"wrote {csv_path}", err=as_json)
     if html_path is not None:
+        from .report.html_page import write_html   # not for the CSV alone
+
         try:
             write_html(built, html_path, embed=embed)
         except OSError as exc:
