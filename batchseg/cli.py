@@ -199,8 +199,9 @@ def init(ctx: Context, dataset: Path, layout: str | None, studies_file: Path | N
     known: Container[str] = frozenset()
     if (folder / CONFIG_NAME).exists() and not recheck_skipped:
         # Again: a study the ledger has keeps its row whatever the dataset says, so it is not looked at again
-        # (a million of them cost more than the CSV). --recheck-skipped looks at every study.
-        ledger = _open_ledger(config)
+        # (a million of them cost more than the CSV). --recheck-skipped looks at every study. Staged as below
+        # (a missing ledger file is filled under a temporary name; a killed init's temporary file goes).
+        ledger = _open_ledger(config, stage_new=True)
         known = ledger.study_ids()
     try:
         chosen = choose_layout(layout, dataset.resolve(), split=config.split,

@@ -8,6 +8,8 @@ more than the whole of `status` on a million-study ledger.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sqlite3
 import uuid
 from pathlib import Path
@@ -96,12 +98,44 @@ def plain_path(url: str) -> str | None:
 
 def stage(final: str) -> str | None:
     """A temporary name beside the ledger file `final` under which a new ledger is made and filled, or None when
-    there is something at `final` already (a ledger, or the -wal or -journal of one: never staged over)."""
+    there is something at `final` already (a ledger, or the -wal or -journal of one: never staged over). Either
+    way, the temporary ledgers of killed inits on this host go first (_discard_orphans)."""
+    path = Path(final)
+    mine = f".{path.name}.{_host()}."
+    _discard_orphans(path.parent, mine)
     if any(os.path.lexists(final + suffix) for suffix in ("", "-wal", "-journal")):
         return None
-    path = Path(final)
-    # Hidden, unique and ending .tmp, as files.open_atomic names its temporary files.
-    return str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # Hidden, unique and ending .tmp, as files.open_atomic names its temporary files; the host and process that
+    # fill it are in the name, so that a later init on this host can tell a killed filler's file (_discard_orphans).
+    return str(path.parent / f"{mine}{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _host() -> str:
+    """This machine's name as a file name's part (what is not a letter, digit or "-" becomes "_")."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _discard_orphans(folder: Path, prefix: str) -> None:
+    """Remove the temporary ledgers of an init on this host whose process is gone (killed before it could remove
+    its own: at a million studies, half a gigabyte each). Another host's, or a live process's, are left alone."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid, _, rest = name[len(prefix):].partition(".")
+        if pid.isdecimal() and rest.count(".") == 1 and not _alive(int(pid)):
+            discard(str(folder / name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # another user's process: it is there
+        return True
+    return True
 
 
 def publish(staged: str, final: str, network: bool) -> None:

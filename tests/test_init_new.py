@@ -52,3 +52,35 @@ def test_an_init_that_fails_midway_leaves_no_ledger_and_no_temporary_file(
     again = CliRunner().invoke(cli, ["init", "--project", str(project), "--dataset", str(data)])
     assert again.exit_code == 0, again.output
     assert "5 added, 0 already there" in again.output
+
+
+def test_init_removes_the_temporary_ledger_of_a_killed_init_on_this_host_only(data: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from batchseg.ledger_sqlite import _host
+
+    project = tmp_path / "p"
+    project.mkdir()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    running = subprocess.Popen(["sleep", "60"])
+    try:
+        killed = project / f".ledger.sqlite.{_host()}.{ended.pid}.0123456789ab.tmp"
+        alive = project / f".ledger.sqlite.{_host()}.{running.pid}.0123456789ab.tmp"
+        elsewhere = project / f".ledger.sqlite.another-host.{ended.pid}.0123456789ab.tmp"
+        other = project / f".notes.{_host()}.{ended.pid}.0123456789ab.tmp"
+        for path in (killed, alive, elsewhere, other):
+            path.write_bytes(b"half a ledger")
+        result = CliRunner().invoke(cli, ["init", "--project", str(project), "--dataset", str(data),
+                                          "--segmenter", "noop"])
+        assert result.exit_code == 0, result.output
+        assert not killed.exists()
+        assert alive.exists() and elsewhere.exists() and other.exists()
+        assert (project / "ledger.sqlite").exists()
+        killed.write_bytes(b"half a ledger")   # and an init into the ledger there
+        result = CliRunner().invoke(cli, ["init", "--project", str(project), "--dataset", str(data)])
+        assert result.exit_code == 0, result.output
+        assert not killed.exists() and alive.exists()
+    finally:
+        running.kill()
+        running.wait()
