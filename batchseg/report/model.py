@@ -4,9 +4,8 @@ from its ledger row and what its files say), and the `Report` built from those e
 A `ReportBuilder` takes the entries in ledger order and keeps the counts and what the page shows in full
 (every failure, LSTV candidate, caveat and problem with a study's files) and, of the long lists, only the
 first `all_rows` studies, so it stays flat in memory whatever the ledger's size; builders of consecutive
-runs of the ledger merge (collect.py reads the ledger in such runs). `build_report` does the same for
-entries already at hand. `report_json` is the `--json` form. The page and the table are drawn by
-`html_page` and `csv_rows`.
+runs of the ledger merge (collect.py reads the ledger in such runs). `report_json` is the `--json` form. The
+page and the table are drawn by `html_page` and `csv_rows`.
 
 LSTV findings are candidates for review, never diagnoses. A study whose lumbar count
 is not assessable (a junction out of view, labels not anatomical, irregular labels) is
@@ -453,6 +452,7 @@ def study_entry(row: dict[str, Any], files: StudyFiles | None) -> StudyEntry:
     attempt_seconds = get("attempt_seconds")
     state = _shared(row["state"])
     failed = state != "done"
+    # StudyEntry's first eleven fields, in its order.
     head = (str(row["study_id"]), get("series_id"), state, int(get("attempts") or 0),
             _shared(get("error_class")) if failed else None, get("error_message") if failed else None,
             get("log_path") if failed else None, seconds,
@@ -490,18 +490,6 @@ def _groups(groups: list[dict[str, Any]]) -> list[ErrorGroup]:
         out.append(ErrorGroup(g["error_class"], description, retried, int(g["count"]), list(g["studies"]),
                               g.get("example") or "", g.get("log")))
     return out
-
-
-def build_report(summary: dict[str, Any], entries: Iterable[StudyEntry], *, project: str, results: str,
-                 ledger_url: str, version: str, now: float | None = None,
-                 slurm_jobs: Iterable[dict[str, Any]] = (), all_rows: int = ALL_ROWS,
-                 keep_all: bool = False) -> Report:
-    """The report from the ledger summary and the study entries (consumed once, in ledger order)."""
-    builder = ReportBuilder(all_rows, keep_all=keep_all)
-    for entry in entries:
-        builder.add(entry)
-    return builder.build(summary, project=project, results=results, ledger_url=ledger_url, version=version,
-                         now=now, slurm_jobs=slurm_jobs)
 
 
 # -- the --json form ------------------------------------------------------------------------------
