@@ -357,7 +357,7 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     """A DICOM file's header without its pixels; None for anything that is not a readable DICOM file."""
     try:
         with open(path, "rb") as fh:
-            kind = _sniff(fh.read(132))
+            kind = sniff(fh.read(132))
     except OSError:
         return None
     if kind == "other":
@@ -426,7 +426,7 @@ def _scan(paths: list[Path]) -> _Scan:
     return scan
 
 
-def _sniff(head: bytes) -> str:
+def sniff(head: bytes) -> str:
     """"dicom" (preamble + DICM), "raw" (may be preamble-less DICOM) or "other"."""
     if len(head) == 132 and head[128:132] == b"DICM":
         return "dicom"
@@ -456,7 +456,7 @@ def _read_one(path: Path) -> tuple[pydicom.Dataset | None, str | None, str]:
             head = fh.read(132)
     except OSError as e:
         return None, "", f"cannot be opened ({e.strerror or e})"
-    kind = _sniff(head)
+    kind = sniff(head)
     if kind == "other":
         if named or _cut_preamble(path, head):
             return None, "", ("is empty" if not head else

@@ -39,7 +39,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .dataset import DatasetError, Inventory, pick_studies
-from .dicom import _sniff as sniff
+from .dicom import sniff
 from .dicom import plane_of
 from .files import write_atomic
 from .inputs import INVENTORY_DIR, listing_path, write_listing

@@ -28,7 +28,6 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (
