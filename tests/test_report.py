@@ -835,5 +835,3 @@ def test_csv_rows_are_what_the_plain_rules_make_of_every_value(finished: Path) -
     cells = {cell for row in written for cell in row}
     assert {"'=1+1", "-1.5", "'-x", 'a,"=b', "-3", "-inf", "a; =b", "'-c", "1; 2.5", "true", "false", "'=d",
             "'-a/1.nii.gz", "'@only", "a\rb"} <= cells
-
-
