@@ -117,7 +117,7 @@ def _host() -> str:
 
 def _discard_orphans(folder: Path, prefix: str) -> None:
     """Remove the temporary ledgers of an init on this host whose process is gone (killed before it could remove
-    its own: at a million studies, half a gigabyte each). Another host's, or a live process's, are left alone."""
+    its own: at a million studies, a third of a gigabyte each). Another host's, or a live process's, are left alone."""
     try:
         names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(".tmp")]
     except OSError:
