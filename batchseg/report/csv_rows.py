@@ -87,7 +87,7 @@ def _neutralised_cells(cells: list[Any]) -> list[Any]:
 # Where a written row's cell after the first may start like a formula: each follows a delimiter, a quote first
 # when it is quoted. A row without a match (and a first cell that does not) has no cell to neutralise; testing
 # each text cell instead was most of the row's time.
-_FORMULA_CELL = re.compile(',"?[=+@\t\r-]').search
+_FORMULA_CELL = re.compile(',"?[' + re.escape("".join(FORMULA_STARTS)) + "]").search
 # A cell holding one of these is quoted by the csv module (the delimiter, the quote, a line end).
 _QUOTED = re.compile('[,"\r\n]').search
 _NO_PATHS_TEXT = "," * len(OUTPUT_NAMES) + "\n"
