@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import operator
 import os
 import socket
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (
@@ -55,9 +53,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from . import ledger_counts, ledger_report, ledger_sqlite, ledger_summary
 from .errors import is_retryable, one_line
+from .forked import second_cpu
+from .ledger_bulk import ADDED_STUDY, SqliteBulk, StagedWriter, insert_rows
 from .ledger_hot import HotConnection, Transaction
 from .ledger_sql import Prepared
-from .ledger_summary import STATES
 
 FINDINGS_VERSION = "1"   # meta key `findings`: the studies table has its findings column
 SCHEMA_VERSION = 1     # the counters and later indexes are additive: older batchseg versions use the ledger as it is
@@ -429,112 +428,49 @@ def _engine(url: str, staging: dict[str, str]) -> tuple[str, Engine, bool]:
         raise RuntimeError(f"not a usable database URL: {one_line(exc, 200)}") from None
 
 
-class _SqliteBulk:
-    """A bulk insert into a SQLite ledger, inside the caller's write transaction (BEGIN IMMEDIATE).
+class _NewRows:
+    """add_studies' rows that are not in `known` (which gets them), as ADDED_STUDY tuples, ADD_CHUNK at a time;
+    `result` gets their ids (and the ids already known), counts() the counters they add."""
 
-    Per row, SQLite runs the counters' insert triggers and updates every index of both tables: a million
-    studies and their history rows took 62 s in raw sqlite3 that way, 18 s without (a loaded 2-core machine).
-    So, until finish(): the insert triggers are dropped (finish adds the
-    counters from the inserted rows and makes the triggers again, ledger_counts.SQLITE_INSERT_TRIGGERS);
-    into an empty ledger the secondary indexes are dropped too, and made again from the full tables (one sort
-    each, not a million random insertions); and the page cache is larger. Every statement is in the one
-    transaction: other connections see the ledger as it was, or all of it; a crash leaves it as it was.
-    """
+    def __init__(self, known: set[str], seq: int, result: AddResult) -> None:
+        self.known = known
+        self.seq = seq
+        self.result = result
+        self.pending = 0
+        self.skipped: dict[str | None, int] = {}
 
-    CACHE_KIB = 64 * 1024
+    def chunks(self, rows: Iterable[StudyRow]) -> Iterator[list[tuple[Any, ...]]]:
+        known, result, skipped = self.known, self.result, self.skipped
+        now = time.time()
+        chunk: list[tuple[Any, ...]] = []
+        for row in rows:
+            study = row.study_id
+            size = len(known)
+            known.add(study)   # one hash step where `in` and add took two: a million ids
+            if len(known) == size:
+                result.existing.append(study)
+                continue
+            self.seq += 1
+            if row.skip_class:
+                state = "skipped"
+                skipped[row.skip_class] = skipped.get(row.skip_class, 0) + 1
+            else:
+                state = "pending"
+                self.pending += 1
+            chunk.append((study, self.seq, row.series_id, row.series_description, row.selection_reason,
+                          row.input_path, state, 0, row.skip_class, row.skip_message, now, now))
+            result.added.append(study)
+            if len(chunk) >= ADD_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
-    def __init__(self, cursor: Any, *, empty: bool) -> None:
-        self.cursor = cursor
-        cursor.execute("PRAGMA cache_size")
-        self.cache_size = cursor.fetchone()[0]
-        cursor.execute(f"PRAGMA cache_size = -{self.CACHE_KIB}")
-        names = ledger_counts.SQLITE_INSERT_TRIGGERS
-        cursor.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN "
-                       f"({', '.join('?' * len(names))})", names)
-        self.triggers = cursor.fetchall()
-        # The ledger's own indexes (an index SQLite makes for a key has no sql: it stays).
-        self.indexes: list[tuple[str, str]] = []
-        if empty:
-            cursor.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-                           "AND tbl_name IN ('studies', 'history')")
-            self.indexes = cursor.fetchall()
-        for kind, made in (("TRIGGER", self.triggers), ("INDEX", self.indexes)):
-            for name, _ in made:
-                cursor.execute(f'DROP {kind} "{name}"')
-
-    def finish(self, counted: dict[str, int]) -> None:
-        for _, sql in (*self.indexes, *self.triggers):
-            self.cursor.execute(sql)
-        self.cursor.executemany(ledger_counts.ADD, sorted(counted.items()))
-
-    def close(self) -> None:
-        # The connection goes back to the pool: its later transactions get the ordinary cache.
-        self.cursor.execute(f"PRAGMA cache_size = {self.cache_size}")
-
-
-# New studies into SQLite (Ledger.add_studies): the columns of its rows a row may leave empty.
-_NULLABLE_ADDED = (2, 3, 4, 5, 8, 9)   # series_id, series_description, selection_reason, input_path, error_*
-_ADDED_HISTORY_SQL = ("INSERT INTO history (study_id, event, to_state, at, error_class, message) "
-                      "SELECT study_id, 'added', state, added_at, error_class, error_message FROM studies "
-                      "WHERE rowid > ? ORDER BY rowid")
-
-
-@lru_cache(maxsize=64)
-def _added_study_sql(state: str, empty: tuple[bool, ...]) -> tuple[str, tuple[int, ...]]:
-    """(INSERT of a new study in `state` whose _NULLABLE_ADDED columns are `empty` or not, the places in its row
-    (Ledger._ADDED_STUDY) of the values it binds). What every such row has is in the SQL, not bound per row: an
-    empty column is a NULL (Python's sqlite3 looks up an adapter for every None it binds, ~1 us each: four per
-    study and its history row were a sixth of a million studies' init), the state, attempts 0, and updated_at the
-    same parameter as added_at."""
-    columns = Ledger._ADDED_STUDY
-    null = {i for i, e in zip(_NULLABLE_ADDED, empty) if e}
-    bound = tuple(i for i in range(len(columns)) if i not in null and columns[i] not in ("state", "attempts",
-                                                                                       "updated_at"))
-    values = []
-    for i, name in enumerate(columns):
-        if i in null:
-            values.append("NULL")
-        elif name == "state":
-            values.append(f"'{state}'")   # one of STATES (add_studies'), never text from the dataset
-        elif name == "attempts":
-            values.append("0")
-        else:
-            values.append(f"?{bound.index(columns.index('added_at' if name == 'updated_at' else name)) + 1}")
-    return f"INSERT INTO studies ({', '.join(columns)}) VALUES ({', '.join(values)})", bound
-
-
-def _sqlite_insert(cursor: Any, new_rows: list[tuple[Any, ...]]) -> None:
-    """New study rows (Ledger._ADDED_STUDY's columns, in order; attempts 0, updated_at = added_at) and their
-    `added` history rows into SQLite.
-
-    Rows go in in their order, each run of rows of one state and the same empty columns by one executemany. The
-    history rows are copied from the study rows just inserted, in their order, by one INSERT ... SELECT
-    (to_state = state, at = added_at, error_class and message as the study's): the rows an executemany of each
-    one's values gave, without binding a million rows' values a second time.
-    """
-    cursor.execute("SELECT max(rowid) FROM studies")
-    last = cursor.fetchone()[0] or 0
-    a, b, c, d, e, f = _NULLABLE_ADDED
-    run: list[tuple[Any, ...]] = []
-    shape: tuple[Any, ...] = ()
-    for row in new_rows:
-        kind = (row[6], row[a] is None, row[b] is None, row[c] is None, row[d] is None, row[e] is None,
-                row[f] is None)
-        if kind != shape:
-            if run:
-                _sqlite_run(cursor, shape, run)
-            run, shape = [], kind
-        run.append(row)
-    if run:
-        _sqlite_run(cursor, shape, run)
-    cursor.execute(_ADDED_HISTORY_SQL, (last,))
-
-
-def _sqlite_run(cursor: Any, shape: tuple[Any, ...], rows: list[tuple[Any, ...]]) -> None:
-    if shape[0] not in STATES:
-        raise ValueError(f"not a study state: {shape[0]!r}")
-    sql, bound = _added_study_sql(shape[0], shape[1:])
-    cursor.executemany(sql, map(operator.itemgetter(*bound), rows))
+    def counts(self) -> dict[str, int]:
+        added = {("skipped", error): n for error, n in self.skipped.items()}
+        if self.pending:
+            added["pending", None] = self.pending
+        return ledger_counts.added_counts(added)
 
 
 class Ledger:
@@ -649,73 +585,74 @@ class Ledger:
 
         One transaction, on the driver's cursor in chunks (a million studies is `init`'s ordinary
         day): SQLAlchemy's per-row parameter handling cost more than the inserts. On SQLite, more than one
-        chunk goes in bulk (_sqlite_bulk): a crash or an error anywhere rolls the whole of it back.
+        chunk goes in bulk (ledger_bulk.SqliteBulk): a crash or an error anywhere rolls the whole of it back. A new
+        ledger being staged (stage_new) gets its chunks from a writer process while this one makes the next
+        (ledger_bulk.StagedWriter).
         """
         result = AddResult()
-        now = time.time()
         rows = iter(rows)
         first = next(rows, None)
         if first is None:   # nothing to add: no need to read a million ids
             return result
         rows = itertools.chain((first,), rows)
+        if self._staging and second_cpu() and self._empty():
+            return self._add_staged(rows, result)
         with self.engine.begin() as conn:
             cursor = conn.connection.cursor()
-            bulk: _SqliteBulk | None = None
+            bulk: SqliteBulk | None = None
             try:
                 cursor.execute("SELECT study_id FROM studies")
                 known = {sid for (sid,) in cursor}
                 cursor.execute("SELECT max(seq) FROM studies")
-                seq = cursor.fetchone()[0] or 0
-                new_rows: list[tuple[Any, ...]] = []
-                pending = 0
-                skipped: dict[str | None, int] = {}
-                for row in rows:
-                    study = row.study_id
-                    size = len(known)
-                    known.add(study)   # one hash step where `in` and add took two: a million ids
-                    if len(known) == size:
-                        result.existing.append(study)
-                        continue
-                    seq += 1
-                    if row.skip_class:
-                        state = "skipped"
-                        skipped[row.skip_class] = skipped.get(row.skip_class, 0) + 1
-                    else:
-                        state = "pending"
-                        pending += 1
-                    new_rows.append((study, seq, row.series_id, row.series_description, row.selection_reason,
-                                     row.input_path, state, 0, row.skip_class, row.skip_message, now, now))
-                    result.added.append(study)
-                    if len(new_rows) >= ADD_CHUNK:
-                        if bulk is None and self.dialect == "sqlite":
-                            bulk = _SqliteBulk(cursor, empty=len(known) == len(result.added))
-                        self._insert(conn, cursor, new_rows)
-                        new_rows = []
-                if new_rows:
-                    self._insert(conn, cursor, new_rows)
+                new = _NewRows(known, cursor.fetchone()[0] or 0, result)
+                for chunk in new.chunks(rows):
+                    if bulk is None and self.dialect == "sqlite" and len(chunk) == ADD_CHUNK:
+                        bulk = SqliteBulk(cursor, empty=len(known) == len(result.added))
+                    self._insert(conn, cursor, chunk)
                 if bulk is not None:
-                    added = {("skipped", error): n for error, n in skipped.items()}
-                    if pending:
-                        added["pending", None] = pending
-                    bulk.finish(ledger_counts.added_counts(added))
+                    bulk.finish(new.counts())
             finally:
                 if bulk is not None:
                     bulk.close()
                 cursor.close()
         return result
 
-    _ADDED_STUDY = ("study_id", "seq", "series_id", "series_description", "selection_reason", "input_path", "state",
-                    "attempts", "error_class", "error_message", "added_at", "updated_at")
+    def _empty(self) -> bool:
+        with self.reader.begin() as conn:
+            return conn.exec_driver_sql("SELECT 1 FROM studies LIMIT 1").first() is None
+
+    def _add_staged(self, rows: Iterable[StudyRow], result: AddResult) -> AddResult:
+        """add_studies into the new, empty ledger being staged: more than one chunk goes to a StagedWriter, so
+        that its SQLite work and this process's making of the rows (the iteration of `rows`) run side by side."""
+        new = _NewRows(set(), 0, result)
+        writer: StagedWriter | None = None
+        try:
+            for chunk in new.chunks(rows):
+                if writer is None and len(chunk) < ADD_CHUNK:   # the only chunk: in this process, as any small add
+                    with self.engine.begin() as conn, closing(conn.connection.cursor()) as cursor:
+                        self._insert(conn, cursor, chunk)
+                    return result
+                if writer is None:
+                    writer = StagedWriter(self._staging["file"], self.on_network_fs)
+                writer.send(chunk)
+            if writer is not None:
+                writer.finish(new.counts())
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        return result
+
     _ADDED_EVENT = ("study_id", "event", "to_state", "at", "error_class", "message")
 
     def _insert(self, conn: Connection, cursor: Any, new_rows: list[tuple[Any, ...]]) -> None:
-        """New study rows (_ADDED_STUDY's columns) and an `added` history row for each."""
+        """New study rows (ADDED_STUDY's columns) and an `added` history row for each."""
         if self.dialect == "sqlite":
-            _sqlite_insert(cursor, new_rows)
+            insert_rows(cursor, new_rows)
             return
         # to_state, at, error_class, message: the study's state, added_at, error_class, error_message.
         events = [(v[0], "added", v[6], v[10], v[8], v[9]) for v in new_rows]
-        for table, columns, values in ((studies, self._ADDED_STUDY, new_rows), (history, self._ADDED_EVENT, events)):
+        for table, columns, values in ((studies, ADDED_STUDY, new_rows), (history, self._ADDED_EVENT, events)):
             names = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
             if self.dialect == "postgresql" and hasattr(cursor, "copy"):   # psycopg 3: COPY, the bulk path
                 with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:

@@ -31,8 +31,16 @@ def test_init_fills_a_new_ledger_that_appears_in_wal_mode(data: Path, tmp_path: 
     connection.close()
 
 
+@pytest.mark.parametrize("chunk", [None, 2], ids=["one process", "with the writer process"])
 def test_an_init_that_fails_midway_leaves_no_ledger_and_no_temporary_file(
-        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None) -> None:
+    import multiprocessing
+
+    from batchseg import ledger as ledger_module
+
+    if chunk:   # the rows go to ledger_bulk.StagedWriter's process two at a time
+        monkeypatch.setattr(ledger_module, "ADD_CHUNK", chunk)
+        monkeypatch.setattr(ledger_module, "second_cpu", lambda: True)
     looked: list[str] = []
     real = dataset.SeriesTable.only_sagittal_t2   # each study's row is made as it goes into the ledger
 
@@ -48,10 +56,14 @@ def test_an_init_that_fails_midway_leaves_no_ledger_and_no_temporary_file(
     assert isinstance(result.exception, MemoryError)
     assert sorted(p.name for p in project.iterdir()) == ["batchseg.toml", "logs"], \
         "no ledger (not an empty nor a half one) and no temporary file"
+    assert not multiprocessing.active_children()
     monkeypatch.setattr(dataset.SeriesTable, "only_sagittal_t2", real)
     again = CliRunner().invoke(cli, ["init", "--project", str(project), "--dataset", str(data)])
     assert again.exit_code == 0, again.output
     assert "5 added, 0 already there" in again.output
+    with sqlite3.connect(project / "ledger.sqlite") as connection:
+        assert connection.execute("SELECT count(*), sum(state = 'pending') FROM studies").fetchone() == (5, 5)
+        assert connection.execute("SELECT n FROM counts WHERE name = 'state:pending'").fetchone() == (5,)
 
 
 def test_init_removes_the_temporary_ledger_of_a_killed_init_on_this_host_only(data: Path, tmp_path: Path) -> None:

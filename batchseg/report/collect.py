@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import open_atomic
+from ..forked import usable_cpus
 from ..ledger_sqlite import plain_path
 from ..ledger_summary import PlainReader
 from ..outputs import files_from_digest, read_study_files
@@ -42,14 +43,6 @@ def study_entries(out_dir: Path, ledger: Any, *, first_seq: int | None = None,
             study_id = row["study_id"]
             files = files_from_digest(out_dir, study_id, row["findings"]) or read_study_files(out_dir, study_id)
         yield study_entry(row, files)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (a Slurm job's or a container's share, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1
 
 
 def default_processes(studies: int) -> int:
