@@ -272,16 +272,20 @@ class _Told:
     shown: list[StudyRow] = dataclasses.field(default_factory=list)
 
     def watch(self, rows: Iterable[StudyRow]) -> Iterator[StudyRow]:
-        for row in rows:
-            if row.skip_class:
-                self.skipped.append(row)
-            else:
-                reason = row.selection_reason
-                if (reason and not reason.startswith("the only") if self.every_choice
-                        else self.pending < SHOWN_REASONS):
-                    self.shown.append(row)
-                self.pending += 1
-            yield row
+        skipped, shown, every_choice = self.skipped.append, self.shown.append, self.every_choice
+        pending = self.pending   # a local in the loop (a million rows), kept when it ends
+        try:
+            for row in rows:
+                if row.skip_class:
+                    skipped(row)
+                else:
+                    reason = row.selection_reason
+                    if reason and not reason.startswith("the only") if every_choice else pending < SHOWN_REASONS:
+                        shown(row)
+                    pending += 1
+                yield row
+        finally:
+            self.pending = pending
 
 
 def _open_ledger(config: Config, *, stage_new: bool = False) -> Any:

@@ -10,6 +10,7 @@ study-list rule kept here; inventory.py picks the layout.
 from __future__ import annotations
 
 import csv
+import itertools
 import operator
 import re
 from dataclasses import dataclass, field
@@ -322,12 +323,13 @@ class StudyRows(Collection[StudyRow]):
     the ledger (as StudyRow objects all at once they were a quarter of a gigabyte). `ids`: what `row` makes each
     row from (a study id, or an (id, what the dataset has for it) pair)."""
 
-    def __init__(self, ids: list[Any], row: Callable[[Any], StudyRow]) -> None:
+    def __init__(self, ids: list[Any], row: Callable[..., StudyRow], *, pairs: bool = False) -> None:
         self.ids = ids
         self.row = row
+        self.pairs = pairs   # `row` takes a pair's two values as its arguments
 
     def __iter__(self) -> Iterator[StudyRow]:
-        return map(self.row, self.ids)
+        return itertools.starmap(self.row, self.ids) if self.pairs else map(self.row, self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -355,8 +357,8 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
             return StudyRow(study_id=study, skip_class="input.no_series", skip_message=f"study {study}: not in {source}")
         return make_row(study, value)
 
-    def pair_row(pair: tuple[str, T]) -> StudyRow:
-        return make_row(*pair) if checked or id_ok(pair[0]) else bad_id(pair[0])
+    def pair_row(study: str, value: T) -> StudyRow:
+        return make_row(study, value) if id_ok(study) else bad_id(study)
 
     if study_list is None and (checked or all(map(operator.is_, map(str.strip, found), found))):
         # Every study of the dataset, none with a space to strip (strip gave each back as it was), so each is there
@@ -373,7 +375,7 @@ def pick_new_studies(found: Mapping[str, T], study_list: list[str] | None, limit
             if known:
                 pairs = [pair for pair in pairs if pair[0] not in known]
             already = listed - len(pairs)
-        return StudyRows(pairs, pair_row), already
+        return StudyRows(pairs, make_row if checked else pair_row, pairs=True), already
     wanted = study_list if study_list is not None else sorted(found, key=order)
     if limit is not None:
         wanted = wanted[:limit]

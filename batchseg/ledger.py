@@ -440,31 +440,36 @@ class _NewRows:
         self.skipped: dict[str | None, int] = {}
 
     def chunks(self, rows: Iterable[StudyRow]) -> Iterator[list[tuple[Any, ...]]]:
-        known, result, skipped = self.known, self.result, self.skipped
+        known, skipped = self.known, self.skipped
+        existing, added = self.result.existing.append, self.result.added.append
+        seq, pending = self.seq, self.pending   # locals in the loop (a million rows), kept when it ends
         now = time.time()
         chunk: list[tuple[Any, ...]] = []
-        for row in rows:
-            study = row.study_id
-            size = len(known)
-            known.add(study)   # one hash step where `in` and add took two: a million ids
-            if len(known) == size:
-                result.existing.append(study)
-                continue
-            self.seq += 1
-            if row.skip_class:
-                state = "skipped"
-                skipped[row.skip_class] = skipped.get(row.skip_class, 0) + 1
-            else:
-                state = "pending"
-                self.pending += 1
-            chunk.append((study, self.seq, row.series_id, row.series_description, row.selection_reason,
-                          row.input_path, state, 0, row.skip_class, row.skip_message, now, now))
-            result.added.append(study)
-            if len(chunk) >= ADD_CHUNK:
+        try:
+            for row in rows:
+                study = row.study_id
+                size = len(known)
+                known.add(study)   # one hash step where `in` and add took two: a million ids
+                if len(known) == size:
+                    existing(study)
+                    continue
+                seq += 1
+                if row.skip_class:
+                    state = "skipped"
+                    skipped[row.skip_class] = skipped.get(row.skip_class, 0) + 1
+                else:
+                    state = "pending"
+                    pending += 1
+                chunk.append((study, seq, row.series_id, row.series_description, row.selection_reason,
+                              row.input_path, state, 0, row.skip_class, row.skip_message, now, now))
+                added(study)
+                if len(chunk) >= ADD_CHUNK:
+                    yield chunk
+                    chunk = []
+            if chunk:
                 yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+        finally:
+            self.seq, self.pending = seq, pending
 
     def counts(self) -> dict[str, int]:
         added = {("skipped", error): n for error, n in self.skipped.items()}
@@ -633,6 +638,9 @@ class Ledger:
                         self._insert(conn, cursor, chunk)
                     return result
                 if writer is None:
+                    # No connection of this process open to the file: the writer's SQLite, forked from this one's,
+                    # must not believe it shares the file with one (SQLite's own rule: no connection across a fork).
+                    self.close()
                     writer = StagedWriter(self._staging["file"], self.on_network_fs)
                 writer.send(chunk)
             if writer is not None:

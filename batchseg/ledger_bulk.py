@@ -9,6 +9,7 @@ in 9 s, the writer's 7.6 s of inserts beside them; 14 s one after the other).
 """
 from __future__ import annotations
 
+import marshal
 import multiprocessing
 import operator
 import pickle
@@ -162,7 +163,7 @@ class StagedWriter:
 
     def _put(self, rows: list[tuple[Any, ...]], counted: dict[str, int] | None) -> None:
         try:
-            self._rows_out.send_bytes(pickle.dumps((rows, counted), pickle.HIGHEST_PROTOCOL))
+            self._rows_out.send_bytes(_packed((rows, counted)))
         except OSError:   # the writer is gone: what it raised
             self._rows_out.close()
             self.process.result()
@@ -179,7 +180,7 @@ def _write(path: str, on_network: bool, rows_in: Any) -> None:
         cursor.execute("BEGIN IMMEDIATE")
         bulk = SqliteBulk(cursor, empty=True)
         while True:
-            rows, counted = pickle.loads(rows_in.recv_bytes())
+            rows, counted = _unpacked(rows_in.recv_bytes())
             if rows:
                 insert_rows(cursor, rows)
             if counted is not None:
@@ -189,3 +190,17 @@ def _write(path: str, on_network: bool, rows_in: Any) -> None:
         cursor.execute("COMMIT")
     finally:
         connection.close()
+
+
+def _packed(value: Any) -> bytes:
+    """`value` as bytes for the writer: marshal, three times faster than pickle for tuples of text and numbers (a
+    million rows: ~1 s of init's process) and read by the same interpreter (a fork); pickle for what marshal does
+    not take (a subclass of str, say, from a dataset's own reader)."""
+    try:
+        return b"m" + marshal.dumps(value)
+    except ValueError:
+        return b"p" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def _unpacked(data: bytes) -> Any:
+    return marshal.loads(data[1:]) if data[:1] == b"m" else pickle.loads(data[1:])

@@ -18,8 +18,13 @@ SHAPES = [dict(series_id="7", series_description="Sagittal T2/STIR", input_path=
           dict(skip_class="input.no_series", skip_message="study: no series"), dict(skip_class="input.bad_id"), {}]
 
 
+class _Text(str):
+    """Text of a str subclass, as a dataset reader might give (marshal refuses it: the writer gets it pickled)."""
+
+
 def _rows(n: int) -> list[StudyRow]:
     rows = [StudyRow(f"s{i}", **SHAPES[(i * i + i // 3) % len(SHAPES)]) for i in range(n)]
+    rows[n // 2].series_description = _Text("Sagittal T2")
     return rows + rows[:3]   # given twice: known the second time
 
 
