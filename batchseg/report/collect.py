@@ -13,7 +13,6 @@ each process opens the ledger the same way.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
