@@ -1,5 +1,5 @@
-"""A function called in a forked process, what it returned (or raised) sent back pickled; the CPUs this process may
-use.
+"""A function called in a forked process, what it returned (or raised) sent back pickled; whether one would get a
+CPU of its own.
 
 `init` uses it at a million studies to put the machine's second CPU to work: a new ledger's rows written while the
 next ones are made (ledger_bulk.StagedWriter). Fork, not spawn: the child starts from this process's state as it is
@@ -8,9 +8,10 @@ next ones are made (ledger_bulk.StagedWriter). Fork, not spawn: the child starts
 from __future__ import annotations
 
 import multiprocessing
-import os
 import pickle
 from typing import Any, Callable, Generic, TypeVar
+
+from .placement import usable_cpus
 
 T = TypeVar("T")
 
@@ -82,11 +83,3 @@ def _call(function: Callable[..., Any], args: tuple[Any, ...], answer_out: Any, 
 def second_cpu() -> bool:
     """Would a forked process run beside this one? This system forks, and this process may use two CPUs."""
     return "fork" in multiprocessing.get_all_start_methods() and usable_cpus() > 1
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (a Slurm job's or a container's share, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1

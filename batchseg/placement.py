@@ -75,6 +75,11 @@ def available_cpus(environ: Mapping[str, str] | None = None) -> int:
     slurm = env.get("SLURM_CPUS_PER_TASK", "")
     if slurm.isdigit() and int(slurm) > 0:
         return int(slurm)
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a Slurm job's or a container's share, not the machine's)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -95,7 +100,7 @@ def worker_threads(environ: Mapping[str, str] | None = None) -> int:
     value = env.get(THREADS_ENV, "")
     if value.isdigit() and int(value) > 0:
         return int(value)
-    return available_cpus({})      # not SLURM_CPUS_PER_TASK: a lone worker owns its affinity
+    return usable_cpus()      # not SLURM_CPUS_PER_TASK: a lone worker owns its affinity
 
 
 # -- how many workers per GPU ---------------------------------------------------------------------

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..files import open_atomic
-from ..forked import usable_cpus
 from ..ledger_sqlite import plain_path
 from ..ledger_summary import PlainReader
 from ..outputs import files_from_digest, read_study_files
+from ..placement import usable_cpus
 from .csv_rows import csv_header, render_csv
 from .model import ALL_ROWS, Report, ReportBuilder, StudyEntry, study_entry
 
